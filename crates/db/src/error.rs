@@ -1,0 +1,34 @@
+use modelroute_types::{Code, ErrorCode};
+
+/// Errors of the data layer.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The URL's scheme is neither `sqlite` nor `postgres`.
+    #[error("unsupported database URL scheme `{0}`: use sqlite://PATH or postgres://HOST/DB")]
+    UnsupportedUrl(String),
+    /// The database could not be reached or a connection could not be opened.
+    #[error("cannot connect to the database: {0}")]
+    Connect(String),
+    /// No pooled connection became free in time.
+    #[error("timed out waiting for a database connection")]
+    PoolTimeout,
+    /// A query failed.
+    #[error("database query failed: {0}")]
+    Query(#[from] diesel::result::Error),
+    /// Applying migrations failed.
+    #[error("migration failed: {0}")]
+    Migration(String),
+    /// Preparing the database's folder failed.
+    #[error("cannot prepare the database folder: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ErrorCode for DbError {
+    fn code(&self) -> Code {
+        match self {
+            Self::UnsupportedUrl(_) => Code::InvalidConfig,
+            Self::Connect(_) | Self::PoolTimeout => Code::DatabaseUnavailable,
+            Self::Query(_) | Self::Migration(_) | Self::Io(_) => Code::Internal,
+        }
+    }
+}

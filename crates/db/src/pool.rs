@@ -1,0 +1,184 @@
+use std::path::PathBuf;
+use std::time::Duration;
+
+use deadpool::Runtime;
+use deadpool::managed::{PoolError, Timeouts};
+use diesel::SqliteConnection;
+use diesel_async::pooled_connection::deadpool::{Object, Pool};
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use futures_util::FutureExt;
+
+use crate::{DatabaseConfig, DbError};
+
+/// A PostgreSQL connection.
+pub type PgConn = AsyncPgConnection;
+/// A SQLite connection (diesel's sync connection run on tokio's blocking pool).
+pub type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
+
+/// Which database a pool talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// PostgreSQL.
+    Postgres,
+    /// SQLite.
+    Sqlite,
+}
+
+impl Backend {
+    /// The backend a URL names, and for SQLite the file path.
+    ///
+    /// # Errors
+    /// [`DbError::UnsupportedUrl`] for any other scheme.
+    pub fn from_url(url: &str) -> Result<(Self, Option<PathBuf>), DbError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok((Self::Postgres, None));
+        }
+        if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+            if path.is_empty() || path.contains(":memory:") {
+                // Each pooled in-memory connection would be its own database.
+                return Err(DbError::UnsupportedUrl(
+                    "sqlite in-memory (use a file: pooled connections would not share it)".into(),
+                ));
+            }
+            return Ok((Self::Sqlite, Some(PathBuf::from(path))));
+        }
+        let scheme = url.split_once("://").map_or("(none)", |(s, _)| s);
+        Err(DbError::UnsupportedUrl(scheme.chars().take(20).collect()))
+    }
+}
+
+/// A pool of connections to one of the two backends.
+#[derive(Clone)]
+pub enum DbPool {
+    /// PostgreSQL.
+    Postgres(Pool<PgConn>),
+    /// SQLite.
+    Sqlite(Pool<SqliteConn>),
+}
+
+impl std::fmt::Debug for DbPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let status = match self {
+            Self::Postgres(p) => p.status(),
+            Self::Sqlite(p) => p.status(),
+        };
+        f.debug_struct("DbPool")
+            .field("backend", &self.backend())
+            .field("size", &status.size)
+            .field("available", &status.available)
+            .finish()
+    }
+}
+
+/// A pooled connection; returned to the pool when dropped.
+#[allow(missing_debug_implementations)]
+pub enum DbConn {
+    /// PostgreSQL.
+    Postgres(Object<PgConn>),
+    /// SQLite.
+    Sqlite(Object<SqliteConn>),
+}
+
+impl DbPool {
+    /// Opens a pool for `config.url` and checks that one connection works.
+    ///
+    /// # Errors
+    /// An unsupported URL, or a database that cannot be reached.
+    pub async fn connect(config: &DatabaseConfig) -> Result<Self, DbError> {
+        let url = config.url.expose();
+        let timeout = Duration::from_millis(config.connect_timeout_ms);
+        let timeouts = Timeouts { wait: Some(timeout), create: Some(timeout), recycle: Some(timeout) };
+        let (backend, path) = Backend::from_url(url)?;
+        let pool = match backend {
+            Backend::Postgres => {
+                let manager = AsyncDieselConnectionManager::<PgConn>::new(url);
+                let pool = Pool::builder(manager)
+                    .max_size(config.max_connections)
+                    .timeouts(timeouts)
+                    .runtime(Runtime::Tokio1)
+                    .build()
+                    .map_err(|e| DbError::Connect(e.to_string()))?;
+                Self::Postgres(pool)
+            }
+            Backend::Sqlite => {
+                let path = path.unwrap_or_default();
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let busy = config.sqlite_busy_timeout_ms;
+                let mut manager_config = ManagerConfig::<SqliteConn>::default();
+                manager_config.custom_setup = Box::new(move |url| {
+                    let url = url.to_owned();
+                    async move {
+                        let mut conn = SqliteConn::establish(&url).await?;
+                        conn.batch_execute(&sqlite_pragmas(busy))
+                            .await
+                            .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+                        Ok(conn)
+                    }
+                    .boxed()
+                });
+                let manager = AsyncDieselConnectionManager::<SqliteConn>::new_with_config(
+                    path.to_string_lossy(),
+                    manager_config,
+                );
+                let pool = Pool::builder(manager)
+                    .max_size(config.max_connections)
+                    .timeouts(timeouts)
+                    .runtime(Runtime::Tokio1)
+                    .build()
+                    .map_err(|e| DbError::Connect(e.to_string()))?;
+                Self::Sqlite(pool)
+            }
+        };
+        drop(pool.get().await?);
+        Ok(pool)
+    }
+
+    /// Which backend this pool talks to.
+    #[must_use]
+    pub const fn backend(&self) -> Backend {
+        match self {
+            Self::Postgres(_) => Backend::Postgres,
+            Self::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+
+    /// A connection from the pool.
+    ///
+    /// # Errors
+    /// [`DbError::PoolTimeout`] or [`DbError::Connect`].
+    pub async fn get(&self) -> Result<DbConn, DbError> {
+        match self {
+            Self::Postgres(p) => p.get().await.map(DbConn::Postgres).map_err(pool_error),
+            Self::Sqlite(p) => p.get().await.map(DbConn::Sqlite).map_err(pool_error),
+        }
+    }
+
+    /// Whether the database answers a trivial query.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        match self.get().await? {
+            DbConn::Postgres(mut c) => c.batch_execute("SELECT 1").await?,
+            DbConn::Sqlite(mut c) => c.batch_execute("SELECT 1").await?,
+        }
+        Ok(())
+    }
+}
+
+/// PRAGMAs every SQLite connection gets. Without WAL, a busy timeout and
+/// `synchronous=NORMAL`, concurrent writers fail most operations.
+fn sqlite_pragmas(busy_timeout_ms: u64) -> String {
+    format!(
+        "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = {busy_timeout_ms}; \
+         PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;"
+    )
+}
+
+fn pool_error<E: std::fmt::Display>(e: PoolError<E>) -> DbError {
+    match e {
+        PoolError::Timeout(_) => DbError::PoolTimeout,
+        other => DbError::Connect(other.to_string()),
+    }
+}

@@ -1,0 +1,94 @@
+use serde::Serialize;
+
+/// A stable, machine-readable error code. Clients match on [`Code::as_str`];
+/// the HTTP layer maps each code to one status in one table.
+///
+/// Adding a variant is fine; renaming one is a breaking API change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Code {
+    /// The request body or a parameter is malformed or out of range.
+    InvalidRequest,
+    /// No credentials, or credentials that do not verify.
+    InvalidApiKey,
+    /// Valid credentials without the scope the operation needs.
+    PermissionDenied,
+    /// The named resource does not exist (or belongs to another tenant).
+    NotFound,
+    /// The requested model slug is not in the catalogue.
+    ModelNotFound,
+    /// The org's available balance does not cover the worst-case cost.
+    InsufficientBalance,
+    /// An idempotency key was reused with a different request.
+    IdempotencyConflict,
+    /// The same operation is already in progress.
+    Conflict,
+    /// The request was too large.
+    PayloadTooLarge,
+    /// No route of the model can serve the request's features.
+    NoRouteAvailable,
+    /// The upstream provider failed.
+    UpstreamError,
+    /// The upstream provider did not answer in time.
+    UpstreamTimeout,
+    /// The upstream provider or the platform is overloaded; retry later.
+    Overloaded,
+    /// The database could not be reached.
+    DatabaseUnavailable,
+    /// Configuration is invalid.
+    InvalidConfig,
+    /// A bug or an unexpected condition; details are only in the server log.
+    Internal,
+}
+
+impl Code {
+    /// The wire name of the code, e.g. `insufficient_balance`.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request",
+            Self::InvalidApiKey => "invalid_api_key",
+            Self::PermissionDenied => "permission_denied",
+            Self::NotFound => "not_found",
+            Self::ModelNotFound => "model_not_found",
+            Self::InsufficientBalance => "insufficient_balance",
+            Self::IdempotencyConflict => "idempotency_conflict",
+            Self::Conflict => "conflict",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::NoRouteAvailable => "no_route_available",
+            Self::UpstreamError => "upstream_error",
+            Self::UpstreamTimeout => "upstream_timeout",
+            Self::Overloaded => "overloaded",
+            Self::DatabaseUnavailable => "database_unavailable",
+            Self::InvalidConfig => "invalid_config",
+            Self::Internal => "internal_error",
+        }
+    }
+
+    /// Whether the message of an error with this code may be shown to the
+    /// client. Internal errors are logged and replaced by a generic message.
+    #[must_use]
+    pub const fn is_public(self) -> bool {
+        !matches!(self, Self::Internal | Self::DatabaseUnavailable)
+    }
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Implemented by every crate's error enum, so that one place (the HTTP
+/// layer) can turn any of them into a status and a JSON body.
+pub trait ErrorCode: std::error::Error {
+    /// The stable code of this error.
+    fn code(&self) -> Code;
+
+    /// The request parameter the error is about, when there is one
+    /// (`messages[0].role`, `model`, ...).
+    fn param(&self) -> Option<&str> {
+        None
+    }
+}

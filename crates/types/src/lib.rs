@@ -1,0 +1,17 @@
+//! Shared vocabulary of ModelRoute: typed ids, money, time, secrets and the
+//! machine-readable error codes every crate maps its errors to.
+//!
+//! This crate has no I/O and depends on nothing else in the workspace.
+
+mod error;
+mod ids;
+mod money;
+mod secret;
+pub mod time;
+
+pub use error::{Code, ErrorCode};
+pub use ids::{
+    AccountId, ApiKeyId, EntryId, ExecutionId, HoldId, IdError, OrgId, ProjectId,
+};
+pub use money::{Money, MoneyError, PricePerMTok, UNITS_PER_USD};
+pub use secret::Secret;
