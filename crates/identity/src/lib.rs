@@ -1,1 +1,15 @@
+//! Identity and access: organizations (tenants), projects, API keys, and the
+//! server secret that keys are MACed under. A library: no HTTP in here; the
+//! server's auth extractor calls [`Identity::authenticate`].
 
+mod config;
+mod error;
+mod keys;
+mod secret;
+mod service;
+
+pub use config::IdentityConfig;
+pub use error::IdentityError;
+pub use keys::{ApiKeyToken, Scope, Scopes};
+pub use secret::ServerSecret;
+pub use service::{ApiKey, Identity, Org, Principal, Project};

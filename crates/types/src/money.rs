@@ -87,6 +87,14 @@ impl Money {
     }
 }
 
+impl std::ops::Sub for Money {
+    type Output = Self;
+    /// Subtraction that saturates (for tests and reports; the ledger uses checked arithmetic).
+    fn sub(self, other: Self) -> Self {
+        Self(self.0.saturating_sub(other.0))
+    }
+}
+
 impl fmt::Display for Money {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "${}", self.to_usd_string())

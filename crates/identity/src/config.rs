@@ -1,0 +1,23 @@
+use std::path::PathBuf;
+
+use modelroute_types::Secret;
+use serde::{Deserialize, Serialize};
+
+/// The `[identity]` section.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// The server secret (at least 32 characters) that API keys are MACed
+    /// under and signatures are made with. Production sets it through
+    /// `MODELROUTE_IDENTITY__SERVER_SECRET`. When empty, it is read from
+    /// `server_secret_file`, which is generated on first start.
+    pub server_secret: Secret,
+    /// Where the generated server secret lives when none is configured.
+    pub server_secret_file: PathBuf,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self { server_secret: Secret::default(), server_secret_file: PathBuf::from("data/server_secret") }
+    }
+}

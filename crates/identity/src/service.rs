@@ -1,0 +1,389 @@
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use modelroute_db::schema::{api_keys, orgs, projects};
+use modelroute_db::{DbPool, db_run, db_transaction};
+use modelroute_types::{ApiKeyId, OrgId, ProjectId, time};
+use serde::Serialize;
+
+use crate::{ApiKeyToken, IdentityError, Scope, Scopes, ServerSecret};
+
+/// `last_used_at` is written at most this often per key, so that using a key
+/// does not cost a write per request.
+const LAST_USED_RESOLUTION_SECS: i64 = 60;
+
+/// An organization: the tenant.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Org {
+    /// Its id.
+    pub id: OrgId,
+    /// Display name.
+    pub name: String,
+    /// When it was created.
+    pub created_at: NaiveDateTime,
+}
+
+/// A project inside an organization; API keys belong to a project.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Project {
+    /// Its id.
+    pub id: ProjectId,
+    /// The owning organization.
+    pub org_id: OrgId,
+    /// Display name.
+    pub name: String,
+    /// When it was created.
+    pub created_at: NaiveDateTime,
+}
+
+/// An API key's record. The secret is not in here: only its MAC is stored.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ApiKey {
+    /// The record id.
+    pub id: ApiKeyId,
+    /// The owning organization.
+    pub org_id: OrgId,
+    /// The owning project.
+    pub project_id: ProjectId,
+    /// Display name.
+    pub name: String,
+    /// The public part of the token (`mr_XXXXXXXXXXXX`), safe to show.
+    pub prefix: String,
+    /// What the key may do.
+    pub scopes: Scopes,
+    /// When it was created.
+    pub created_at: NaiveDateTime,
+    /// When it stops working, if ever.
+    pub expires_at: Option<NaiveDateTime>,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<NaiveDateTime>,
+    /// About when it was last used (to the minute).
+    pub last_used_at: Option<NaiveDateTime>,
+}
+
+/// The authenticated caller of an API request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The tenant every query of the request is scoped to.
+    pub org_id: OrgId,
+    /// The key's project.
+    pub project_id: ProjectId,
+    /// The key's record id.
+    pub api_key_id: ApiKeyId,
+    /// The key's scopes.
+    pub scopes: Scopes,
+}
+
+impl Principal {
+    /// Ok when the key has `scope`.
+    ///
+    /// # Errors
+    /// [`IdentityError::MissingScope`].
+    pub fn require(&self, scope: Scope) -> Result<(), IdentityError> {
+        if self.scopes.contains(scope) { Ok(()) } else { Err(IdentityError::MissingScope(scope.as_str())) }
+    }
+}
+
+#[derive(Queryable, Selectable, Insertable)]
+#[diesel(table_name = orgs)]
+struct OrgRow {
+    id: String,
+    name: String,
+    created_at: NaiveDateTime,
+}
+
+#[derive(Queryable, Selectable, Insertable)]
+#[diesel(table_name = projects)]
+struct ProjectRow {
+    id: String,
+    org_id: String,
+    name: String,
+    created_at: NaiveDateTime,
+}
+
+#[derive(Queryable, Selectable, Insertable)]
+#[diesel(table_name = api_keys)]
+struct ApiKeyRow {
+    id: String,
+    org_id: String,
+    project_id: String,
+    name: String,
+    public_id: String,
+    secret_hmac: String,
+    scopes: String,
+    created_at: NaiveDateTime,
+    expires_at: Option<NaiveDateTime>,
+    revoked_at: Option<NaiveDateTime>,
+    last_used_at: Option<NaiveDateTime>,
+}
+
+impl From<OrgRow> for Org {
+    fn from(r: OrgRow) -> Self {
+        Self { id: OrgId::from_trusted(r.id), name: r.name, created_at: r.created_at }
+    }
+}
+
+impl From<ProjectRow> for Project {
+    fn from(r: ProjectRow) -> Self {
+        Self {
+            id: ProjectId::from_trusted(r.id),
+            org_id: OrgId::from_trusted(r.org_id),
+            name: r.name,
+            created_at: r.created_at,
+        }
+    }
+}
+
+impl ApiKeyRow {
+    fn into_key(self) -> ApiKey {
+        ApiKey {
+            id: ApiKeyId::from_trusted(self.id),
+            org_id: OrgId::from_trusted(self.org_id),
+            project_id: ProjectId::from_trusted(self.project_id),
+            name: self.name,
+            prefix: format!("mr_{}", self.public_id),
+            scopes: self.scopes.parse().unwrap_or_default(),
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            revoked_at: self.revoked_at,
+            last_used_at: self.last_used_at,
+        }
+    }
+}
+
+fn valid_name(field: &'static str, name: &str) -> Result<String, IdentityError> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(IdentityError::InvalidInput { field, message: "must be 1 to 200 characters".into() });
+    }
+    Ok(name.to_owned())
+}
+
+fn mac_input(token: &ApiKeyToken) -> String {
+    format!("{}_{}", token.public_id(), token.secret())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect()
+}
+
+/// Identity operations over a database.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pool: DbPool,
+    secret: ServerSecret,
+}
+
+impl Identity {
+    /// Identity over `pool`, MACing keys under `secret`.
+    #[must_use]
+    pub fn new(pool: DbPool, secret: ServerSecret) -> Self {
+        Self { pool, secret }
+    }
+
+    /// Creates an organization.
+    ///
+    /// # Errors
+    /// An invalid name, or a database failure.
+    pub async fn create_org(&self, name: &str) -> Result<Org, IdentityError> {
+        let row = OrgRow { id: OrgId::new().into_string(), name: valid_name("name", name)?, created_at: time::now() };
+        db_run!(self.pool, |conn| diesel::insert_into(orgs::table).values(&row).execute(conn).await)?;
+        Ok(row.into())
+    }
+
+    /// How many organizations exist (the server bootstraps when there are none).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn org_count(&self) -> Result<i64, IdentityError> {
+        Ok(db_run!(self.pool, |conn| orgs::table.count().get_result(conn).await)?)
+    }
+
+    /// An organization by id.
+    ///
+    /// # Errors
+    /// [`IdentityError::NotFound`] or a database failure.
+    pub async fn org(&self, id: &OrgId) -> Result<Org, IdentityError> {
+        let row: Option<OrgRow> = db_run!(self.pool, |conn| orgs::table
+            .find(id.as_str())
+            .select(OrgRow::as_select())
+            .first(conn)
+            .await
+            .optional())?;
+        row.map(Org::from).ok_or(IdentityError::NotFound("organization"))
+    }
+
+    /// Creates a project in an organization.
+    ///
+    /// # Errors
+    /// An unknown org, an invalid name, or a database failure.
+    pub async fn create_project(&self, org_id: &OrgId, name: &str) -> Result<Project, IdentityError> {
+        let name = valid_name("name", name)?;
+        self.org(org_id).await?;
+        let row = ProjectRow {
+            id: ProjectId::new().into_string(),
+            org_id: org_id.as_str().to_owned(),
+            name,
+            created_at: time::now(),
+        };
+        db_run!(self.pool, |conn| diesel::insert_into(projects::table).values(&row).execute(conn).await)?;
+        Ok(row.into())
+    }
+
+    /// A project by id.
+    ///
+    /// # Errors
+    /// [`IdentityError::NotFound`] or a database failure.
+    pub async fn project(&self, id: &ProjectId) -> Result<Project, IdentityError> {
+        let row: Option<ProjectRow> = db_run!(self.pool, |conn| projects::table
+            .find(id.as_str())
+            .select(ProjectRow::as_select())
+            .first(conn)
+            .await
+            .optional())?;
+        row.map(Project::from).ok_or(IdentityError::NotFound("project"))
+    }
+
+    /// Creates an API key in a project. Returns the record and the token,
+    /// which exists nowhere else: show it once.
+    ///
+    /// # Errors
+    /// An unknown project, an invalid name, or a database failure.
+    pub async fn create_api_key(
+        &self,
+        project_id: &ProjectId,
+        name: &str,
+        scopes: &Scopes,
+        expires_at: Option<NaiveDateTime>,
+    ) -> Result<(ApiKey, String), IdentityError> {
+        let name = valid_name("name", name)?;
+        if scopes.iter().next().is_none() {
+            return Err(IdentityError::InvalidInput { field: "scopes", message: "at least one scope is needed".into() });
+        }
+        let project = self.project(project_id).await?;
+        let token = ApiKeyToken::generate()?;
+        let row = ApiKeyRow {
+            id: ApiKeyId::new().into_string(),
+            org_id: project.org_id.into_string(),
+            project_id: project.id.into_string(),
+            name,
+            public_id: token.public_id().to_owned(),
+            secret_hmac: hex(self.secret.mac(mac_input(&token).as_bytes()).as_ref()),
+            scopes: scopes.to_string(),
+            created_at: time::now(),
+            expires_at,
+            revoked_at: None,
+            last_used_at: None,
+        };
+        db_run!(self.pool, |conn| diesel::insert_into(api_keys::table).values(&row).execute(conn).await)?;
+        tracing::info!(key_prefix = %format!("mr_{}", row.public_id), org_id = %row.org_id, "api key created");
+        Ok((row.into_key(), token.reveal()))
+    }
+
+    /// Verifies a presented token and returns who it belongs to.
+    ///
+    /// Malformed tokens fail before any database access. The stored MAC is
+    /// compared in constant time.
+    ///
+    /// # Errors
+    /// [`IdentityError::InvalidApiKey`] for any key that does not verify.
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, IdentityError> {
+        let token = ApiKeyToken::parse(token)?;
+        let row: Option<ApiKeyRow> = db_run!(self.pool, |conn| api_keys::table
+            .filter(api_keys::public_id.eq(token.public_id()))
+            .select(ApiKeyRow::as_select())
+            .first(conn)
+            .await
+            .optional())?;
+        let row = row.ok_or(IdentityError::InvalidApiKey)?;
+        let tag = unhex(&row.secret_hmac).ok_or(IdentityError::InvalidApiKey)?;
+        if !self.secret.verify(mac_input(&token).as_bytes(), &tag) {
+            return Err(IdentityError::InvalidApiKey);
+        }
+        let now = time::now();
+        if row.revoked_at.is_some() || row.expires_at.is_some_and(|t| t <= now) {
+            return Err(IdentityError::InvalidApiKey);
+        }
+        let stale = row.last_used_at.is_none_or(|t| (now - t).num_seconds() >= LAST_USED_RESOLUTION_SECS);
+        if stale {
+            db_run!(self.pool, |conn| diesel::update(api_keys::table.find(&row.id))
+                .set(api_keys::last_used_at.eq(now))
+                .execute(conn)
+                .await)?;
+        }
+        let key = row.into_key();
+        Ok(Principal { org_id: key.org_id, project_id: key.project_id, api_key_id: key.id, scopes: key.scopes })
+    }
+
+    /// Revokes a key of `org_id`. Revoking twice is fine.
+    ///
+    /// # Errors
+    /// [`IdentityError::NotFound`] when the org has no such key.
+    pub async fn revoke_api_key(&self, org_id: &OrgId, id: &ApiKeyId) -> Result<(), IdentityError> {
+        let now = time::now();
+        let found: usize = db_transaction!(self.pool, |conn| {
+            let n = api_keys::table
+                .filter(api_keys::id.eq(id.as_str()).and(api_keys::org_id.eq(org_id.as_str())))
+                .count()
+                .get_result::<i64>(conn)
+                .await?;
+            diesel::update(
+                api_keys::table.filter(api_keys::id.eq(id.as_str())).filter(api_keys::revoked_at.is_null()),
+            )
+            .set(api_keys::revoked_at.eq(now))
+            .execute(conn)
+            .await?;
+            Ok::<_, IdentityError>(usize::try_from(n).unwrap_or_default())
+        })?;
+        if found == 0 { Err(IdentityError::NotFound("api key")) } else { Ok(()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use modelroute_db::db_test;
+
+    use super::*;
+
+    fn identity(db: &modelroute_db::testing::TestDb) -> Identity {
+        Identity::new(db.pool().clone(), ServerSecret::from_text(&"s".repeat(32)).unwrap())
+    }
+
+    db_test!(async fn key_authenticates_until_revoked(db) {
+        let id = identity(&db);
+        let org = id.create_org("Acme").await.unwrap();
+        let project = id.create_project(&org.id, "default").await.unwrap();
+        let (key, token) = id.create_api_key(&project.id, "ci", &Scopes::all(), None).await.unwrap();
+        let p = id.authenticate(&token).await.unwrap();
+        assert_eq!(p.org_id, org.id);
+        assert_eq!(p.api_key_id, key.id);
+        id.revoke_api_key(&org.id, &key.id).await.unwrap();
+        assert!(matches!(id.authenticate(&token).await, Err(IdentityError::InvalidApiKey)));
+    });
+
+    db_test!(async fn another_servers_secret_does_not_verify(db) {
+        let id = identity(&db);
+        let org = id.create_org("Acme").await.unwrap();
+        let project = id.create_project(&org.id, "default").await.unwrap();
+        let (_, token) = id.create_api_key(&project.id, "ci", &Scopes::all(), None).await.unwrap();
+        let other = Identity::new(db.pool().clone(), ServerSecret::from_text(&"t".repeat(32)).unwrap());
+        assert!(matches!(other.authenticate(&token).await, Err(IdentityError::InvalidApiKey)));
+    });
+
+    db_test!(async fn expired_keys_and_other_orgs_are_refused(db) {
+        let id = identity(&db);
+        let org = id.create_org("Acme").await.unwrap();
+        let other = id.create_org("Other").await.unwrap();
+        let project = id.create_project(&org.id, "p").await.unwrap();
+        let past = time::now() - chrono::Duration::seconds(1);
+        let (key, token) = id.create_api_key(&project.id, "old", &Scopes::all(), Some(past)).await.unwrap();
+        assert!(matches!(id.authenticate(&token).await, Err(IdentityError::InvalidApiKey)));
+        assert!(matches!(id.revoke_api_key(&other.id, &key.id).await, Err(IdentityError::NotFound(_))));
+        assert!(matches!(id.create_project(&OrgId::new(), "x").await, Err(IdentityError::NotFound(_))));
+        assert!(matches!(id.create_org("  ").await, Err(IdentityError::InvalidInput { field: "name", .. })));
+    });
+}

@@ -1,0 +1,19 @@
+use serde::{Deserialize, Serialize};
+
+/// The `[ledger]` section.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerConfig {
+    /// The ledger's currency (ISO 4217). Amounts are in its nano-units.
+    pub currency: String,
+    /// A hold not resolved within this many seconds is released by the sweeper.
+    pub hold_timeout_secs: u64,
+    /// How often the server's sweeper looks for expired holds.
+    pub sweep_interval_secs: u64,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self { currency: "USD".into(), hold_timeout_secs: 900, sweep_interval_secs: 60 }
+    }
+}

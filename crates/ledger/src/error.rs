@@ -1,0 +1,58 @@
+use modelroute_db::DbError;
+use modelroute_types::{Code, ErrorCode, Money};
+
+use crate::HoldStatus;
+
+/// Errors of the ledger.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// The available balance does not cover the amount.
+    #[error("insufficient balance: {needed} is needed and {available} is available")]
+    InsufficientBalance {
+        /// The amount asked for.
+        needed: Money,
+        /// What the org has available.
+        available: Money,
+    },
+    /// Amounts must be positive.
+    #[error("amount must be positive (got {0})")]
+    NonPositiveAmount(Money),
+    /// No such hold.
+    #[error("hold not found")]
+    HoldNotFound,
+    /// The hold was already resolved in a way this call cannot replay.
+    #[error("hold is already {}", .0.as_str())]
+    AlreadyResolved(HoldStatus),
+    /// An idempotency key was reused for a different operation.
+    #[error("idempotency key reused with a different request")]
+    IdempotencyConflict,
+    /// A bug: an entry whose postings do not sum to zero was refused.
+    #[error("refused an unbalanced journal entry")]
+    Unbalanced,
+    /// An amount overflowed.
+    #[error("amount overflow")]
+    Overflow,
+    /// The data layer failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<diesel::result::Error> for LedgerError {
+    fn from(e: diesel::result::Error) -> Self {
+        Self::Db(DbError::Query(e))
+    }
+}
+
+impl ErrorCode for LedgerError {
+    fn code(&self) -> Code {
+        match self {
+            Self::InsufficientBalance { .. } => Code::InsufficientBalance,
+            Self::NonPositiveAmount(_) => Code::InvalidRequest,
+            Self::HoldNotFound => Code::NotFound,
+            Self::AlreadyResolved(_) => Code::Conflict,
+            Self::IdempotencyConflict => Code::IdempotencyConflict,
+            Self::Overflow | Self::Unbalanced => Code::Internal,
+            Self::Db(e) => e.code(),
+        }
+    }
+}

@@ -1,0 +1,548 @@
+//! The ledger over the database.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Text};
+use diesel_async::RunQueryDsl;
+use modelroute_db::schema::{ledger_accounts, ledger_entries, ledger_holds, ledger_postings};
+use modelroute_db::{DbPool, db_run, db_transaction, is_unique_violation};
+use modelroute_types::{EntryId, HoldId, Money, OrgId, time};
+use serde::Serialize;
+
+use crate::accounts::{Account, Kind};
+use crate::{
+    Balance, CreditSource, Hold, HoldRequest, HoldStatus, Ledger, LedgerConfig, LedgerError, Resolution,
+};
+
+/// The ledger stored in the database (SQLite or PostgreSQL).
+#[derive(Debug, Clone)]
+pub struct SqlLedger {
+    pool: DbPool,
+    config: LedgerConfig,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = ledger_accounts)]
+struct NewAccount<'a> {
+    id: &'a str,
+    code: &'a str,
+    org_id: Option<&'a str>,
+    kind: &'a str,
+    currency: &'a str,
+    balance: i64,
+    created_at: NaiveDateTime,
+    updated_at: NaiveDateTime,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = ledger_entries)]
+struct NewEntry<'a> {
+    id: &'a str,
+    kind: &'a str,
+    org_id: Option<&'a str>,
+    hold_id: Option<&'a str>,
+    idempotency_key: Option<&'a str>,
+    memo: &'a str,
+    created_at: NaiveDateTime,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = ledger_postings)]
+struct NewPosting {
+    entry_id: String,
+    account_id: String,
+    amount: i64,
+}
+
+#[derive(Queryable, Selectable, Insertable, Clone)]
+#[diesel(table_name = ledger_holds)]
+struct HoldRow {
+    id: String,
+    org_id: String,
+    amount: i64,
+    status: String,
+    reference: String,
+    idempotency_key: Option<String>,
+    hold_entry_id: String,
+    resolve_entry_id: Option<String>,
+    settled_amount: Option<i64>,
+    created_at: NaiveDateTime,
+    expires_at: NaiveDateTime,
+    resolved_at: Option<NaiveDateTime>,
+}
+
+impl HoldRow {
+    fn to_hold(&self) -> Hold {
+        Hold {
+            id: HoldId::from_trusted(self.id.clone()),
+            org_id: OrgId::from_trusted(self.org_id.clone()),
+            amount: Money::from_units(self.amount),
+            status: HoldStatus::parse(&self.status),
+            reference: self.reference.clone(),
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            settled_amount: self.settled_amount.map(Money::from_units),
+        }
+    }
+
+    /// The outcome a replayed resolution returns.
+    fn resolution(&self) -> Resolution {
+        let charged = self.settled_amount.unwrap_or(0);
+        Resolution {
+            hold_id: HoldId::from_trusted(self.id.clone()),
+            status: HoldStatus::parse(&self.status),
+            charged: Money::from_units(charged),
+            released: Money::from_units(self.amount - charged),
+            overage: Money::ZERO,
+        }
+    }
+}
+
+/// The postings of one entry, as (account, signed amount). Zero amounts are
+/// skipped when written.
+type Postings = Vec<(Account, i64)>;
+
+fn posting_rows(entry_id: &str, postings: &Postings) -> Vec<NewPosting> {
+    postings
+        .iter()
+        .filter(|(_, amount)| *amount != 0)
+        .map(|(a, amount)| NewPosting { entry_id: entry_id.to_owned(), account_id: a.id.as_str().to_owned(), amount: *amount })
+        .collect()
+}
+
+/// Writes an entry: the entry row, the balance changes, the postings.
+///
+/// The overspend guard lives here, so every movement gets it: a posting that
+/// debits a customer account is the conditional update
+/// `balance = balance + amount WHERE balance >= -amount`, and when it matches
+/// no row the whole transaction fails with `InsufficientBalance`. Under
+/// PostgreSQL's row lock or SQLite's `BEGIN IMMEDIATE` the check and the
+/// debit are one atomic step. A macro, not a function, so that it is
+/// compiled once per backend inside `db_transaction!`.
+macro_rules! post_entry {
+    ($conn:ident, $entry:expr, $postings:expr, $now:expr) => {{
+        let entry: &NewEntry<'_> = $entry;
+        let postings: &Postings = $postings;
+        if postings.iter().map(|(_, a)| *a).sum::<i64>() != 0 {
+            return Err(LedgerError::Unbalanced);
+        }
+        diesel::insert_into(ledger_entries::table).values(entry).execute($conn).await?;
+        for (account, amount) in postings.iter().filter(|(_, a)| *a != 0) {
+            let target = ledger_accounts::table.find(account.id.as_str());
+            let set = (
+                ledger_accounts::balance.eq(ledger_accounts::balance + *amount),
+                ledger_accounts::updated_at.eq($now),
+            );
+            let n = if *amount < 0 && account.is_customer() {
+                diesel::update(target.filter(ledger_accounts::balance.ge(-*amount)))
+                    .set(set)
+                    .execute($conn)
+                    .await?
+            } else {
+                diesel::update(target).set(set).execute($conn).await?
+            };
+            if n != 1 {
+                let have: Option<i64> = ledger_accounts::table
+                    .find(account.id.as_str())
+                    .select(ledger_accounts::balance)
+                    .first($conn)
+                    .await
+                    .optional()?;
+                return Err(LedgerError::InsufficientBalance {
+                    needed: Money::from_units(-*amount),
+                    available: Money::from_units(have.unwrap_or(0)),
+                });
+            }
+        }
+        // One row at a time: diesel's batch insert is not available on SQLite
+        // through the async wrapper, and an entry has two or three postings.
+        for row in posting_rows(entry.id, postings) {
+            diesel::insert_into(ledger_postings::table).values(row).execute($conn).await?;
+        }
+    }};
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Journal entries checked.
+    pub entries: i64,
+    /// Accounts checked.
+    pub accounts: i64,
+    /// Every violated invariant, in words. Empty when the ledger is sound.
+    pub violations: Vec<String>,
+}
+
+#[derive(QueryableByName)]
+struct CodeAmount {
+    #[diesel(sql_type = Text)]
+    code: String,
+    #[diesel(sql_type = BigInt)]
+    amount: i64,
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+const UNBALANCED_ENTRIES: &str = "SELECT entry_id AS code, CAST(SUM(amount) AS BIGINT) AS amount \
+     FROM ledger_postings GROUP BY entry_id HAVING SUM(amount) <> 0";
+const BALANCES_NOT_REPLAYED: &str = "SELECT a.code AS code, a.balance AS amount FROM ledger_accounts a \
+     LEFT JOIN ledger_postings p ON p.account_id = a.id GROUP BY a.id, a.code, a.balance \
+     HAVING a.balance <> COALESCE(SUM(p.amount), 0)";
+const NEGATIVE_CUSTOMER_ACCOUNTS: &str = "SELECT code, balance AS amount FROM ledger_accounts \
+     WHERE kind IN ('available', 'held') AND balance < 0";
+const HELD_NOT_OPEN_HOLDS: &str = "SELECT a.code AS code, a.balance AS amount FROM ledger_accounts a \
+     WHERE a.kind = 'held' AND a.balance <> (SELECT COALESCE(SUM(h.amount), 0) FROM ledger_holds h \
+     WHERE h.org_id = a.org_id AND h.status = 'held')";
+
+impl SqlLedger {
+    /// The ledger over `pool`; creates the platform accounts if missing.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn open(pool: DbPool, config: LedgerConfig) -> Result<Self, LedgerError> {
+        let ledger = Self { pool, config };
+        ledger.create_accounts(&[Account::platform(Kind::Revenue), Account::platform(Kind::Grants)]).await?;
+        Ok(ledger)
+    }
+
+    /// Opens the accounts of a new org. Idempotent.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn open_org_accounts(&self, org: &OrgId) -> Result<(), LedgerError> {
+        self.create_accounts(&[Account::org(org, Kind::Available), Account::org(org, Kind::Held)]).await
+    }
+
+    async fn create_accounts(&self, accounts: &[Account]) -> Result<(), LedgerError> {
+        let now = time::now();
+        let rows: Vec<NewAccount<'_>> = accounts
+            .iter()
+            .map(|a| NewAccount {
+                id: a.id.as_str(),
+                code: &a.code,
+                org_id: a.org_id.as_ref().map(OrgId::as_str),
+                kind: a.kind.as_str(),
+                currency: &self.config.currency,
+                balance: 0,
+                created_at: now,
+                updated_at: now,
+            })
+            .collect();
+        for row in &rows {
+            db_run!(self.pool, |conn| diesel::insert_into(ledger_accounts::table)
+                .values(row)
+                .on_conflict_do_nothing()
+                .execute(conn)
+                .await)?;
+        }
+        Ok(())
+    }
+
+    async fn hold_by_key(&self, key: &str) -> Result<Option<HoldRow>, LedgerError> {
+        Ok(db_run!(self.pool, |conn| ledger_holds::table
+            .filter(ledger_holds::idempotency_key.eq(key))
+            .select(HoldRow::as_select())
+            .first(conn)
+            .await
+            .optional())?)
+    }
+
+    async fn hold_row(&self, id: &HoldId) -> Result<HoldRow, LedgerError> {
+        let row: Option<HoldRow> = db_run!(self.pool, |conn| ledger_holds::table
+            .find(id.as_str())
+            .select(HoldRow::as_select())
+            .first(conn)
+            .await
+            .optional())?;
+        row.ok_or(LedgerError::HoldNotFound)
+    }
+
+    /// A hold by id.
+    ///
+    /// # Errors
+    /// [`LedgerError::HoldNotFound`] or a database failure.
+    pub async fn get_hold(&self, id: &HoldId) -> Result<Hold, LedgerError> {
+        Ok(self.hold_row(id).await?.to_hold())
+    }
+
+    async fn place_hold(&self, req: &HoldRequest) -> Result<HoldRow, LedgerError> {
+        if !req.amount.is_positive() {
+            return Err(LedgerError::NonPositiveAmount(req.amount));
+        }
+        let now = time::now();
+        let timeout = i64::try_from(self.config.hold_timeout_secs).unwrap_or(i64::MAX);
+        let available = Account::org(&req.org_id, Kind::Available);
+        let held = Account::org(&req.org_id, Kind::Held);
+        let entry_id = EntryId::new();
+        let row = HoldRow {
+            id: HoldId::new().into_string(),
+            org_id: req.org_id.as_str().to_owned(),
+            amount: req.amount.units(),
+            status: HoldStatus::Held.as_str().to_owned(),
+            reference: req.reference.clone(),
+            idempotency_key: req.idempotency_key.clone(),
+            hold_entry_id: entry_id.as_str().to_owned(),
+            resolve_entry_id: None,
+            settled_amount: None,
+            created_at: now,
+            expires_at: now + chrono::Duration::seconds(timeout),
+            resolved_at: None,
+        };
+        let entry = NewEntry {
+            id: entry_id.as_str(),
+            kind: "hold",
+            org_id: Some(req.org_id.as_str()),
+            hold_id: Some(&row.id),
+            idempotency_key: None,
+            memo: &row.reference,
+            created_at: now,
+        };
+        let postings: Postings = vec![(available, -req.amount.units()), (held, req.amount.units())];
+        // The admission decision is the guarded debit inside `post_entry!`.
+        db_transaction!(self.pool, |conn| {
+            post_entry!(conn, &entry, &postings, now);
+            diesel::insert_into(ledger_holds::table).values(&row).execute(conn).await?;
+            Ok::<_, LedgerError>(())
+        })?;
+        Ok(row)
+    }
+
+    /// Resolves a hold: charges `charge` (already capped) and releases the
+    /// rest. Exactly once: a lost race returns the winner's outcome.
+    async fn resolve(&self, id: &HoldId, requested: Option<Money>, status: HoldStatus) -> Result<Resolution, LedgerError> {
+        if requested.is_some_and(|a| a.units() < 0) {
+            return Err(LedgerError::NonPositiveAmount(requested.unwrap_or_default()));
+        }
+        let row = self.hold_row(id).await?;
+        if row.status != HoldStatus::Held.as_str() {
+            return replay(&row, status);
+        }
+        let amount = row.amount;
+        let asked = requested.map_or(0, Money::units);
+        let charge = asked.min(amount);
+        let overage = asked.saturating_sub(amount);
+        let org = OrgId::from_trusted(row.org_id.clone());
+        let postings: Postings = vec![
+            (Account::org(&org, Kind::Held), -amount),
+            (Account::platform(Kind::Revenue), charge),
+            (Account::org(&org, Kind::Available), amount - charge),
+        ];
+        let now = time::now();
+        let entry_id = EntryId::new();
+        let memo = if overage > 0 {
+            format!("{} overage {} not charged", status.as_str(), Money::from_units(overage))
+        } else {
+            status.as_str().to_owned()
+        };
+        let entry = NewEntry {
+            id: entry_id.as_str(),
+            kind: status.as_str(),
+            org_id: Some(&row.org_id),
+            hold_id: Some(&row.id),
+            idempotency_key: None,
+            memo: &memo,
+            created_at: now,
+        };
+        let settled_amount = (status == HoldStatus::Settled).then_some(charge);
+        let outcome: Result<(), LedgerError> = db_transaction!(self.pool, |conn| {
+            // Claim the hold first: of concurrent resolutions exactly one
+            // matches `status = 'held'`; the others stop here and roll back.
+            let won = diesel::update(
+                ledger_holds::table.find(&row.id).filter(ledger_holds::status.eq(HoldStatus::Held.as_str())),
+            )
+            .set((
+                ledger_holds::status.eq(status.as_str()),
+                ledger_holds::settled_amount.eq(settled_amount),
+                ledger_holds::resolved_at.eq(now),
+            ))
+            .execute(conn)
+            .await?;
+            if won != 1 {
+                return Err(LedgerError::AlreadyResolved(HoldStatus::Held));
+            }
+            post_entry!(conn, &entry, &postings, now);
+            diesel::update(ledger_holds::table.find(&row.id))
+                .set(ledger_holds::resolve_entry_id.eq(entry.id))
+                .execute(conn)
+                .await?;
+            Ok(())
+        });
+        match outcome {
+            Ok(()) => {
+                if overage > 0 {
+                    tracing::warn!(hold_id = %row.id, overage = overage, "settlement above hold; overage not charged");
+                }
+                Ok(Resolution {
+                    hold_id: id.clone(),
+                    status,
+                    charged: Money::from_units(charge),
+                    released: Money::from_units(amount - charge),
+                    overage: Money::from_units(overage),
+                })
+            }
+            Err(LedgerError::AlreadyResolved(_)) => replay(&self.hold_row(id).await?, status),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Releases every open hold past its expiry; returns how many.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn sweep_expired(&self, now: NaiveDateTime) -> Result<usize, LedgerError> {
+        let ids: Vec<String> = db_run!(self.pool, |conn| ledger_holds::table
+            .filter(ledger_holds::status.eq(HoldStatus::Held.as_str()))
+            .filter(ledger_holds::expires_at.le(now))
+            .select(ledger_holds::id)
+            .limit(1000)
+            .load(conn)
+            .await)?;
+        let mut released = 0;
+        for id in ids {
+            let r = self.resolve(&HoldId::from_trusted(id), None, HoldStatus::Expired).await?;
+            if r.status == HoldStatus::Expired {
+                released += 1;
+            }
+        }
+        Ok(released)
+    }
+
+    /// Replays the journal and checks the invariants: every entry sums to
+    /// zero, every stored balance equals the sum of its postings, no customer
+    /// account is negative, and each org's held balance equals its open holds.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn verify(&self) -> Result<VerifyReport, LedgerError> {
+        let mut report = VerifyReport::default();
+        let checks: [(&str, &str); 4] = [
+            (UNBALANCED_ENTRIES, "entry does not sum to zero"),
+            (BALANCES_NOT_REPLAYED, "account balance differs from the replay of its postings"),
+            (NEGATIVE_CUSTOMER_ACCOUNTS, "customer account is negative"),
+            (HELD_NOT_OPEN_HOLDS, "held balance differs from the sum of open holds"),
+        ];
+        for (sql, what) in checks {
+            let rows: Vec<CodeAmount> = db_run!(self.pool, |conn| diesel::sql_query(sql).load(conn).await)?;
+            report.violations.extend(rows.into_iter().map(|r| format!("{what}: {} ({})", r.code, r.amount)));
+        }
+        let count = |table: &'static str| format!("SELECT COUNT(*) AS n FROM {table}");
+        let entries: Vec<Count> = db_run!(self.pool, |conn| diesel::sql_query(count("ledger_entries")).load(conn).await)?;
+        let accounts: Vec<Count> = db_run!(self.pool, |conn| diesel::sql_query(count("ledger_accounts")).load(conn).await)?;
+        report.entries = entries.into_iter().next().map_or(0, |c| c.n);
+        report.accounts = accounts.into_iter().next().map_or(0, |c| c.n);
+        Ok(report)
+    }
+}
+
+/// The outcome of a second attempt to resolve a hold: the first outcome when
+/// it was the same kind of resolution, else a conflict.
+fn replay(row: &HoldRow, wanted: HoldStatus) -> Result<Resolution, LedgerError> {
+    let status = HoldStatus::parse(&row.status);
+    let same = status == wanted || (wanted == HoldStatus::Released && status == HoldStatus::Expired);
+    if same { Ok(row.resolution()) } else { Err(LedgerError::AlreadyResolved(status)) }
+}
+
+impl Ledger for SqlLedger {
+    async fn hold(&self, request: HoldRequest) -> Result<Hold, LedgerError> {
+        if let Some(key) = &request.idempotency_key
+            && let Some(existing) = self.hold_by_key(key).await?
+        {
+            return same_hold(&existing, &request);
+        }
+        match self.place_hold(&request).await {
+            Ok(row) => Ok(row.to_hold()),
+            // A concurrent request with the same key won the insert.
+            Err(LedgerError::Db(modelroute_db::DbError::Query(e))) if is_unique_violation(&e) => {
+                let key = request.idempotency_key.as_deref().unwrap_or_default();
+                match self.hold_by_key(key).await? {
+                    Some(existing) => same_hold(&existing, &request),
+                    None => Err(LedgerError::Db(modelroute_db::DbError::Query(e))),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn settle(&self, hold: &HoldId, actual: Money) -> Result<Resolution, LedgerError> {
+        self.resolve(hold, Some(actual), HoldStatus::Settled).await
+    }
+
+    async fn release(&self, hold: &HoldId) -> Result<Resolution, LedgerError> {
+        self.resolve(hold, None, HoldStatus::Released).await
+    }
+
+    async fn credit(
+        &self,
+        org: &OrgId,
+        amount: Money,
+        source: CreditSource,
+        idempotency_key: Option<String>,
+    ) -> Result<EntryId, LedgerError> {
+        if !amount.is_positive() {
+            return Err(LedgerError::NonPositiveAmount(amount));
+        }
+        self.open_org_accounts(org).await?;
+        if let Some(key) = &idempotency_key {
+            let existing: Option<(String, Option<String>)> = db_run!(self.pool, |conn| ledger_entries::table
+                .filter(ledger_entries::idempotency_key.eq(key))
+                .select((ledger_entries::id, ledger_entries::org_id))
+                .first(conn)
+                .await
+                .optional())?;
+            if let Some((id, entry_org)) = existing {
+                return if entry_org.as_deref() == Some(org.as_str()) {
+                    Ok(EntryId::from_trusted(id))
+                } else {
+                    Err(LedgerError::IdempotencyConflict)
+                };
+            }
+        }
+        let now = time::now();
+        let entry_id = EntryId::new();
+        let memo = match source {
+            CreditSource::Grant => "grant",
+            CreditSource::Promo => "promo",
+        };
+        let entry = NewEntry {
+            id: entry_id.as_str(),
+            kind: "credit",
+            org_id: Some(org.as_str()),
+            hold_id: None,
+            idempotency_key: idempotency_key.as_deref(),
+            memo,
+            created_at: now,
+        };
+        let postings: Postings =
+            vec![(Account::platform(Kind::Grants), -amount.units()), (Account::org(org, Kind::Available), amount.units())];
+        db_transaction!(self.pool, |conn| {
+            post_entry!(conn, &entry, &postings, now);
+            Ok::<_, LedgerError>(())
+        })?;
+        Ok(entry_id)
+    }
+
+    async fn balance(&self, org: &OrgId) -> Result<Balance, LedgerError> {
+        let available = Account::org(org, Kind::Available);
+        let held = Account::org(org, Kind::Held);
+        let ids = [available.id.as_str(), held.id.as_str()];
+        let rows: Vec<(String, i64)> = db_run!(self.pool, |conn| ledger_accounts::table
+            .filter(ledger_accounts::id.eq_any(ids))
+            .select((ledger_accounts::id, ledger_accounts::balance))
+            .load(conn)
+            .await)?;
+        let get = |id: &str| Money::from_units(rows.iter().find(|(i, _)| i == id).map_or(0, |(_, b)| *b));
+        Ok(Balance { available: get(available.id.as_str()), held: get(held.id.as_str()) })
+    }
+}
+
+fn same_hold(existing: &HoldRow, request: &HoldRequest) -> Result<Hold, LedgerError> {
+    if existing.org_id == request.org_id.as_str() && existing.amount == request.amount.units() {
+        Ok(existing.to_hold())
+    } else {
+        Err(LedgerError::IdempotencyConflict)
+    }
+}

@@ -1,0 +1,163 @@
+//! The ledger's invariants, on SQLite and PostgreSQL.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use modelroute_db::db_test;
+use modelroute_db::testing::TestDb;
+use modelroute_ledger::{
+    Balance, CreditSource, HoldRequest, HoldStatus, Ledger, LedgerConfig, LedgerError, SqlLedger,
+};
+use modelroute_types::{Money, OrgId, time};
+
+async fn ledger_with(db: &TestDb, config: LedgerConfig) -> (SqlLedger, OrgId) {
+    let ledger = SqlLedger::open(db.pool().clone(), config).await.unwrap();
+    // The org must exist for the accounts' foreign key.
+    let org = OrgId::new();
+    let sql = format!("INSERT INTO orgs (id, name, created_at) VALUES ('{org}', 'test', '2026-01-01 00:00:00')");
+    match db.pool().get().await.unwrap() {
+        modelroute_db::DbConn::Postgres(mut c) => {
+            diesel_async::SimpleAsyncConnection::batch_execute(&mut *c, &sql).await.unwrap();
+        }
+        modelroute_db::DbConn::Sqlite(mut c) => {
+            diesel_async::SimpleAsyncConnection::batch_execute(&mut *c, &sql).await.unwrap();
+        }
+    }
+    ledger.open_org_accounts(&org).await.unwrap();
+    (ledger, org)
+}
+
+async fn ledger(db: &TestDb) -> (SqlLedger, OrgId) {
+    ledger_with(db, LedgerConfig::default()).await
+}
+
+fn usd(s: &str) -> Money {
+    s.parse().unwrap()
+}
+
+fn hold_req(org: &OrgId, amount: Money) -> HoldRequest {
+    HoldRequest { org_id: org.clone(), amount, reference: "test".into(), idempotency_key: None }
+}
+
+async fn assert_sound(l: &SqlLedger) {
+    let report = l.verify().await.unwrap();
+    assert!(report.violations.is_empty(), "ledger invariants broken: {:?}", report.violations);
+}
+
+db_test!(async fn hold_settle_release_move_money_as_documented(db) {
+    let (l, org) = ledger(&db).await;
+    l.credit(&org, usd("10"), CreditSource::Grant, None).await.unwrap();
+    let h = l.hold(hold_req(&org, usd("2"))).await.unwrap();
+    assert_eq!(l.balance(&org).await.unwrap(), Balance { available: usd("8"), held: usd("2") });
+    let r = l.settle(&h.id, usd("0.5")).await.unwrap();
+    assert_eq!((r.charged, r.released), (usd("0.5"), usd("1.5")));
+    assert_eq!(l.balance(&org).await.unwrap(), Balance { available: usd("9.5"), held: Money::ZERO });
+    let h2 = l.hold(hold_req(&org, usd("3"))).await.unwrap();
+    l.release(&h2.id).await.unwrap();
+    assert_eq!(l.balance(&org).await.unwrap().available, usd("9.5"));
+    let report = l.verify().await.unwrap();
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    assert_eq!(report.entries, 5);
+});
+
+db_test!(async fn insufficient_balance_writes_nothing(db) {
+    let (l, org) = ledger(&db).await;
+    l.credit(&org, usd("1"), CreditSource::Grant, None).await.unwrap();
+    let before = l.verify().await.unwrap().entries;
+    match l.hold(hold_req(&org, usd("1.000000001"))).await {
+        Err(LedgerError::InsufficientBalance { needed, available }) => {
+            assert_eq!((needed, available), (usd("1.000000001"), usd("1")));
+        }
+        other => panic!("expected insufficient balance, got {other:?}"),
+    }
+    assert_eq!(l.verify().await.unwrap().entries, before);
+    assert_eq!(l.balance(&org).await.unwrap(), Balance { available: usd("1"), held: Money::ZERO });
+    assert!(matches!(l.hold(hold_req(&org, Money::ZERO)).await, Err(LedgerError::NonPositiveAmount(_))));
+    assert_sound(&l).await;
+});
+
+db_test!(async fn a_hold_resolves_exactly_once(db) {
+    let (l, org) = ledger(&db).await;
+    l.credit(&org, usd("5"), CreditSource::Grant, None).await.unwrap();
+    let h = l.hold(hold_req(&org, usd("1"))).await.unwrap();
+    let first = l.settle(&h.id, usd("0.25")).await.unwrap();
+    let again = l.settle(&h.id, usd("0.90")).await.unwrap();
+    assert_eq!(again.charged, first.charged, "a replay returns the first outcome");
+    assert!(matches!(l.release(&h.id).await, Err(LedgerError::AlreadyResolved(HoldStatus::Settled))));
+    // Concurrent settlements of one hold: one wins, the ledger stays sound.
+    let h = l.hold(hold_req(&org, usd("1"))).await.unwrap();
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let (l, id) = (l.clone(), h.id.clone());
+            tokio::spawn(async move { l.settle(&id, Money::from_units(100_000_000 + i)).await })
+        })
+        .collect();
+    let mut charged = Vec::new();
+    for t in tasks {
+        charged.push(t.await.unwrap().unwrap().charged);
+    }
+    charged.dedup();
+    assert_eq!(charged.len(), 1, "all callers see the one outcome: {charged:?}");
+    assert_eq!(l.balance(&org).await.unwrap().available, usd("5") - usd("0.25") - charged[0]);
+    assert_sound(&l).await;
+});
+
+db_test!(async fn overage_is_capped_at_the_hold(db) {
+    let (l, org) = ledger(&db).await;
+    l.credit(&org, usd("5"), CreditSource::Grant, None).await.unwrap();
+    let h = l.hold(hold_req(&org, usd("1"))).await.unwrap();
+    let r = l.settle(&h.id, usd("1.5")).await.unwrap();
+    assert_eq!((r.charged, r.released, r.overage), (usd("1"), Money::ZERO, usd("0.5")));
+    assert_eq!(l.balance(&org).await.unwrap().available, usd("4"));
+    assert_sound(&l).await;
+});
+
+db_test!(async fn concurrent_holds_never_overspend(db) {
+    let (l, org) = ledger(&db).await;
+    l.credit(&org, usd("20"), CreditSource::Grant, None).await.unwrap();
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let (l, org) = (l.clone(), org.clone());
+            tokio::spawn(async move { l.hold(hold_req(&org, usd("1"))).await })
+        })
+        .collect();
+    let (mut ok, mut refused) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(LedgerError::InsufficientBalance { .. }) => refused += 1,
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!((ok, refused), (20, 180));
+    assert_eq!(l.balance(&org).await.unwrap(), Balance { available: Money::ZERO, held: usd("20") });
+    assert_sound(&l).await;
+});
+
+db_test!(async fn idempotency_keys_replay_the_first_outcome(db) {
+    let (l, org) = ledger(&db).await;
+    let a = l.credit(&org, usd("3"), CreditSource::Grant, Some("grant-1".into())).await.unwrap();
+    let b = l.credit(&org, usd("3"), CreditSource::Grant, Some("grant-1".into())).await.unwrap();
+    assert_eq!(a, b);
+    assert_eq!(l.balance(&org).await.unwrap().available, usd("3"));
+    let req = HoldRequest { idempotency_key: Some("exec-1".into()), ..hold_req(&org, usd("1")) };
+    let h1 = l.hold(req.clone()).await.unwrap();
+    let h2 = l.hold(req.clone()).await.unwrap();
+    assert_eq!(h1.id, h2.id);
+    assert_eq!(l.balance(&org).await.unwrap().available, usd("2"));
+    let other = HoldRequest { amount: usd("2"), ..req };
+    assert!(matches!(l.hold(other).await, Err(LedgerError::IdempotencyConflict)));
+    assert_sound(&l).await;
+});
+
+db_test!(async fn the_sweeper_releases_expired_holds(db) {
+    let config = LedgerConfig { hold_timeout_secs: 0, ..LedgerConfig::default() };
+    let (l, org) = ledger_with(&db, config).await;
+    l.credit(&org, usd("2"), CreditSource::Grant, None).await.unwrap();
+    let h = l.hold(hold_req(&org, usd("2"))).await.unwrap();
+    assert_eq!(l.sweep_expired(time::now()).await.unwrap(), 1);
+    assert_eq!(l.get_hold(&h.id).await.unwrap().status, HoldStatus::Expired);
+    assert_eq!(l.balance(&org).await.unwrap(), Balance { available: usd("2"), held: Money::ZERO });
+    // A late settlement of an expired hold is refused, not double-counted.
+    assert!(matches!(l.settle(&h.id, usd("1")).await, Err(LedgerError::AlreadyResolved(HoldStatus::Expired))));
+    assert_sound(&l).await;
+});
