@@ -1,1 +1,87 @@
+//! Provider adapters: one [`Provider`] trait, one module per provider, and a
+//! closed enum ([`ProviderClient`]) for dispatch that doubles as the tagged
+//! configuration format. The canonical request and response types in
+//! [`canonical`] are what the rest of the platform speaks; each adapter
+//! translates them to and from its provider's wire format.
+//!
+//! This crate knows no database and no server.
 
+mod builtin;
+pub mod canonical;
+mod config;
+mod error;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+
+pub use builtin::{BuiltinConfig, BuiltinFailure, BuiltinProvider, count_tokens};
+pub use canonical::{ChatRequest, ChatResponse, ChatStream, FinishReason, Message, Role, StreamEvent, Usage};
+pub use config::{ProviderConfig, ProvidersConfig, default_providers};
+pub use error::{ProviderError, ProviderErrorKind};
+
+/// What every adapter does.
+pub trait Provider: Send + Sync {
+    /// One complete answer.
+    fn chat(&self, request: &ChatRequest) -> impl Future<Output = Result<ChatResponse, ProviderError>> + Send;
+
+    /// A stream of deltas ending with [`StreamEvent::Done`]. A stream that
+    /// ends without `Done` was cut off and is not a success.
+    fn chat_stream(&self, request: &ChatRequest) -> impl Future<Output = Result<ChatStream, ProviderError>> + Send;
+}
+
+/// One configured provider. A closed enum: adding a provider adds a variant.
+#[derive(Debug, Clone)]
+pub enum ProviderClient {
+    /// The built-in deterministic provider.
+    Builtin(BuiltinProvider),
+}
+
+impl Provider for ProviderClient {
+    async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, ProviderError> {
+        match self {
+            Self::Builtin(p) => p.chat(request).await,
+        }
+    }
+
+    async fn chat_stream(&self, request: &ChatRequest) -> Result<ChatStream, ProviderError> {
+        match self {
+            Self::Builtin(p) => p.chat_stream(request).await,
+        }
+    }
+}
+
+/// The configured providers by name.
+#[derive(Debug, Clone, Default)]
+pub struct ProviderRegistry {
+    providers: BTreeMap<String, Arc<ProviderClient>>,
+}
+
+impl ProviderRegistry {
+    /// Builds every configured provider.
+    #[must_use]
+    pub fn from_config(config: &ProvidersConfig) -> Self {
+        let providers = config
+            .iter()
+            .map(|(name, c)| {
+                let client = match c {
+                    ProviderConfig::Builtin(b) => ProviderClient::Builtin(BuiltinProvider::new(b.clone())),
+                };
+                (name.clone(), Arc::new(client))
+            })
+            .collect();
+        Self { providers }
+    }
+
+    /// The provider named `name`.
+    #[must_use]
+    pub fn get(&self, name: &str) -> Option<Arc<ProviderClient>> {
+        self.providers.get(name).cloned()
+    }
+
+    /// Whether a provider of that name is configured.
+    #[must_use]
+    pub fn contains(&self, name: &str) -> bool {
+        self.providers.contains_key(name)
+    }
+}

@@ -1,1 +1,12 @@
+//! The routing engine: which route serves a request for a model slug, and
+//! why. Pure decision logic: no HTTP client, no database, no clock, no
+//! randomness — so every decision is reproducible from its inputs and is
+//! testable without I/O.
 
+mod catalogue;
+mod error;
+mod plan;
+
+pub use catalogue::{Catalogue, CatalogueConfig, Model, ModelConfig, Route, RouteConfig};
+pub use error::RoutingError;
+pub use plan::{Candidate, Decision, DecisionCandidate, RequestProfile, RoutePlan, estimate_input_tokens};

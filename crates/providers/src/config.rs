@@ -1,0 +1,28 @@
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::BuiltinConfig;
+
+/// One provider's configuration, tagged by `kind`:
+///
+/// ```toml
+/// [providers.builtin]
+/// kind = "builtin"
+/// latency_ms = 0
+/// ```
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ProviderConfig {
+    /// The built-in deterministic provider.
+    Builtin(BuiltinConfig),
+}
+
+/// The `[providers]` section: providers by name. Routes name them.
+pub type ProvidersConfig = BTreeMap<String, ProviderConfig>;
+
+/// The embedded default: one built-in provider named `builtin`.
+#[must_use]
+pub fn default_providers() -> ProvidersConfig {
+    BTreeMap::from([("builtin".to_owned(), ProviderConfig::Builtin(BuiltinConfig::default()))])
+}

@@ -1,0 +1,52 @@
+use modelroute_types::{Code, ErrorCode};
+
+/// What kind of failure a provider had, in the platform's terms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProviderErrorKind {
+    /// The provider answered with a server error or could not be reached.
+    Unavailable,
+    /// The provider did not answer in time.
+    Timeout,
+    /// The provider is rate limiting us.
+    RateLimited,
+    /// The provider refused the request as invalid.
+    InvalidRequest,
+    /// The stream ended before its end marker.
+    StreamCut,
+}
+
+/// A failed provider call. The message is safe to show: it never names the
+/// provider or its URL (routing is provider-opaque).
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{message}")]
+pub struct ProviderError {
+    /// The kind.
+    pub kind: ProviderErrorKind,
+    /// A client-safe description.
+    pub message: String,
+}
+
+impl ProviderError {
+    /// A new error.
+    #[must_use]
+    pub fn new(kind: ProviderErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into() }
+    }
+
+    /// Whether trying again (here or on another route) may succeed.
+    #[must_use]
+    pub const fn is_retryable(&self) -> bool {
+        !matches!(self.kind, ProviderErrorKind::InvalidRequest)
+    }
+}
+
+impl ErrorCode for ProviderError {
+    fn code(&self) -> Code {
+        match self.kind {
+            ProviderErrorKind::Unavailable | ProviderErrorKind::StreamCut => Code::UpstreamError,
+            ProviderErrorKind::Timeout => Code::UpstreamTimeout,
+            ProviderErrorKind::RateLimited => Code::Overloaded,
+            ProviderErrorKind::InvalidRequest => Code::InvalidRequest,
+        }
+    }
+}

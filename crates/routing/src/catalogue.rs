@@ -1,0 +1,264 @@
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use modelroute_types::PricePerMTok;
+use serde::{Deserialize, Serialize};
+
+use crate::RoutingError;
+
+/// The `[catalogue]` section: the public models and their routes.
+///
+/// ```toml
+/// [[catalogue.models]]
+/// slug = "llama-3.1-8b-instruct"
+/// context_window = 131072
+///
+/// [[catalogue.models.routes]]
+/// id = "together-llama-8b"
+/// provider = "together"          # a name under [providers]
+/// upstream_model = "meta-llama/Meta-Llama-3.1-8B-Instruct-Turbo"
+/// input_price = "0.18"           # USD per million tokens
+/// output_price = "0.18"
+/// ```
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CatalogueConfig {
+    /// The models.
+    pub models: Vec<ModelConfig>,
+}
+
+/// One public model.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The public slug clients name (`[a-z0-9._/-]`, 1–100 characters).
+    pub slug: String,
+    /// A one-line description for `/v1/models`.
+    #[serde(default)]
+    pub description: String,
+    /// Prompt plus output tokens the model accepts.
+    pub context_window: u32,
+    /// Deployments serving it; at least one.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// One deployment of a model at a provider.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Operator-facing id, unique across the catalogue.
+    pub id: String,
+    /// The provider's name under `[providers]`.
+    pub provider: String,
+    /// The model name the provider knows.
+    pub upstream_model: String,
+    /// USD per million prompt tokens, as a decimal string.
+    pub input_price: PricePerMTok,
+    /// USD per million generated tokens, as a decimal string.
+    pub output_price: PricePerMTok,
+    /// Output cap when the request names none; also the hold's worst case.
+    #[serde(default = "default_max_output")]
+    pub max_output_tokens: u32,
+    /// Whether the route can stream.
+    #[serde(default = "yes")]
+    pub streaming: bool,
+    /// Relative preference among equally priced routes.
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+const fn default_max_output() -> u32 {
+    4096
+}
+const fn yes() -> bool {
+    true
+}
+const fn one() -> u32 {
+    1
+}
+
+impl Default for CatalogueConfig {
+    /// The embedded default: two models served by the built-in provider.
+    fn default() -> Self {
+        let route = |id: &str, upstream: &str, input: &str, output: &str| RouteConfig {
+            id: id.to_owned(),
+            provider: "builtin".to_owned(),
+            upstream_model: upstream.to_owned(),
+            input_price: price(input),
+            output_price: price(output),
+            max_output_tokens: 1024,
+            streaming: true,
+            weight: 1,
+        };
+        Self {
+            models: vec![
+                ModelConfig {
+                    slug: "builtin/echo".to_owned(),
+                    description: "Deterministic echo model served in-process; for trying the API and for tests.".to_owned(),
+                    context_window: 32_768,
+                    routes: vec![route("builtin-echo", "echo", "0.10", "0.40")],
+                },
+                ModelConfig {
+                    slug: "builtin/echo-large".to_owned(),
+                    description: "The echo model at a higher price, to see pricing differ.".to_owned(),
+                    context_window: 131_072,
+                    routes: vec![route("builtin-echo-large", "echo-large", "1.00", "4.00")],
+                },
+            ],
+        }
+    }
+}
+
+fn price(s: &str) -> PricePerMTok {
+    PricePerMTok::new(s.parse().unwrap_or_default())
+}
+
+/// A validated route.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Route {
+    /// Operator-facing id (never shown to customers).
+    pub id: String,
+    /// The opaque id customers see: stable, but reveals nothing.
+    pub public_id: String,
+    /// The provider's name (never shown to customers).
+    pub provider: String,
+    /// The provider's model name.
+    pub upstream_model: String,
+    /// Prompt price.
+    pub input_price: PricePerMTok,
+    /// Output price.
+    pub output_price: PricePerMTok,
+    /// Output cap.
+    pub max_output_tokens: u32,
+    /// Streaming support.
+    pub streaming: bool,
+    /// Preference weight.
+    pub weight: u32,
+}
+
+/// A validated model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Model {
+    /// Public slug.
+    pub slug: String,
+    /// Description.
+    pub description: String,
+    /// Context window in tokens.
+    pub context_window: u32,
+    /// Its routes.
+    pub routes: Vec<Arc<Route>>,
+}
+
+/// The validated catalogue.
+#[derive(Clone, Debug, Default)]
+pub struct Catalogue {
+    models: BTreeMap<String, Model>,
+}
+
+fn valid_slug(s: &str) -> bool {
+    (1..=100).contains(&s.len())
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'/' | b'-' | b':'))
+}
+
+/// An opaque, stable id for a route: FNV-1a of its operator id.
+fn public_route_id(id: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("rt_{h:016x}")
+}
+
+impl Catalogue {
+    /// Validates the configuration. `provider_exists` says whether a route's
+    /// provider name is configured.
+    ///
+    /// # Errors
+    /// [`RoutingError::InvalidConfig`] naming the first bad entry.
+    pub fn from_config(config: &CatalogueConfig, provider_exists: impl Fn(&str) -> bool) -> Result<Self, RoutingError> {
+        let bad = |m: String| Err(RoutingError::InvalidConfig(m));
+        let mut models = BTreeMap::new();
+        let mut route_ids = BTreeSet::new();
+        for (i, m) in config.models.iter().enumerate() {
+            if !valid_slug(&m.slug) {
+                return bad(format!("models[{i}].slug `{}` must be 1-100 characters of a-z 0-9 . _ / - :", m.slug));
+            }
+            if m.routes.is_empty() {
+                return bad(format!("models[{i}] (`{}`) has no routes", m.slug));
+            }
+            if m.context_window == 0 {
+                return bad(format!("models[{i}].context_window must be positive"));
+            }
+            let mut routes = Vec::new();
+            for (j, r) in m.routes.iter().enumerate() {
+                let at = format!("models[{i}].routes[{j}]");
+                if r.id.is_empty() || !route_ids.insert(r.id.clone()) {
+                    return bad(format!("{at}.id `{}` is empty or not unique", r.id));
+                }
+                if !provider_exists(&r.provider) {
+                    return bad(format!("{at}.provider `{}` is not configured under [providers]", r.provider));
+                }
+                if r.max_output_tokens == 0 {
+                    return bad(format!("{at}.max_output_tokens must be positive"));
+                }
+                routes.push(Arc::new(Route {
+                    id: r.id.clone(),
+                    public_id: public_route_id(&r.id),
+                    provider: r.provider.clone(),
+                    upstream_model: r.upstream_model.clone(),
+                    input_price: r.input_price,
+                    output_price: r.output_price,
+                    max_output_tokens: r.max_output_tokens,
+                    streaming: r.streaming,
+                    weight: r.weight,
+                }));
+            }
+            let model = Model {
+                slug: m.slug.clone(),
+                description: m.description.clone(),
+                context_window: m.context_window,
+                routes,
+            };
+            if models.insert(m.slug.clone(), model).is_some() {
+                return bad(format!("models[{i}].slug `{}` appears twice", m.slug));
+            }
+        }
+        Ok(Self { models })
+    }
+
+    /// A model by slug.
+    #[must_use]
+    pub fn model(&self, slug: &str) -> Option<&Model> {
+        self.models.get(slug)
+    }
+
+    /// All models, by slug.
+    pub fn models(&self) -> impl Iterator<Item = &Model> {
+        self.models.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_catalogue_is_valid() {
+        let c = Catalogue::from_config(&CatalogueConfig::default(), |p| p == "builtin").unwrap();
+        assert_eq!(c.models().count(), 2);
+        let r = &c.model("builtin/echo").unwrap().routes[0];
+        assert!(r.public_id.starts_with("rt_") && !r.public_id.contains("builtin"));
+    }
+
+    #[test]
+    fn errors_name_the_bad_entry() {
+        let mut config = CatalogueConfig::default();
+        config.models[1].routes[0].provider = "nope".into();
+        let e = Catalogue::from_config(&config, |p| p == "builtin").unwrap_err();
+        assert_eq!(e.to_string(), "catalogue: models[1].routes[0].provider `nope` is not configured under [providers]");
+        let mut config = CatalogueConfig::default();
+        config.models[1].routes[0].id = "builtin-echo".into();
+        assert!(Catalogue::from_config(&config, |_| true).unwrap_err().to_string().contains("not unique"));
+    }
+}

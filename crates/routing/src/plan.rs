@@ -1,0 +1,205 @@
+use std::sync::Arc;
+
+use modelroute_types::Money;
+use serde::Serialize;
+
+use crate::{Catalogue, Route, RoutingError};
+
+/// What the engine needs to know about a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestProfile {
+    /// An upper estimate of the prompt's tokens ([`estimate_input_tokens`]).
+    pub input_tokens: u64,
+    /// The request's output cap, if it set one.
+    pub max_output_tokens: Option<u32>,
+    /// Whether the answer is streamed.
+    pub stream: bool,
+}
+
+/// An upper estimate of prompt tokens for holds: `ceil(bytes / 3)` per
+/// message plus 4 of framing. Tokenizers produce at most one token per ~4
+/// characters of ordinary text, so this errs high; an actual count above it
+/// is settled as a flagged overage (never charged beyond the hold).
+#[must_use]
+pub fn estimate_input_tokens<'a>(contents: impl IntoIterator<Item = &'a str>) -> u64 {
+    contents.into_iter().map(|c| u64::try_from(c.len()).unwrap_or(u64::MAX).div_ceil(3) + 4).sum()
+}
+
+/// A route that can serve the request, with its worst-case cost.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    /// The route.
+    pub route: Arc<Route>,
+    /// The output cap the call will use.
+    pub max_output_tokens: u32,
+    /// Prompt estimate × input price + output cap × output price.
+    pub worst_case: Money,
+}
+
+/// The ranked candidates for one request, and the evidence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoutePlan {
+    /// Candidates, best first; the rest are fallbacks in order.
+    pub candidates: Vec<Candidate>,
+    /// The customer-safe record of the decision.
+    pub decision: Decision,
+}
+
+/// Why a route was chosen, as the customer may see it: routes appear by
+/// opaque id only, never by provider or URL.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    /// The model slug.
+    pub model: String,
+    /// The policy applied.
+    pub policy: &'static str,
+    /// The rule that ordered the candidates.
+    pub rule: &'static str,
+    /// Every route considered.
+    pub candidates: Vec<DecisionCandidate>,
+}
+
+/// One route in a [`Decision`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DecisionCandidate {
+    /// The opaque route id.
+    pub route: String,
+    /// Its rank among eligible routes (1 = chosen), if eligible.
+    pub rank: Option<usize>,
+    /// Worst-case cost in nano-dollars, if eligible.
+    pub worst_case: Option<Money>,
+    /// Why it was excluded, if it was.
+    pub excluded: Option<String>,
+}
+
+impl Catalogue {
+    /// Ranks the routes of `slug` for a request.
+    ///
+    /// # Errors
+    /// [`RoutingError::ModelNotFound`], or [`RoutingError::NoRoute`] when
+    /// every route is excluded.
+    pub fn plan(&self, slug: &str, profile: &RequestProfile) -> Result<RoutePlan, RoutingError> {
+        let model = self.model(slug).ok_or_else(|| RoutingError::ModelNotFound(slug.chars().take(100).collect()))?;
+        let mut eligible = Vec::new();
+        let mut excluded = Vec::new();
+        for route in &model.routes {
+            let max_out = profile.max_output_tokens.unwrap_or(route.max_output_tokens);
+            let reason = if profile.stream && !route.streaming {
+                Some("does not support streaming".to_owned())
+            } else if profile.input_tokens.saturating_add(u64::from(max_out)) > u64::from(model.context_window) {
+                Some(format!(
+                    "prompt (~{} tokens) plus max_tokens ({max_out}) exceeds the context window ({})",
+                    profile.input_tokens, model.context_window
+                ))
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                excluded.push((route, reason));
+                continue;
+            }
+            let worst_case = route
+                .input_price
+                .cost(profile.input_tokens)
+                .zip(route.output_price.cost(u64::from(max_out)))
+                .and_then(|(a, b)| a.checked_add(b));
+            match worst_case {
+                Some(worst_case) => {
+                    eligible.push(Candidate { route: Arc::clone(route), max_output_tokens: max_out, worst_case });
+                }
+                None => excluded.push((route, "price overflow".to_owned())),
+            }
+        }
+        eligible.sort_by(|a, b| {
+            a.worst_case
+                .cmp(&b.worst_case)
+                .then(b.route.weight.cmp(&a.route.weight))
+                .then(a.route.id.cmp(&b.route.id))
+        });
+        let mut candidates: Vec<DecisionCandidate> = eligible
+            .iter()
+            .enumerate()
+            .map(|(i, c)| DecisionCandidate {
+                route: c.route.public_id.clone(),
+                rank: Some(i + 1),
+                worst_case: Some(c.worst_case),
+                excluded: None,
+            })
+            .collect();
+        candidates.extend(excluded.iter().map(|(r, why)| DecisionCandidate {
+            route: r.public_id.clone(),
+            rank: None,
+            worst_case: None,
+            excluded: Some(why.clone()),
+        }));
+        if eligible.is_empty() {
+            let reason = excluded.first().map_or_else(|| "no routes".to_owned(), |(_, why)| why.clone());
+            return Err(RoutingError::NoRoute { model: slug.to_owned(), reason });
+        }
+        let decision = Decision {
+            model: slug.to_owned(),
+            policy: "cheapest",
+            rule: "lowest worst-case cost; ties broken by higher weight, then route id",
+            candidates,
+        };
+        Ok(RoutePlan { candidates: eligible, decision })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CatalogueConfig, ModelConfig, RouteConfig};
+
+    fn catalogue() -> Catalogue {
+        let route = |id: &str, input: &str, output: &str, streaming: bool| RouteConfig {
+            id: id.into(),
+            provider: "p".into(),
+            upstream_model: "m".into(),
+            input_price: serde_json::from_str(&format!("\"{input}\"")).unwrap(),
+            output_price: serde_json::from_str(&format!("\"{output}\"")).unwrap(),
+            max_output_tokens: 100,
+            streaming,
+            weight: 1,
+        };
+        let config = CatalogueConfig {
+            models: vec![ModelConfig {
+                slug: "m".into(),
+                description: String::new(),
+                context_window: 1000,
+                routes: vec![route("r-high", "2", "2", true), route("r-low", "1", "1", false), route("r-mid", "1.5", "1.5", true)],
+            }],
+        };
+        Catalogue::from_config(&config, |_| true).unwrap()
+    }
+
+    #[test]
+    fn cheapest_first_with_evidence() {
+        let profile = RequestProfile { input_tokens: 100, max_output_tokens: None, stream: false };
+        let plan = catalogue().plan("m", &profile).unwrap();
+        let ids: Vec<&str> = plan.candidates.iter().map(|c| c.route.id.as_str()).collect();
+        assert_eq!(ids, ["r-low", "r-mid", "r-high"]);
+        // 100 in + 100 out at $1/M each = 200 tokens * 1000 nano-$.
+        assert_eq!(plan.candidates[0].worst_case, Money::from_units(200_000));
+        assert_eq!(plan.decision.candidates[0].rank, Some(1));
+        let json = serde_json::to_string(&plan.decision).unwrap();
+        assert!(!json.contains("r-low") && !json.contains("\"p\""), "decision leaks route names: {json}");
+    }
+
+    #[test]
+    fn exclusions_are_recorded() {
+        let profile = RequestProfile { input_tokens: 100, max_output_tokens: Some(50), stream: true };
+        let plan = catalogue().plan("m", &profile).unwrap();
+        assert_eq!(plan.candidates.len(), 2);
+        let excluded: Vec<_> = plan.decision.candidates.iter().filter_map(|c| c.excluded.as_deref()).collect();
+        assert_eq!(excluded, ["does not support streaming"]);
+        let too_long = RequestProfile { input_tokens: 990, max_output_tokens: Some(50), stream: false };
+        assert!(matches!(catalogue().plan("m", &too_long), Err(RoutingError::NoRoute { .. })));
+        assert!(matches!(catalogue().plan("nope", &too_long), Err(RoutingError::ModelNotFound(_))));
+    }
+
+    #[test]
+    fn estimate_errs_high() {
+        assert_eq!(estimate_input_tokens(["abcdef", ""]), 2 + 4 + 4);
+    }
+}
