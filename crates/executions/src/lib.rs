@@ -1,1 +1,18 @@
+//! Executions: the one place that composes the ledger, the routing engine
+//! and the provider adapters (see docs/ARCHITECTURE.md for why this crate,
+//! and only this one, depends on its siblings).
+//!
+//! An execution's life: plan a route (no writes) → place a hold for the
+//! worst case (the admission decision) → record the execution → call the
+//! provider → settle the actual cost, or release the hold on failure →
+//! record the outcome. Everything after the hold runs in a spawned task, so
+//! a client that disconnects cannot cancel it half-way: the hold is always
+//! resolved and the record always finished.
 
+mod error;
+mod executor;
+mod record;
+
+pub use error::ExecutionError;
+pub use executor::{Caller, Completed, Executor, StreamItem, StreamingExecution};
+pub use record::{Execution, ExecutionStatus};

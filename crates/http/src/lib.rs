@@ -1,1 +1,22 @@
+//! The HTTP layer: thin actix handlers over the domain crates, the one
+//! table that maps error codes to statuses and JSON bodies, the settings
+//! (figment), and [`Application`], which builds and runs the server.
+//!
+//! Handlers follow one shape: extract the caller, parse the body, call one
+//! domain function, wrap the result.
 
+mod auth;
+mod body;
+mod error;
+pub mod operator;
+mod request_id;
+mod routes;
+pub mod settings;
+mod startup;
+mod state;
+mod wire;
+
+pub use error::{ApiError, status_of};
+pub use operator::{BootstrapReport, Services};
+pub use settings::{BootstrapConfig, ServerConfig, Settings, SettingsError};
+pub use startup::{Application, StartupError};

@@ -42,9 +42,11 @@ impl fmt::Display for Secret {
     }
 }
 
+/// An unset secret prints as `""` (so a printed config shows it is unset),
+/// a set one as `[redacted]`.
 impl Serialize for Secret {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(Self::REDACTED)
+        s.serialize_str(if self.0.is_empty() { "" } else { Self::REDACTED })
     }
 }
 

@@ -1,0 +1,67 @@
+use modelroute_db::DbError;
+use modelroute_ledger::LedgerError;
+use modelroute_providers::ProviderError;
+use modelroute_routing::RoutingError;
+use modelroute_types::{Code, ErrorCode};
+
+/// Errors of an execution.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutionError {
+    /// The request itself is invalid.
+    #[error("{message}")]
+    InvalidRequest {
+        /// The parameter at fault.
+        param: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// No such execution for this org.
+    #[error("execution not found")]
+    NotFound,
+    /// Routing refused the request.
+    #[error(transparent)]
+    Routing(#[from] RoutingError),
+    /// The ledger refused or failed.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// The provider failed.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    /// The route names a provider that is not configured (a config bug).
+    #[error("route provider is not configured")]
+    ProviderMissing,
+    /// The execution task died (a bug).
+    #[error("the execution task failed")]
+    TaskFailed,
+    /// The data layer failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<diesel::result::Error> for ExecutionError {
+    fn from(e: diesel::result::Error) -> Self {
+        Self::Db(DbError::Query(e))
+    }
+}
+
+impl ErrorCode for ExecutionError {
+    fn code(&self) -> Code {
+        match self {
+            Self::InvalidRequest { .. } => Code::InvalidRequest,
+            Self::NotFound => Code::NotFound,
+            Self::Routing(e) => e.code(),
+            Self::Ledger(e) => e.code(),
+            Self::Provider(e) => e.code(),
+            Self::ProviderMissing | Self::TaskFailed => Code::Internal,
+            Self::Db(e) => e.code(),
+        }
+    }
+
+    fn param(&self) -> Option<&str> {
+        match self {
+            Self::InvalidRequest { param, .. } => Some(param),
+            Self::Routing(e) => e.param(),
+            _ => None,
+        }
+    }
+}

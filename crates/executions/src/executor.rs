@@ -1,0 +1,368 @@
+use std::sync::Arc;
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use futures_util::StreamExt as _;
+use modelroute_db::schema::executions;
+use modelroute_db::{DbPool, db_run};
+use modelroute_ledger::{Hold, HoldRequest, Ledger};
+use modelroute_providers::{
+    ChatRequest, ChatResponse, FinishReason, Provider, ProviderClient, ProviderError, ProviderErrorKind,
+    ProviderRegistry, StreamEvent, Usage, count_tokens,
+};
+use modelroute_routing::{Candidate, Catalogue, RequestProfile, estimate_input_tokens};
+use modelroute_types::{ApiKeyId, ErrorCode, ExecutionId, Money, OrgId, ProjectId, time};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::record::ExecutionRow;
+use crate::{Execution, ExecutionError, ExecutionStatus};
+
+/// Who is paying for an execution.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// The tenant whose balance pays.
+    pub org_id: OrgId,
+    /// The project.
+    pub project_id: ProjectId,
+    /// The API key used.
+    pub api_key_id: ApiKeyId,
+}
+
+/// A finished non-streamed execution.
+#[derive(Clone, Debug)]
+pub struct Completed {
+    /// The execution's id.
+    pub execution_id: ExecutionId,
+    /// When it was accepted.
+    pub created_at: NaiveDateTime,
+    /// The provider's answer.
+    pub response: ChatResponse,
+    /// What was charged.
+    pub cost: Money,
+}
+
+/// One event of a streamed execution.
+#[derive(Debug)]
+pub enum StreamItem {
+    /// More text.
+    Delta(String),
+    /// Success: settled.
+    Done {
+        /// Why generation ended.
+        finish_reason: FinishReason,
+        /// Token counts.
+        usage: Usage,
+        /// What was charged.
+        cost: Money,
+    },
+    /// Failure after the stream started; the hold was released.
+    Failed(ExecutionError),
+}
+
+/// A streamed execution that has been admitted (the hold is placed).
+#[derive(Debug)]
+pub struct StreamingExecution {
+    /// The execution's id.
+    pub execution_id: ExecutionId,
+    /// When it was accepted.
+    pub created_at: NaiveDateTime,
+    /// The events, ending with `Done` or `Failed`.
+    pub events: mpsc::Receiver<StreamItem>,
+}
+
+/// Runs executions. Cheap to clone.
+#[derive(Debug)]
+pub struct Executor<L> {
+    inner: Arc<Inner<L>>,
+}
+
+impl<L> Clone for Executor<L> {
+    fn clone(&self) -> Self {
+        Self { inner: Arc::clone(&self.inner) }
+    }
+}
+
+#[derive(Debug)]
+struct Inner<L> {
+    pool: DbPool,
+    ledger: L,
+    catalogue: Arc<Catalogue>,
+    providers: Arc<ProviderRegistry>,
+}
+
+/// An admitted execution: hold placed, record written.
+struct Admitted {
+    id: ExecutionId,
+    created_at: NaiveDateTime,
+    hold: Hold,
+    candidate: Candidate,
+    provider: Arc<ProviderClient>,
+    upstream: ChatRequest,
+}
+
+impl<L: Ledger + 'static> Executor<L> {
+    /// An executor over these parts.
+    #[must_use]
+    pub fn new(pool: DbPool, ledger: L, catalogue: Arc<Catalogue>, providers: Arc<ProviderRegistry>) -> Self {
+        Self { inner: Arc::new(Inner { pool, ledger, catalogue, providers }) }
+    }
+
+    /// The catalogue in use.
+    #[must_use]
+    pub fn catalogue(&self) -> &Catalogue {
+        &self.inner.catalogue
+    }
+
+    /// Runs a chat request to completion. `request.model` is the public slug.
+    ///
+    /// # Errors
+    /// Routing, admission (insufficient balance) and provider failures. A
+    /// failure before the hold writes nothing; one after it releases the hold
+    /// and records the failed execution.
+    pub async fn run(&self, caller: Caller, request: ChatRequest) -> Result<Completed, ExecutionError> {
+        let this = self.clone();
+        // Spawned: a disconnecting client drops this future, not the work.
+        tokio::spawn(async move { this.run_detached(caller, request).await })
+            .await
+            .map_err(|_| ExecutionError::TaskFailed)?
+    }
+
+    async fn run_detached(&self, caller: Caller, request: ChatRequest) -> Result<Completed, ExecutionError> {
+        let admitted = self.admit(&caller, &request, false).await?;
+        match admitted.provider.chat(&admitted.upstream).await {
+            Ok(response) => {
+                let cost = self.settle(&admitted, response.usage, response.finish_reason, ExecutionStatus::Succeeded).await?;
+                Ok(Completed { execution_id: admitted.id, created_at: admitted.created_at, response, cost })
+            }
+            Err(e) => {
+                let e = ExecutionError::Provider(e);
+                self.fail(&admitted, &e).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts a streamed execution. Returns once the hold is placed; the
+    /// answer arrives on [`StreamingExecution::events`].
+    ///
+    /// # Errors
+    /// Routing and admission failures (nothing is written), or a provider
+    /// that fails before its first byte (the hold is released).
+    pub async fn start_stream(&self, caller: Caller, request: ChatRequest) -> Result<StreamingExecution, ExecutionError> {
+        let (admitted_tx, admitted_rx) = oneshot::channel();
+        let (tx, rx) = mpsc::channel(64);
+        let this = self.clone();
+        tokio::spawn(async move { this.stream_detached(caller, request, admitted_tx, tx).await });
+        let (execution_id, created_at) = admitted_rx.await.map_err(|_| ExecutionError::TaskFailed)??;
+        Ok(StreamingExecution { execution_id, created_at, events: rx })
+    }
+
+    async fn stream_detached(
+        &self,
+        caller: Caller,
+        request: ChatRequest,
+        admitted_tx: oneshot::Sender<Result<(ExecutionId, NaiveDateTime), ExecutionError>>,
+        tx: mpsc::Sender<StreamItem>,
+    ) {
+        let admitted = match self.admit(&caller, &request, true).await {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = admitted_tx.send(Err(e));
+                return;
+            }
+        };
+        let mut stream = match admitted.provider.chat_stream(&admitted.upstream).await {
+            Ok(s) => s,
+            Err(e) => {
+                let e = ExecutionError::Provider(e);
+                self.fail(&admitted, &e).await;
+                let _ = admitted_tx.send(Err(e));
+                return;
+            }
+        };
+        if admitted_tx.send(Ok((admitted.id.clone(), admitted.created_at))).is_err() {
+            // The client left before the first byte: nothing was generated.
+            self.fail(&admitted, &ExecutionError::TaskFailed).await;
+            return;
+        }
+        let mut produced = String::new();
+        loop {
+            match stream.next().await {
+                Some(Ok(StreamEvent::Delta(d))) => {
+                    produced.push_str(&d);
+                    if tx.send(StreamItem::Delta(d)).await.is_err() {
+                        // The client went away mid-answer. The provider did
+                        // the work so far: charge the prompt and the output
+                        // produced, at the built-in tokenizer's estimate.
+                        let usage = Usage {
+                            input_tokens: estimate_input_tokens(request.messages.iter().map(|m| m.content.as_str())),
+                            output_tokens: count_tokens(&produced),
+                        };
+                        let _ = self.settle(&admitted, usage, FinishReason::Stop, ExecutionStatus::Canceled).await;
+                        return;
+                    }
+                }
+                Some(Ok(StreamEvent::Done { finish_reason, usage })) => {
+                    let item = match self.settle(&admitted, usage, finish_reason, ExecutionStatus::Succeeded).await {
+                        Ok(cost) => StreamItem::Done { finish_reason, usage, cost },
+                        Err(e) => StreamItem::Failed(e),
+                    };
+                    let _ = tx.send(item).await;
+                    return;
+                }
+                Some(Err(e)) => {
+                    let e = ExecutionError::Provider(e);
+                    self.fail(&admitted, &e).await;
+                    let _ = tx.send(StreamItem::Failed(e)).await;
+                    return;
+                }
+                None => {
+                    // Ended without its end marker: a truncated answer is
+                    // never a success.
+                    let e = ExecutionError::Provider(ProviderError::new(
+                        ProviderErrorKind::StreamCut,
+                        "the upstream stream ended before it was complete",
+                    ));
+                    self.fail(&admitted, &e).await;
+                    let _ = tx.send(StreamItem::Failed(e)).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Plans, holds and records. Writes nothing unless the hold succeeds.
+    async fn admit(&self, caller: &Caller, request: &ChatRequest, stream: bool) -> Result<Admitted, ExecutionError> {
+        if request.messages.is_empty() {
+            return Err(ExecutionError::InvalidRequest { param: "messages", message: "messages must not be empty".into() });
+        }
+        let inner = &self.inner;
+        let profile = RequestProfile {
+            input_tokens: estimate_input_tokens(request.messages.iter().map(|m| m.content.as_str())),
+            max_output_tokens: request.max_tokens,
+            stream,
+        };
+        let plan = inner.catalogue.plan(&request.model, &profile)?;
+        let candidate = plan.candidates.into_iter().next().ok_or(ExecutionError::ProviderMissing)?;
+        let provider = inner.providers.get(&candidate.route.provider).ok_or(ExecutionError::ProviderMissing)?;
+        let id = ExecutionId::new();
+        let hold = inner
+            .ledger
+            .hold(HoldRequest {
+                org_id: caller.org_id.clone(),
+                amount: candidate.worst_case,
+                reference: id.to_string(),
+                idempotency_key: Some(format!("execution:{id}")),
+            })
+            .await?;
+        let now = time::now();
+        let row = ExecutionRow {
+            id: id.to_string(),
+            org_id: caller.org_id.to_string(),
+            project_id: caller.project_id.to_string(),
+            api_key_id: caller.api_key_id.to_string(),
+            model: request.model.clone(),
+            route_id: Some(candidate.route.public_id.clone()),
+            status: ExecutionStatus::Running.as_str().to_owned(),
+            stream,
+            hold_id: Some(hold.id.to_string()),
+            hold_amount: hold.amount.units(),
+            cost: None,
+            input_tokens: None,
+            output_tokens: None,
+            finish_reason: None,
+            error_code: None,
+            error_message: None,
+            decision: serde_json::to_string(&plan.decision).ok(),
+            created_at: now,
+            started_at: Some(now),
+            finished_at: None,
+        };
+        let inserted: Result<usize, ExecutionError> =
+            async { Ok(db_run!(inner.pool, |conn| diesel::insert_into(executions::table).values(&row).execute(conn).await)?) }
+                .await;
+        if let Err(e) = inserted {
+            // Leave nothing behind: give the money back.
+            if let Err(release) = inner.ledger.release(&hold.id).await {
+                tracing::error!(hold_id = %hold.id, error = %release, "releasing the hold of an unrecorded execution failed; the sweeper will");
+            }
+            return Err(e);
+        }
+        let mut upstream = request.clone();
+        upstream.model.clone_from(&candidate.route.upstream_model);
+        upstream.max_tokens = Some(candidate.max_output_tokens);
+        Ok(Admitted { id, created_at: now, hold, candidate, provider, upstream })
+    }
+
+    /// Settles the hold for `usage` at the route's prices and records the outcome.
+    async fn settle(
+        &self,
+        admitted: &Admitted,
+        usage: Usage,
+        finish_reason: FinishReason,
+        status: ExecutionStatus,
+    ) -> Result<Money, ExecutionError> {
+        let route = &admitted.candidate.route;
+        let cost = route
+            .input_price
+            .cost(usage.input_tokens)
+            .zip(route.output_price.cost(usage.output_tokens))
+            .and_then(|(a, b)| a.checked_add(b))
+            .unwrap_or(admitted.hold.amount);
+        let resolution = self.inner.ledger.settle(&admitted.hold.id, cost).await?;
+        let to_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let update = (
+            executions::status.eq(status.as_str()),
+            executions::cost.eq(Some(resolution.charged.units())),
+            executions::input_tokens.eq(Some(to_i64(usage.input_tokens))),
+            executions::output_tokens.eq(Some(to_i64(usage.output_tokens))),
+            executions::finish_reason.eq(Some(finish_reason.as_str())),
+            executions::finished_at.eq(Some(time::now())),
+        );
+        let id = admitted.id.as_str();
+        let pool = &self.inner.pool;
+        let updated: Result<usize, ExecutionError> =
+            async { Ok(db_run!(pool, |conn| diesel::update(executions::table.find(id)).set(update).execute(conn).await)?) }.await;
+        updated?;
+        Ok(resolution.charged)
+    }
+
+    /// Releases the hold and records the failure. Never fails: problems are
+    /// logged (the sweeper releases a hold this could not).
+    async fn fail(&self, admitted: &Admitted, error: &ExecutionError) {
+        if let Err(e) = self.inner.ledger.release(&admitted.hold.id).await {
+            tracing::error!(execution_id = %admitted.id, error = %e, "releasing a failed execution's hold failed; the sweeper will");
+        }
+        let update = (
+            executions::status.eq(ExecutionStatus::Failed.as_str()),
+            executions::cost.eq(Some(0_i64)),
+            executions::error_code.eq(Some(error.code().as_str())),
+            executions::error_message.eq(Some(error.to_string())),
+            executions::finished_at.eq(Some(time::now())),
+        );
+        let id = admitted.id.as_str();
+        let pool = &self.inner.pool;
+        let updated: Result<usize, ExecutionError> =
+            async { Ok(db_run!(pool, |conn| diesel::update(executions::table.find(id)).set(update).execute(conn).await)?) }.await;
+        if let Err(e) = updated {
+            tracing::error!(execution_id = %admitted.id, error = %e, "recording a failed execution failed");
+        }
+    }
+
+    /// An execution of `org`.
+    ///
+    /// # Errors
+    /// [`ExecutionError::NotFound`] when `org` has no such execution.
+    pub async fn get(&self, org: &OrgId, id: &ExecutionId) -> Result<Execution, ExecutionError> {
+        let pool = &self.inner.pool;
+        let row: Option<ExecutionRow> = db_run!(pool, |conn| executions::table
+            .filter(executions::id.eq(id.as_str()))
+            .filter(executions::org_id.eq(org.as_str()))
+            .select(ExecutionRow::as_select())
+            .first(conn)
+            .await
+            .optional())?;
+        row.map(Execution::from).ok_or(ExecutionError::NotFound)
+    }
+}

@@ -1,0 +1,136 @@
+//! The stored execution record.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use modelroute_db::schema::executions;
+use modelroute_types::{ExecutionId, HoldId, Money};
+use serde::Serialize;
+
+/// Where an execution is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutionStatus {
+    /// Accepted, not started.
+    Queued,
+    /// The provider is working.
+    Running,
+    /// Finished with an answer; settled.
+    Succeeded,
+    /// Finished without an answer; hold released.
+    Failed,
+    /// The client went away or canceled.
+    Canceled,
+}
+
+impl ExecutionStatus {
+    /// The stored name.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Canceled => "canceled",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Self {
+        match s {
+            "queued" => Self::Queued,
+            "succeeded" => Self::Succeeded,
+            "failed" => Self::Failed,
+            "canceled" => Self::Canceled,
+            _ => Self::Running,
+        }
+    }
+}
+
+#[derive(Queryable, Selectable, Insertable, Clone, Debug)]
+#[diesel(table_name = executions)]
+pub(crate) struct ExecutionRow {
+    pub(crate) id: String,
+    pub(crate) org_id: String,
+    pub(crate) project_id: String,
+    pub(crate) api_key_id: String,
+    pub(crate) model: String,
+    pub(crate) route_id: Option<String>,
+    pub(crate) status: String,
+    pub(crate) stream: bool,
+    pub(crate) hold_id: Option<String>,
+    pub(crate) hold_amount: i64,
+    pub(crate) cost: Option<i64>,
+    pub(crate) input_tokens: Option<i64>,
+    pub(crate) output_tokens: Option<i64>,
+    pub(crate) finish_reason: Option<String>,
+    pub(crate) error_code: Option<String>,
+    pub(crate) error_message: Option<String>,
+    pub(crate) decision: Option<String>,
+    pub(crate) created_at: NaiveDateTime,
+    pub(crate) started_at: Option<NaiveDateTime>,
+    pub(crate) finished_at: Option<NaiveDateTime>,
+}
+
+/// An execution as its org sees it. Routes appear by opaque id only.
+#[derive(Clone, Debug, Serialize)]
+pub struct Execution {
+    /// Its id.
+    pub id: ExecutionId,
+    /// The model slug.
+    pub model: String,
+    /// The opaque id of the route that served it.
+    pub route: Option<String>,
+    /// Where it is.
+    pub status: ExecutionStatus,
+    /// Whether the answer was streamed.
+    pub stream: bool,
+    /// The hold placed for its worst case.
+    pub hold_id: Option<HoldId>,
+    /// The hold's amount.
+    pub hold_amount: Money,
+    /// What was charged, once settled.
+    pub cost: Option<Money>,
+    /// Prompt tokens.
+    pub input_tokens: Option<u64>,
+    /// Generated tokens.
+    pub output_tokens: Option<u64>,
+    /// Why generation ended.
+    pub finish_reason: Option<String>,
+    /// The error code, when it failed.
+    pub error_code: Option<String>,
+    /// The error message, when it failed.
+    pub error_message: Option<String>,
+    /// The routing decision's evidence (customer-safe JSON).
+    pub decision: Option<serde_json::Value>,
+    /// When it was accepted.
+    pub created_at: NaiveDateTime,
+    /// When the provider was called.
+    pub started_at: Option<NaiveDateTime>,
+    /// When it finished.
+    pub finished_at: Option<NaiveDateTime>,
+}
+
+impl From<ExecutionRow> for Execution {
+    fn from(r: ExecutionRow) -> Self {
+        let tokens = |t: Option<i64>| t.and_then(|t| u64::try_from(t).ok());
+        Self {
+            id: ExecutionId::from_trusted(r.id),
+            model: r.model,
+            route: r.route_id,
+            status: ExecutionStatus::parse(&r.status),
+            stream: r.stream,
+            hold_id: r.hold_id.map(HoldId::from_trusted),
+            hold_amount: Money::from_units(r.hold_amount),
+            cost: r.cost.map(Money::from_units),
+            input_tokens: tokens(r.input_tokens),
+            output_tokens: tokens(r.output_tokens),
+            finish_reason: r.finish_reason,
+            error_code: r.error_code,
+            error_message: r.error_message,
+            decision: r.decision.and_then(|d| serde_json::from_str(&d).ok()),
+            created_at: r.created_at,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The one place that maps error codes to HTTP statuses and JSON bodies.
+//!
+//! Every crate's error implements [`ErrorCode`]; `?` in a handler turns it
+//! into an [`ApiError`] through the blanket `From`. The body is OpenAI's
+//! error shape, which every route uses:
+//! `{"error": {"message": "...", "type": "...", "param": null, "code": "..."}}`.
+//! Internal errors are logged in full and answered with a generic message;
+//! the `x-request-id` header ties the two together.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use modelroute_types::{Code, ErrorCode};
+use serde_json::json;
+
+/// An error on its way to the client.
+#[derive(Debug)]
+pub struct ApiError {
+    code: Code,
+    message: String,
+    param: Option<String>,
+}
+
+impl ApiError {
+    /// An error with an explicit code and message.
+    #[must_use]
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), param: None }
+    }
+
+    /// A 400 about one parameter.
+    #[must_use]
+    pub fn invalid_param(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { code: Code::InvalidRequest, message: message.into(), param: Some(param.into()) }
+    }
+
+    /// The code.
+    #[must_use]
+    pub const fn code(&self) -> Code {
+        self.code
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl<E: ErrorCode> From<E> for ApiError {
+    fn from(e: E) -> Self {
+        let code = e.code();
+        if code.is_public() {
+            return Self { code, message: e.to_string(), param: e.param().map(str::to_owned) };
+        }
+        tracing::error!(code = code.as_str(), error = %e, "request failed");
+        let message = match code {
+            Code::DatabaseUnavailable => "the service is temporarily unavailable; retry shortly",
+            _ => "internal error; quote the x-request-id header when reporting it",
+        };
+        Self { code, message: message.to_owned(), param: None }
+    }
+}
+
+/// The status of each code. The one table.
+#[must_use]
+pub const fn status_of(code: Code) -> StatusCode {
+    match code {
+        Code::InvalidRequest | Code::NoRouteAvailable => StatusCode::BAD_REQUEST,
+        Code::InvalidApiKey => StatusCode::UNAUTHORIZED,
+        Code::InsufficientBalance => StatusCode::PAYMENT_REQUIRED,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::NotFound | Code::ModelNotFound => StatusCode::NOT_FOUND,
+        Code::Conflict => StatusCode::CONFLICT,
+        Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Code::IdempotencyConflict => StatusCode::UNPROCESSABLE_ENTITY,
+        Code::UpstreamError => StatusCode::BAD_GATEWAY,
+        Code::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        Code::Overloaded | Code::DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// OpenAI's `type` for each code, so OpenAI SDKs raise the right exception.
+const fn openai_type(code: Code) -> &'static str {
+    match code {
+        Code::InvalidRequest | Code::NoRouteAvailable | Code::PayloadTooLarge | Code::IdempotencyConflict | Code::Conflict => {
+            "invalid_request_error"
+        }
+        Code::InvalidApiKey => "authentication_error",
+        Code::PermissionDenied => "permission_error",
+        Code::NotFound | Code::ModelNotFound => "not_found_error",
+        Code::InsufficientBalance => "insufficient_quota",
+        Code::Overloaded => "rate_limit_error",
+        _ => "api_error",
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        status_of(self.code)
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        if matches!(self.code, Code::Overloaded | Code::DatabaseUnavailable) {
+            response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+        }
+        if self.code == Code::InvalidApiKey {
+            response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+        }
+        response.json(json!({
+            "error": {
+                "message": self.message,
+                "type": openai_type(self.code),
+                "param": self.param,
+                "code": self.code.as_str(),
+            }
+        }))
+    }
+}

@@ -1,0 +1,105 @@
+//! `POST /v1/chat/completions`, OpenAI-compatible, streaming or not.
+
+use std::convert::Infallible;
+
+use actix_web::http::header;
+use actix_web::{HttpResponse, web};
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use modelroute_executions::{Caller as ExecCaller, StreamItem};
+use modelroute_identity::Scope;
+use modelroute_types::{ErrorCode as _, time};
+use serde_json::{Value, json};
+
+use crate::auth::Caller;
+use crate::body::read_json;
+use crate::state::State;
+use crate::wire::{ChatCompletionRequest, usage};
+use crate::ApiError;
+
+pub(crate) async fn completions(state: State, caller: Caller, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+    let principal = caller.require(Scope::Execute)?;
+    let body: ChatCompletionRequest = read_json(payload, state.max_body_bytes).await?;
+    let stream = body.stream.unwrap_or(false);
+    let include_usage = body.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    let request = body.into_canonical()?;
+    let slug = request.model.clone();
+    let exec_caller = ExecCaller {
+        org_id: principal.org_id.clone(),
+        project_id: principal.project_id.clone(),
+        api_key_id: principal.api_key_id.clone(),
+    };
+    if !stream {
+        let done = state.executor.run(exec_caller, request).await?;
+        let r = &done.response;
+        return Ok(HttpResponse::Ok()
+            .insert_header(("x-modelroute-execution-id", done.execution_id.as_str()))
+            .json(json!({
+                "id": done.execution_id,
+                "object": "chat.completion",
+                "created": time::unix_seconds(done.created_at),
+                "model": slug,
+                "choices": [{
+                    "index": 0,
+                    "message": { "role": "assistant", "content": r.content, "refusal": null },
+                    "logprobs": null,
+                    "finish_reason": r.finish_reason.as_str(),
+                }],
+                "usage": usage(r.usage.input_tokens, r.usage.output_tokens),
+                "system_fingerprint": null,
+            })));
+    }
+    let execution = state.executor.start_stream(exec_caller, request).await?;
+    let id = execution.execution_id.to_string();
+    let created = time::unix_seconds(execution.created_at);
+    let chunk = move |delta: Value, finish: Option<&str>| {
+        json!({
+            "id": id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": slug,
+            "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish }],
+        })
+    };
+    let first = sse(&chunk(json!({ "role": "assistant", "content": "" }), None));
+    // Unfold the execution's events into SSE frames; `None` ends the body.
+    let state0 = (execution.events, chunk, false);
+    let frames = futures_util::stream::unfold(state0, move |(mut events, chunk, finished)| async move {
+        if finished {
+            return None;
+        }
+        let frame = match events.recv().await? {
+            StreamItem::Delta(text) => sse(&chunk(json!({ "content": text }), None)),
+            StreamItem::Done { finish_reason, usage: u, .. } => {
+                let mut out = sse(&chunk(json!({}), Some(finish_reason.as_str()))).to_vec();
+                if include_usage {
+                    // The usage chunk has no choices, as OpenAI sends it.
+                    let mut v = chunk(json!({}), None);
+                    v["choices"] = json!([]);
+                    v["usage"] = usage(u.input_tokens, u.output_tokens);
+                    out.extend_from_slice(&sse(&v));
+                }
+                out.extend_from_slice(b"data: [DONE]\n\n");
+                return Some((Ok::<_, Infallible>(Bytes::from(out)), (events, chunk, true)));
+            }
+            StreamItem::Failed(e) => {
+                // No [DONE]: a truncated answer must not look complete.
+                let code = e.code();
+                let message = if code.is_public() { e.to_string() } else { "internal error".to_owned() };
+                let frame = sse(&json!({ "error": { "message": message, "type": "api_error", "param": null, "code": code.as_str() } }));
+                return Some((Ok(frame), (events, chunk, true)));
+            }
+        };
+        Some((Ok(frame), (events, chunk, false)))
+    });
+    let body = futures_util::stream::once(async move { Ok::<_, Infallible>(first) }).chain(frames);
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "text/event-stream"))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("x-modelroute-execution-id", execution.execution_id.as_str()))
+        .streaming(body))
+}
+
+fn sse(v: &Value) -> Bytes {
+    Bytes::from(format!("data: {v}\n\n"))
+}

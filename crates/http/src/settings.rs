@@ -1,0 +1,234 @@
+//! Configuration: built-in defaults → `modelroute.toml` → `MODELROUTE_*`
+//! environment variables (`__` separates levels:
+//! `MODELROUTE_DATABASE__URL=postgres://…`). One typed section per crate;
+//! unknown keys are rejected with an error that names them.
+
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use modelroute_db::DatabaseConfig;
+use modelroute_identity::IdentityConfig;
+use modelroute_ledger::LedgerConfig;
+use modelroute_providers::{ProvidersConfig, default_providers};
+use modelroute_routing::CatalogueConfig;
+use modelroute_telemetry::TelemetryConfig;
+use modelroute_types::Money;
+use serde::{Deserialize, Serialize};
+
+/// Every setting of the server.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// `[server]`: listening and limits.
+    pub server: ServerConfig,
+    /// `[database]`: the data layer.
+    pub database: DatabaseConfig,
+    /// `[identity]`: the server secret.
+    pub identity: IdentityConfig,
+    /// `[ledger]`: holds and currency.
+    pub ledger: LedgerConfig,
+    /// `[catalogue]`: models and routes.
+    pub catalogue: CatalogueConfig,
+    /// `[providers.NAME]`: provider adapters.
+    pub providers: ProvidersConfig,
+    /// `[telemetry]`: logs and metrics.
+    pub telemetry: TelemetryConfig,
+    /// `[bootstrap]`: what an empty database gets on first start.
+    pub bootstrap: BootstrapConfig,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            database: DatabaseConfig::default(),
+            identity: IdentityConfig::default(),
+            ledger: LedgerConfig::default(),
+            catalogue: CatalogueConfig::default(),
+            providers: default_providers(),
+            telemetry: TelemetryConfig::default(),
+            bootstrap: BootstrapConfig::default(),
+        }
+    }
+}
+
+/// The `[server]` section.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on; port 0 picks a free port.
+    pub bind: String,
+    /// Worker threads; 0 means one per core.
+    pub workers: usize,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// A client must send its complete request head within this time, or
+    /// the connection is closed (a client that sends half a header is cut off).
+    pub client_request_timeout_ms: u64,
+    /// Idle keep-alive connections are closed after this time.
+    pub keep_alive_secs: u64,
+    /// On SIGTERM, in-flight requests get this long to finish.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".into(),
+            workers: 0,
+            max_body_bytes: 4 * 1024 * 1024,
+            client_request_timeout_ms: 5_000,
+            keep_alive_secs: 30,
+            shutdown_timeout_secs: 30,
+        }
+    }
+}
+
+/// The `[bootstrap]` section.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BootstrapConfig {
+    /// On start with an empty database, create an org, a project and an API
+    /// key, grant `starting_credit`, and print the key once.
+    pub enabled: bool,
+    /// The default org's name.
+    pub org_name: String,
+    /// The starting balance, in dollars.
+    #[serde(with = "usd_string")]
+    pub starting_credit: Money,
+}
+
+impl Default for BootstrapConfig {
+    fn default() -> Self {
+        Self { enabled: true, org_name: "Default".into(), starting_credit: Money::from_usd(10) }
+    }
+}
+
+mod usd_string {
+    use modelroute_types::Money;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(m: &Money, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&m.to_usd_string())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Money, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Invalid configuration; the message names the key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct SettingsError(String);
+
+impl Settings {
+    /// Loads defaults, then `path` (or `modelroute.toml` when it exists),
+    /// then `MODELROUTE_*` environment variables.
+    ///
+    /// # Errors
+    /// A missing explicit file, a malformed value, or an unknown key.
+    pub fn load(path: Option<&Path>) -> Result<Self, SettingsError> {
+        let mut figment = Figment::new();
+        match path {
+            Some(p) if !p.exists() => {
+                return Err(SettingsError(format!("config file {} does not exist", p.display())));
+            }
+            Some(p) => figment = figment.merge(Toml::file(p)),
+            None => figment = figment.merge(Toml::file("modelroute.toml")),
+        }
+        // Only keys with a section (`MODELROUTE_SECTION__KEY`) are settings;
+        // this leaves variables such as MODELROUTE_CONFIG alone.
+        figment = figment.merge(Env::prefixed("MODELROUTE_").split("__").filter(|k| k.as_str().contains('.')));
+        figment.extract().map_err(|e| SettingsError(e.to_string()))
+    }
+
+    /// The effective settings as TOML, secrets redacted.
+    ///
+    /// # Errors
+    /// Never in practice (every setting is representable).
+    pub fn to_redacted_toml(&self) -> Result<String, SettingsError> {
+        toml_string(self)
+    }
+}
+
+fn toml_string(settings: &Settings) -> Result<String, SettingsError> {
+    let value = serde_json::to_value(settings).map_err(|e| SettingsError(e.to_string()))?;
+    let mut out = String::new();
+    write_toml(&mut out, &[], &value);
+    Ok(out)
+}
+
+/// A small TOML writer for the `config` command (tables, arrays of tables,
+/// scalars), so the server does not need a TOML serializer.
+fn write_toml(out: &mut String, path: &[String], value: &serde_json::Value) {
+    use std::fmt::Write as _;
+    let Some(map) = value.as_object() else { return };
+    let is_table = |v: &serde_json::Value| v.is_object();
+    let is_table_array = |v: &serde_json::Value| v.as_array().is_some_and(|a| !a.is_empty() && a.iter().all(serde_json::Value::is_object));
+    for (k, v) in map.iter().filter(|(_, v)| !is_table(v) && !is_table_array(v) && !v.is_null()) {
+        let _ = writeln!(out, "{} = {}", key(k), scalar(v));
+    }
+    for (k, v) in map.iter().filter(|(_, v)| is_table(v)) {
+        let mut p = path.to_vec();
+        p.push(key(k));
+        let _ = writeln!(out, "\n[{}]", p.join("."));
+        write_toml(out, &p, v);
+    }
+    for (k, v) in map.iter().filter(|(_, v)| is_table_array(v)) {
+        let mut p = path.to_vec();
+        p.push(key(k));
+        for item in v.as_array().into_iter().flatten() {
+            let _ = writeln!(out, "\n[[{}]]", p.join("."));
+            write_toml(out, &p, item);
+        }
+    }
+}
+
+fn key(k: &str) -> String {
+    if k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') { k.to_owned() } else { format!("{k:?}") }
+}
+
+fn scalar(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Array(items) => format!("[{}]", items.iter().map(scalar).collect::<Vec<_>>().join(", ")),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let dir = std::env::temp_dir().join(format!("mr_cfg_{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("modelroute.toml");
+        std::fs::write(&file, "[server]\nbind = \"127.0.0.1:0\"\nbindd = 1\n").unwrap();
+        let err = Settings::load(Some(&file)).unwrap_err().to_string();
+        assert!(err.contains("bindd"), "{err}");
+        std::fs::write(&file, "[databse]\nurl = \"x\"\n").unwrap();
+        let err = Settings::load(Some(&file)).unwrap_err().to_string();
+        assert!(err.contains("databse"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn printed_config_redacts_secrets_and_round_trips() {
+        let mut s = Settings::default();
+        s.identity.server_secret = modelroute_types::Secret::new("x".repeat(40));
+        s.database.url = modelroute_db::DatabaseUrl::new("postgres://u:pw@h/db");
+        let text = s.to_redacted_toml().unwrap();
+        assert!(!text.contains("xxxx") && !text.contains(":pw@"), "{text}");
+        assert!(text.contains("[[catalogue.models.routes]]"), "{text}");
+        let dir = std::env::temp_dir().join(format!("mr_cfg_{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("printed.toml");
+        std::fs::write(&file, Settings::default().to_redacted_toml().unwrap()).unwrap();
+        let back = Settings::load(Some(&file)).unwrap();
+        assert_eq!(back.catalogue.models.len(), 2);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,116 @@
+//! Building and running the server.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpServer, web};
+use modelroute_executions::Executor;
+
+use crate::operator::OperatorError;
+use crate::state::AppState;
+use crate::{BootstrapReport, Services, Settings, request_id, routes};
+
+/// Start-up failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// A domain service could not start.
+    #[error(transparent)]
+    Services(#[from] OperatorError),
+    /// The listener could not bind.
+    #[error("cannot listen on {bind}: {source}")]
+    Bind {
+        /// The address.
+        bind: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A built server, bound and ready to run.
+#[allow(missing_debug_implementations)]
+pub struct Application {
+    port: u16,
+    server: Server,
+    sweeper: tokio::task::JoinHandle<()>,
+    /// Set when this start bootstrapped an empty database.
+    pub bootstrap: Option<BootstrapReport>,
+    /// The services, for callers that need them alongside the server (tests).
+    pub services: Services,
+}
+
+impl Application {
+    /// Connects, migrates, bootstraps an empty database, binds the listener
+    /// (`server.bind`; port 0 picks a free port) and builds the server.
+    ///
+    /// # Errors
+    /// Any start-up step failing.
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let services = Services::connect(&settings).await?;
+        let bootstrap = services.bootstrap(&settings).await?;
+        let executor = Executor::new(
+            services.pool.clone(),
+            services.ledger.clone(),
+            Arc::clone(&services.catalogue),
+            Arc::clone(&services.providers),
+        );
+        let state = Arc::new(AppState {
+            pool: services.pool.clone(),
+            identity: services.identity.clone(),
+            ledger: services.ledger.clone(),
+            executor,
+            metrics: modelroute_telemetry::metrics_handle(),
+            max_body_bytes: settings.server.max_body_bytes,
+        });
+        let bind = settings.server.bind.clone();
+        let listener = TcpListener::bind(&bind).map_err(|source| StartupError::Bind { bind: bind.clone(), source })?;
+        let port = listener.local_addr().map_err(|source| StartupError::Bind { bind: bind.clone(), source })?.port();
+        let cfg = &settings.server;
+        let data = web::Data::new(state);
+        let mut server = HttpServer::new(move || {
+            App::new().app_data(data.clone()).wrap(from_fn(request_id::middleware)).configure(routes::configure)
+        })
+        .client_request_timeout(Duration::from_millis(cfg.client_request_timeout_ms))
+        .client_disconnect_timeout(Duration::from_secs(1))
+        .keep_alive(Duration::from_secs(cfg.keep_alive_secs))
+        .shutdown_timeout(cfg.shutdown_timeout_secs);
+        if cfg.workers > 0 {
+            server = server.workers(cfg.workers);
+        }
+        let server = server.listen(listener).map_err(|source| StartupError::Bind { bind, source })?.run();
+        let sweeper = tokio::spawn(sweep_holds(services.clone(), settings.ledger.sweep_interval_secs));
+        Ok(Self { port, server, sweeper, bootstrap, services })
+    }
+
+    /// The port the server listens on.
+    #[must_use]
+    pub const fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until SIGTERM/SIGINT, then drains in-flight requests.
+    ///
+    /// # Errors
+    /// The server failing.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        self.sweeper.abort();
+        result
+    }
+}
+
+/// Releases expired holds every `interval` seconds (ledger invariant: no
+/// hold outlives its timeout plus one sweep interval).
+async fn sweep_holds(services: Services, interval: u64) {
+    let mut tick = tokio::time::interval(Duration::from_secs(interval.max(1)));
+    loop {
+        tick.tick().await;
+        match services.sweep_holds().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(released = n, "released expired holds"),
+            Err(e) => tracing::warn!(error = %e, "sweeping expired holds failed"),
+        }
+    }
+}

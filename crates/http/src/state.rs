@@ -1,0 +1,20 @@
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use modelroute_db::DbPool;
+use modelroute_executions::Executor;
+use modelroute_identity::Identity;
+use modelroute_ledger::SqlLedger;
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub(crate) struct AppState {
+    pub(crate) pool: DbPool,
+    pub(crate) identity: Identity,
+    pub(crate) ledger: SqlLedger,
+    pub(crate) executor: Executor<SqlLedger>,
+    pub(crate) metrics: Option<PrometheusHandle>,
+    pub(crate) max_body_bytes: usize,
+}
+
+pub(crate) type State = actix_web::web::Data<Arc<AppState>>;
