@@ -1,1 +1,197 @@
-fn main() {}
+//! `modelroute`: the server and the operator CLI. Thin by design: parse the
+//! command line, load the settings, call into `modelroute-http`.
+
+#![allow(clippy::print_stdout)]
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use modelroute_http::{Application, Services, Settings};
+use modelroute_identity::Scopes;
+use modelroute_types::{Money, OrgId, ProjectId};
+
+/// ModelRoute: one API to run any AI model, paid from a prepaid balance.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// A TOML config file (default: ./modelroute.toml when present).
+    #[arg(long, short, global = true, env = "MODELROUTE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP server (the default set-up needs no configuration).
+    Serve,
+    /// Print the effective configuration, secrets redacted.
+    Config,
+    /// Apply pending database migrations.
+    Migrate,
+    /// Organizations.
+    #[command(subcommand)]
+    Orgs(OrgsCommand),
+    /// Projects.
+    #[command(subcommand)]
+    Projects(ProjectsCommand),
+    /// API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Credits (manual-credits mode).
+    #[command(subcommand)]
+    Credits(CreditsCommand),
+    /// Ledger maintenance.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum OrgsCommand {
+    /// Create an organization (and its ledger accounts).
+    Create {
+        /// Its name.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ProjectsCommand {
+    /// Create a project in an organization.
+    Create {
+        /// The org id (`org_…`).
+        #[arg(long)]
+        org: OrgId,
+        /// Its name.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create an API key; it is printed once and stored only as a MAC.
+    Create {
+        /// The project id (`proj_…`).
+        #[arg(long)]
+        project: ProjectId,
+        /// A name to recognise it by.
+        #[arg(long, default_value = "cli")]
+        name: String,
+        /// Space-separated scopes: execute, read, manage.
+        #[arg(long, default_value = "execute read manage")]
+        scopes: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CreditsCommand {
+    /// Add credit to an organization's balance.
+    Grant {
+        /// The org id (`org_…`).
+        #[arg(long)]
+        org: OrgId,
+        /// Dollars, e.g. `25` or `0.50`.
+        #[arg(long)]
+        amount: Money,
+        /// Replaying the same key grants once.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Show an organization's balance.
+    Balance {
+        /// The org id (`org_…`).
+        #[arg(long)]
+        org: OrgId,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LedgerCommand {
+    /// Replay the journal and check every invariant; non-zero exit on a violation.
+    Verify,
+    /// Release holds past their timeout.
+    Sweep,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let settings = Settings::load(cli.config.as_deref())?;
+    modelroute_telemetry::init_logging(&settings.telemetry);
+    match cli.command {
+        Command::Serve => serve(settings).await,
+        Command::Config => {
+            print!("{}", settings.to_redacted_toml()?);
+            Ok(())
+        }
+        Command::Migrate => {
+            let mut settings = settings;
+            settings.database.migrate_on_start = true;
+            Services::connect(&settings).await?;
+            println!("database is migrated");
+            Ok(())
+        }
+        other => operate(&settings, other).await,
+    }
+}
+
+async fn serve(settings: Settings) -> Result<()> {
+    let app = Application::build(settings).await.context("starting the server")?;
+    if let Some(b) = &app.bootstrap {
+        println!("First start: created org {} and project {}.", b.org.id, b.project.id);
+        println!("Starting balance: {} (manual-credits mode).", b.credit);
+        println!("API key (shown once, store it now):\n\n    {}\n", b.token);
+    }
+    println!("ModelRoute listening on port {}", app.port());
+    app.run_until_stopped().await.context("running the server")
+}
+
+async fn operate(settings: &Settings, command: Command) -> Result<()> {
+    let services = Services::connect(settings).await?;
+    match command {
+        Command::Orgs(OrgsCommand::Create { name }) => {
+            let org = services.create_org(&name).await?;
+            println!("{}", org.id);
+        }
+        Command::Projects(ProjectsCommand::Create { org, name }) => {
+            println!("{}", services.create_project(&org, &name).await?.id);
+        }
+        Command::Keys(KeysCommand::Create { project, name, scopes }) => {
+            let scopes: Scopes = scopes.parse()?;
+            let (key, token) = services.create_key(&project, &name, &scopes).await?;
+            eprintln_key(&key.id.to_string());
+            println!("{token}");
+        }
+        Command::Credits(CreditsCommand::Grant { org, amount, idempotency_key }) => {
+            let entry = services.grant(&org, amount, idempotency_key).await?;
+            let balance = services.balance(&org).await?;
+            println!("granted {amount} ({entry}); available {}", balance.available);
+        }
+        Command::Credits(CreditsCommand::Balance { org }) => {
+            let b = services.balance(&org).await?;
+            println!("available {}  held {}", b.available, b.held);
+        }
+        Command::Ledger(LedgerCommand::Verify) => {
+            let report = services.verify_ledger().await?;
+            println!("checked {} entries over {} accounts", report.entries, report.accounts);
+            if !report.violations.is_empty() {
+                bail!("ledger invariants violated:\n  {}", report.violations.join("\n  "));
+            }
+            println!("ledger is sound");
+        }
+        Command::Ledger(LedgerCommand::Sweep) => {
+            println!("released {} expired hold(s)", services.sweep_holds().await?);
+        }
+        Command::Serve | Command::Config | Command::Migrate => {}
+    }
+    Ok(())
+}
+
+/// The key's record id goes to stderr so stdout is just the token (scriptable).
+#[allow(clippy::print_stderr)]
+fn eprintln_key(id: &str) {
+    eprintln!("created API key {id}; the token below is shown once:");
+}

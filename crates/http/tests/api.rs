@@ -1,0 +1,285 @@
+//! The HTTP API, driven through the real server on port 0, on SQLite and
+//! PostgreSQL. The provider is the built-in one, configured per test.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::time::Duration;
+
+use diesel::sql_types::BigInt;
+use diesel::{QueryableByName, sql_query};
+use diesel_async::RunQueryDsl;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use modelroute_db::testing::TestDb;
+use modelroute_db::{DbConn, db_test};
+use modelroute_http::{Application, Services, Settings};
+use modelroute_identity::Scopes;
+use modelroute_providers::{BuiltinFailure, ProviderConfig};
+use modelroute_types::{Money, OrgId, Secret};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+struct TestApp {
+    port: u16,
+    key: String,
+    org: OrgId,
+    services: Services,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    _db: TestDb,
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: hyper::HeaderMap,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+async fn spawn(db: TestDb, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let mut settings = Settings::default();
+    settings.database = db.config();
+    settings.server.bind = "127.0.0.1:0".into();
+    settings.server.workers = 2;
+    settings.identity.server_secret = Secret::new("test-secret-0123456789abcdef-0123456789");
+    tweak(&mut settings);
+    let app = Application::build(settings).await.expect("server starts");
+    let port = app.port();
+    let boot = app.bootstrap.clone().expect("an empty database is bootstrapped");
+    let services = app.services.clone();
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        port,
+        key: boot.token,
+        org: boot.org.id,
+        services,
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        _db: db,
+    }
+}
+
+fn builtin(settings: &mut Settings, f: impl FnOnce(&mut modelroute_providers::BuiltinConfig)) {
+    let Some(ProviderConfig::Builtin(b)) = settings.providers.get_mut("builtin") else { panic!("no builtin") };
+    f(b);
+}
+
+impl TestApp {
+    async fn send(&self, method: Method, path: &str, key: Option<&str>, body: Option<String>) -> Reply {
+        let mut req = Request::builder().method(method).uri(format!("http://127.0.0.1:{}{path}", self.port));
+        if let Some(k) = key {
+            req = req.header("authorization", format!("Bearer {k}"));
+        }
+        let req = req.header("content-type", "application/json").body(Full::new(Bytes::from(body.unwrap_or_default()))).unwrap();
+        let res = self.client.request(req).await.unwrap();
+        let status = res.status();
+        let headers = res.headers().clone();
+        let body = String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+        Reply { status, headers, body }
+    }
+
+    async fn get(&self, path: &str) -> Reply {
+        self.send(Method::GET, path, Some(&self.key.clone()), None).await
+    }
+
+    async fn chat(&self, body: Value) -> Reply {
+        self.send(Method::POST, "/v1/chat/completions", Some(&self.key.clone()), Some(body.to_string())).await
+    }
+
+    async fn available(&self) -> (Money, Money) {
+        let b = self.services.balance(&self.org).await.unwrap();
+        (b.available, b.held)
+    }
+
+    async fn execution_rows(&self) -> i64 {
+        #[derive(QueryableByName)]
+        struct N {
+            #[diesel(sql_type = BigInt)]
+            n: i64,
+        }
+        let q = "SELECT COUNT(*) AS n FROM executions";
+        let rows: Vec<N> = match self.services.pool.get().await.unwrap() {
+            DbConn::Postgres(mut c) => sql_query(q).load(&mut c).await.unwrap(),
+            DbConn::Sqlite(mut c) => sql_query(q).load(&mut c).await.unwrap(),
+        };
+        rows[0].n
+    }
+
+    async fn assert_ledger_sound(&self) {
+        let report = self.services.verify_ledger().await.unwrap();
+        assert!(report.violations.is_empty(), "{:?}", report.violations);
+    }
+}
+
+fn hello(model: &str) -> Value {
+    json!({ "model": model, "messages": [{ "role": "system", "content": "be brief" }, { "role": "user", "content": "Hello there" }] })
+}
+
+fn nano(v: &Value) -> i64 {
+    v["nano_usd"].as_i64().unwrap_or_else(|| panic!("no nano_usd in {v}"))
+}
+
+db_test!(async fn a_paid_completion_settles_its_actual_cost(db) {
+    let app = spawn(db, |_| {}).await;
+    let (before, _) = app.available().await;
+    let r = app.chat(hello("builtin/echo")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let body = r.json();
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["model"], "builtin/echo");
+    assert_eq!(body["choices"][0]["message"]["content"], "Echo: Hello there");
+    assert_eq!((body["usage"]["prompt_tokens"].as_u64(), body["usage"]["completion_tokens"].as_u64()), (Some(13), Some(5)));
+    let id = body["id"].as_str().unwrap();
+    assert!(r.headers.contains_key("x-request-id"));
+
+    let e = app.get(&format!("/v1/executions/{id}")).await.json();
+    assert_eq!(e["status"], "succeeded");
+    assert_eq!(e["hold"]["status"], "settled");
+    let cost = nano(&e["cost"]);
+    // Prompt: 2 messages = (2+4) + (3+4) = 13 tokens at $0.10/M; output 5 tokens at $0.40/M.
+    assert_eq!(cost, 13 * 100 + 5 * 400);
+    assert_eq!(nano(&e["settlement"]["charged"]) + nano(&e["settlement"]["released"]), nano(&e["hold"]["amount"]));
+    assert!(e["decision"]["candidates"][0]["route"].as_str().unwrap().starts_with("rt_"));
+    assert!(!e.to_string().contains("builtin-echo"), "the route's operator id leaked: {e}");
+    let (after, held) = app.available().await;
+    assert_eq!((before.units() - after.units(), held), (cost, Money::ZERO));
+    app.assert_ledger_sound().await;
+});
+
+db_test!(async fn a_streamed_completion_ends_with_done_and_settles(db) {
+    let app = spawn(db, |_| {}).await;
+    let mut req = hello("builtin/echo");
+    req["stream"] = json!(true);
+    req["stream_options"] = json!({ "include_usage": true });
+    let r = app.chat(req).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["content-type"], "text/event-stream");
+    let frames: Vec<&str> = r.body.split("\n\n").filter(|f| !f.is_empty()).collect();
+    assert_eq!(frames.last(), Some(&"data: [DONE]"));
+    let chunks: Vec<Value> = frames.iter().filter(|f| **f != "data: [DONE]").map(|f| serde_json::from_str(f.strip_prefix("data: ").unwrap()).unwrap()).collect();
+    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(text, "Echo: Hello there");
+    let usage = &chunks.last().unwrap()["usage"];
+    assert_eq!(usage["completion_tokens"], 5);
+    let id = chunks[0]["id"].as_str().unwrap();
+    let e = app.get(&format!("/v1/executions/{id}")).await.json();
+    assert_eq!((e["status"].as_str(), e["stream"].as_bool()), (Some("succeeded"), Some(true)));
+    assert_eq!(nano(&e["cost"]), 13 * 100 + 5 * 400);
+    app.assert_ledger_sound().await;
+});
+
+db_test!(async fn client_mistakes_are_4xx_and_leave_nothing_behind(db) {
+    let app = spawn(db, |s| s.bootstrap.starting_credit = Money::from_units(50_000)).await;
+    let key = app.key.clone();
+    let post = |key: Option<String>, body: String| {
+        let app = &app;
+        async move { app.send(Method::POST, "/v1/chat/completions", key.as_deref(), Some(body)).await }
+    };
+    let cases: Vec<(Reply, StatusCode, &str, Option<&str>)> = vec![
+        (post(None, hello("builtin/echo").to_string()).await, StatusCode::UNAUTHORIZED, "invalid_api_key", None),
+        (post(Some("mr_not_a_real_key".into()), hello("builtin/echo").to_string()).await, StatusCode::UNAUTHORIZED, "invalid_api_key", None),
+        (post(Some(key.clone()), hello("no/such-model").to_string()).await, StatusCode::NOT_FOUND, "model_not_found", Some("model")),
+        (post(Some(key.clone()), "{not json".into()).await, StatusCode::BAD_REQUEST, "invalid_request", None),
+        (post(Some(key.clone()), json!({ "model": "builtin/echo" }).to_string()).await, StatusCode::BAD_REQUEST, "invalid_request", None),
+        (post(Some(key.clone()), json!({ "model": "builtin/echo", "messages": [{ "role": "wizard", "content": "x" }] }).to_string()).await, StatusCode::BAD_REQUEST, "invalid_request", Some("messages[0].role")),
+        (post(Some(key.clone()), json!({ "model": "builtin/echo", "messages": [] }).to_string()).await, StatusCode::BAD_REQUEST, "invalid_request", Some("messages")),
+        (post(Some(key.clone()), json!({ "model": "builtin/echo", "messages": [{ "role": "user", "content": "x" }], "temperature": 7 }).to_string()).await, StatusCode::BAD_REQUEST, "invalid_request", Some("temperature")),
+        // $0.00005 does not cover the worst case (1024 output tokens at $0.40/M).
+        (post(Some(key.clone()), hello("builtin/echo").to_string()).await, StatusCode::PAYMENT_REQUIRED, "insufficient_balance", None),
+    ];
+    for (i, (reply, status, code, param)) in cases.iter().enumerate() {
+        assert_eq!(reply.status, *status, "case {i}: {}", reply.body);
+        let err = &reply.json()["error"];
+        assert_eq!(err["code"], *code, "case {i}: {}", reply.body);
+        assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()));
+        if let Some(p) = param {
+            assert_eq!(err["param"], *p, "case {i}: {}", reply.body);
+        }
+        assert!(reply.headers.contains_key("x-request-id"), "case {i}");
+    }
+    assert!(cases[4].0.body.contains("messages"), "a missing field is named: {}", cases[4].0.body);
+    assert_eq!(app.execution_rows().await, 0, "no half-written execution");
+    assert_eq!(app.available().await, (Money::from_units(50_000), Money::ZERO), "no hold left");
+    // With max_tokens small enough the same balance suffices.
+    let mut small = hello("builtin/echo");
+    small["max_tokens"] = json!(16);
+    assert_eq!(app.chat(small).await.status, StatusCode::OK);
+    app.assert_ledger_sound().await;
+});
+
+db_test!(async fn a_failing_provider_releases_the_hold(db) {
+    let app = spawn(db, |s| builtin(s, |b| b.failure = BuiltinFailure::BeforeResponse)).await;
+    let before = app.available().await;
+    let r = app.chat(hello("builtin/echo")).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "upstream_error");
+    assert_eq!(app.available().await, before);
+    assert_eq!(app.execution_rows().await, 1, "the failed execution is recorded");
+    app.assert_ledger_sound().await;
+});
+
+db_test!(async fn a_stream_cut_midway_is_not_reported_as_success(db) {
+    let app = spawn(db, |s| builtin(s, |b| b.failure = BuiltinFailure::MidStream)).await;
+    let before = app.available().await;
+    let mut req = hello("builtin/echo");
+    req["stream"] = json!(true);
+    let r = app.chat(req).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(!r.body.contains("[DONE]"), "{}", r.body);
+    assert!(r.body.contains("\"code\":\"upstream_error\""), "{}", r.body);
+    let id = r.headers["x-modelroute-execution-id"].to_str().unwrap().to_owned();
+    let e = app.get(&format!("/v1/executions/{id}")).await.json();
+    assert_eq!((e["status"].as_str(), e["hold"]["status"].as_str()), (Some("failed"), Some("released")));
+    assert_eq!(app.available().await, before);
+    app.assert_ledger_sound().await;
+});
+
+db_test!(async fn another_org_cannot_see_an_execution(db) {
+    let app = spawn(db, |_| {}).await;
+    let id = app.chat(hello("builtin/echo")).await.json()["id"].as_str().unwrap().to_owned();
+    let other = app.services.create_org("Other").await.unwrap();
+    let project = app.services.create_project(&other.id, "p").await.unwrap();
+    let (_, other_key) = app.services.create_key(&project.id, "k", &Scopes::all()).await.unwrap();
+    let r = app.send(Method::GET, &format!("/v1/executions/{id}"), Some(&other_key), None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.send(Method::GET, "/v1/executions/exec_nonsense", Some(&other_key), None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.get(&format!("/v1/executions/{id}")).await.status, StatusCode::OK);
+});
+
+db_test!(async fn health_readiness_models_and_unknown_routes(db) {
+    let app = spawn(db, |_| {}).await;
+    assert_eq!(app.send(Method::GET, "/healthz", None, None).await.status, StatusCode::OK);
+    let ready = app.send(Method::GET, "/readyz", None, None).await;
+    assert_eq!((ready.status, ready.json()["status"].as_str()), (StatusCode::OK, Some("ready")));
+    let models = app.get("/v1/models").await.json();
+    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["builtin/echo", "builtin/echo-large"]);
+    assert_eq!(app.get("/v1/models/builtin/echo").await.json()["id"], "builtin/echo");
+    let missing = app.get("/v1/nothing-here").await;
+    assert_eq!((missing.status, missing.json()["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+});
+
+db_test!(async fn oversized_bodies_and_half_sent_headers_are_cut_off(db) {
+    let app = spawn(db, |s| {
+        s.server.max_body_bytes = 1024;
+        s.server.client_request_timeout_ms = 300;
+    }).await;
+    let mut big = hello("builtin/echo");
+    big["messages"][1]["content"] = json!("x".repeat(2000));
+    let r = app.chat(big).await;
+    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large")));
+    // Half a request head, then silence: the server must close the connection.
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the connection was still open after 5 s");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(buf.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+});
