@@ -30,8 +30,5 @@ pub use diesel_async as __diesel_async;
 /// Whether a diesel error is a unique-constraint violation (on either backend).
 #[must_use]
 pub fn is_unique_violation(err: &diesel::result::Error) -> bool {
-    matches!(
-        err,
-        diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)
-    )
+    matches!(err, diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _))
 }

@@ -1,11 +1,11 @@
 //! Embedded migrations, one folder per backend under `migrations/`.
 
+use diesel::migration::MigrationSource;
 use diesel::pg::Pg;
 use diesel::sql_types::Text;
 use diesel::sqlite::Sqlite;
 use diesel::{QueryableByName, sql_query};
 use diesel_async::{AsyncMigrationHarness, RunQueryDsl};
-use diesel::migration::MigrationSource;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 use crate::{Backend, DbConn, DbError, DbPool};
@@ -55,31 +55,23 @@ impl DbPool {
     /// # Errors
     /// A connection failure or a failing migration (which is rolled back).
     pub async fn migrate(&self) -> Result<Vec<String>, DbError> {
-        let to_strings = |vs: Vec<diesel::migration::MigrationVersion<'_>>| {
-            vs.iter().map(ToString::to_string).collect::<Vec<_>>()
-        };
+        let to_strings =
+            |vs: Vec<diesel::migration::MigrationVersion<'_>>| vs.iter().map(ToString::to_string).collect::<Vec<_>>();
         match self.get().await? {
             DbConn::Postgres(mut conn) => {
-                sql_query(format!("SELECT pg_advisory_lock({PG_MIGRATION_LOCK})"))
-                    .execute(&mut conn)
-                    .await?;
+                sql_query(format!("SELECT pg_advisory_lock({PG_MIGRATION_LOCK})")).execute(&mut conn).await?;
                 let mut harness = AsyncMigrationHarness::new(conn);
                 let result = harness
                     .run_pending_migrations(POSTGRES)
                     .map(to_strings)
                     .map_err(|e| DbError::Migration(e.to_string()));
                 let mut conn = harness.into_inner();
-                sql_query(format!("SELECT pg_advisory_unlock({PG_MIGRATION_LOCK})"))
-                    .execute(&mut conn)
-                    .await?;
+                sql_query(format!("SELECT pg_advisory_unlock({PG_MIGRATION_LOCK})")).execute(&mut conn).await?;
                 result
             }
             DbConn::Sqlite(conn) => {
                 let mut harness = AsyncMigrationHarness::new(conn);
-                harness
-                    .run_pending_migrations(SQLITE)
-                    .map(to_strings)
-                    .map_err(|e| DbError::Migration(e.to_string()))
+                harness.run_pending_migrations(SQLITE).map(to_strings).map_err(|e| DbError::Migration(e.to_string()))
             }
         }
     }

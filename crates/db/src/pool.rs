@@ -73,7 +73,9 @@ impl std::fmt::Debug for DbPool {
 }
 
 /// A pooled connection; returned to the pool when dropped.
-#[allow(missing_debug_implementations)]
+// The PostgreSQL connection is held inline: a `DbConn` lives on the stack for
+// one query or transaction, and boxing it would cost an allocation per query.
+#[allow(missing_debug_implementations, clippy::large_enum_variant)]
 pub enum DbConn {
     /// PostgreSQL.
     Postgres(Object<PgConn>),
@@ -120,10 +122,8 @@ impl DbPool {
                     }
                     .boxed()
                 });
-                let manager = AsyncDieselConnectionManager::<SqliteConn>::new_with_config(
-                    path.to_string_lossy(),
-                    manager_config,
-                );
+                let manager =
+                    AsyncDieselConnectionManager::<SqliteConn>::new_with_config(path.to_string_lossy(), manager_config);
                 let pool = Pool::builder(manager)
                     .max_size(config.max_connections)
                     .timeouts(timeouts)

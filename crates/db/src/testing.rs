@@ -72,11 +72,7 @@ impl TestDb {
     }
 
     async fn open(url: String, cleanup: Cleanup) -> Self {
-        let config = DatabaseConfig {
-            url: DatabaseUrl::new(url),
-            max_connections: 8,
-            ..DatabaseConfig::default()
-        };
+        let config = DatabaseConfig { url: DatabaseUrl::new(url), max_connections: 8, ..DatabaseConfig::default() };
         let pool = DbPool::connect(&config).await.expect("connect test database");
         pool.migrate().await.expect("migrate test database");
         Self { pool, config, cleanup }
@@ -109,9 +105,8 @@ impl Drop for TestDb {
                 let result = std::thread::spawn(move || {
                     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
                     rt.block_on(async move {
-                        let mut admin = AsyncPgConnection::establish(&admin_url)
-                            .await
-                            .map_err(std::io::Error::other)?;
+                        let mut admin =
+                            AsyncPgConnection::establish(&admin_url).await.map_err(std::io::Error::other)?;
                         admin.batch_execute(&sql).await.map_err(std::io::Error::other)
                     })
                 })

@@ -132,7 +132,8 @@ impl<L: Ledger + 'static> Executor<L> {
         let admitted = self.admit(&caller, &request, false).await?;
         match admitted.provider.chat(&admitted.upstream).await {
             Ok(response) => {
-                let cost = self.settle(&admitted, response.usage, response.finish_reason, ExecutionStatus::Succeeded).await?;
+                let cost =
+                    self.settle(&admitted, response.usage, response.finish_reason, ExecutionStatus::Succeeded).await?;
                 Ok(Completed { execution_id: admitted.id, created_at: admitted.created_at, response, cost })
             }
             Err(e) => {
@@ -149,7 +150,11 @@ impl<L: Ledger + 'static> Executor<L> {
     /// # Errors
     /// Routing and admission failures (nothing is written), or a provider
     /// that fails before its first byte (the hold is released).
-    pub async fn start_stream(&self, caller: Caller, request: ChatRequest) -> Result<StreamingExecution, ExecutionError> {
+    pub async fn start_stream(
+        &self,
+        caller: Caller,
+        request: ChatRequest,
+    ) -> Result<StreamingExecution, ExecutionError> {
         let (admitted_tx, admitted_rx) = oneshot::channel();
         let (tx, rx) = mpsc::channel(64);
         let this = self.clone();
@@ -235,7 +240,10 @@ impl<L: Ledger + 'static> Executor<L> {
     /// Plans, holds and records. Writes nothing unless the hold succeeds.
     async fn admit(&self, caller: &Caller, request: &ChatRequest, stream: bool) -> Result<Admitted, ExecutionError> {
         if request.messages.is_empty() {
-            return Err(ExecutionError::InvalidRequest { param: "messages", message: "messages must not be empty".into() });
+            return Err(ExecutionError::InvalidRequest {
+                param: "messages",
+                message: "messages must not be empty".into(),
+            });
         }
         let inner = &self.inner;
         let profile = RequestProfile {
@@ -279,9 +287,10 @@ impl<L: Ledger + 'static> Executor<L> {
             started_at: Some(now),
             finished_at: None,
         };
-        let inserted: Result<usize, ExecutionError> =
-            async { Ok(db_run!(inner.pool, |conn| diesel::insert_into(executions::table).values(&row).execute(conn).await)?) }
-                .await;
+        let inserted: Result<usize, ExecutionError> = async {
+            Ok(db_run!(inner.pool, |conn| diesel::insert_into(executions::table).values(&row).execute(conn).await)?)
+        }
+        .await;
         if let Err(e) = inserted {
             // Leave nothing behind: give the money back.
             if let Err(release) = inner.ledger.release(&hold.id).await {
@@ -322,8 +331,10 @@ impl<L: Ledger + 'static> Executor<L> {
         );
         let id = admitted.id.as_str();
         let pool = &self.inner.pool;
-        let updated: Result<usize, ExecutionError> =
-            async { Ok(db_run!(pool, |conn| diesel::update(executions::table.find(id)).set(update).execute(conn).await)?) }.await;
+        let updated: Result<usize, ExecutionError> = async {
+            Ok(db_run!(pool, |conn| diesel::update(executions::table.find(id)).set(update).execute(conn).await)?)
+        }
+        .await;
         updated?;
         Ok(resolution.charged)
     }
@@ -343,8 +354,10 @@ impl<L: Ledger + 'static> Executor<L> {
         );
         let id = admitted.id.as_str();
         let pool = &self.inner.pool;
-        let updated: Result<usize, ExecutionError> =
-            async { Ok(db_run!(pool, |conn| diesel::update(executions::table.find(id)).set(update).execute(conn).await)?) }.await;
+        let updated: Result<usize, ExecutionError> = async {
+            Ok(db_run!(pool, |conn| diesel::update(executions::table.find(id)).set(update).execute(conn).await)?)
+        }
+        .await;
         if let Err(e) = updated {
             tracing::error!(execution_id = %admitted.id, error = %e, "recording a failed execution failed");
         }

@@ -12,7 +12,8 @@ use crate::ApiError;
 pub(crate) async fn read_json<T: DeserializeOwned>(mut payload: web::Payload, limit: usize) -> Result<T, ApiError> {
     let mut body = BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::new(Code::InvalidRequest, format!("could not read the request body: {e}")))?;
+        let chunk =
+            chunk.map_err(|e| ApiError::new(Code::InvalidRequest, format!("could not read the request body: {e}")))?;
         if body.len() + chunk.len() > limit {
             return Err(ApiError::new(Code::PayloadTooLarge, format!("the request body exceeds {limit} bytes")));
         }

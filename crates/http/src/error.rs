@@ -84,9 +84,11 @@ pub const fn status_of(code: Code) -> StatusCode {
 /// OpenAI's `type` for each code, so OpenAI SDKs raise the right exception.
 const fn openai_type(code: Code) -> &'static str {
     match code {
-        Code::InvalidRequest | Code::NoRouteAvailable | Code::PayloadTooLarge | Code::IdempotencyConflict | Code::Conflict => {
-            "invalid_request_error"
-        }
+        Code::InvalidRequest
+        | Code::NoRouteAvailable
+        | Code::PayloadTooLarge
+        | Code::IdempotencyConflict
+        | Code::Conflict => "invalid_request_error",
         Code::InvalidApiKey => "authentication_error",
         Code::PermissionDenied => "permission_error",
         Code::NotFound | Code::ModelNotFound => "not_found_error",

@@ -109,7 +109,12 @@ impl Services {
     ///
     /// # Errors
     /// Unknown project, invalid input, or a database failure.
-    pub async fn create_key(&self, project: &ProjectId, name: &str, scopes: &Scopes) -> Result<(ApiKey, String), OperatorError> {
+    pub async fn create_key(
+        &self,
+        project: &ProjectId,
+        name: &str,
+        scopes: &Scopes,
+    ) -> Result<(ApiKey, String), OperatorError> {
         Ok(self.identity.create_api_key(project, name, scopes, None).await?)
     }
 
@@ -117,7 +122,12 @@ impl Services {
     ///
     /// # Errors
     /// Unknown org, non-positive amount, or a database failure.
-    pub async fn grant(&self, org: &OrgId, amount: Money, idempotency_key: Option<String>) -> Result<EntryId, OperatorError> {
+    pub async fn grant(
+        &self,
+        org: &OrgId,
+        amount: Money,
+        idempotency_key: Option<String>,
+    ) -> Result<EntryId, OperatorError> {
         self.identity.org(org).await?;
         Ok(self.ledger.credit(org, amount, CreditSource::Grant, idempotency_key).await?)
     }

@@ -13,7 +13,8 @@ use tracing::Instrument as _;
 const HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 fn acceptable(id: &str) -> bool {
-    (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+    (1..=128).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
 pub(crate) async fn middleware(
@@ -37,7 +38,11 @@ pub(crate) async fn middleware(
     metrics::counter!("modelroute_http_requests_total", "status" => status.as_str().to_owned()).increment(1);
     metrics::histogram!("modelroute_http_request_duration_seconds").record(elapsed.as_secs_f64());
     span.in_scope(|| {
-        tracing::info!(status = status.as_u16(), elapsed_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX), "request");
+        tracing::info!(
+            status = status.as_u16(),
+            elapsed_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            "request"
+        );
     });
     Ok(res)
 }

@@ -166,7 +166,9 @@ fn write_toml(out: &mut String, path: &[String], value: &serde_json::Value) {
     use std::fmt::Write as _;
     let Some(map) = value.as_object() else { return };
     let is_table = |v: &serde_json::Value| v.is_object();
-    let is_table_array = |v: &serde_json::Value| v.as_array().is_some_and(|a| !a.is_empty() && a.iter().all(serde_json::Value::is_object));
+    let is_table_array = |v: &serde_json::Value| {
+        v.as_array().is_some_and(|a| !a.is_empty() && a.iter().all(serde_json::Value::is_object))
+    };
     for (k, v) in map.iter().filter(|(_, v)| !is_table(v) && !is_table_array(v) && !v.is_null()) {
         let _ = writeln!(out, "{} = {}", key(k), scalar(v));
     }

@@ -152,4 +152,3 @@ pub(crate) fn money(m: Money) -> Value {
 pub(crate) fn usage(input: u64, output: u64) -> Value {
     json!({ "prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output })
 }
-

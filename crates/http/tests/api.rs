@@ -44,8 +44,7 @@ impl Reply {
 }
 
 async fn spawn(db: TestDb, tweak: impl FnOnce(&mut Settings)) -> TestApp {
-    let mut settings = Settings::default();
-    settings.database = db.config();
+    let mut settings = Settings { database: db.config(), ..Settings::default() };
     settings.server.bind = "127.0.0.1:0".into();
     settings.server.workers = 2;
     settings.identity.server_secret = Secret::new("test-secret-0123456789abcdef-0123456789");
@@ -76,7 +75,10 @@ impl TestApp {
         if let Some(k) = key {
             req = req.header("authorization", format!("Bearer {k}"));
         }
-        let req = req.header("content-type", "application/json").body(Full::new(Bytes::from(body.unwrap_or_default()))).unwrap();
+        let req = req
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .unwrap();
         let res = self.client.request(req).await.unwrap();
         let status = res.status();
         let headers = res.headers().clone();

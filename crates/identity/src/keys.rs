@@ -60,7 +60,8 @@ impl ApiKeyToken {
         let rest = body.get(PREFIX.len()..).ok_or_else(bad)?;
         let (public_id, secret) = rest.split_once('_').ok_or_else(bad)?;
         let all_base62 = |s: &str| s.bytes().all(|b| b.is_ascii_alphanumeric());
-        if public_id.len() != PUBLIC_LEN || secret.len() != SECRET_LEN || !all_base62(public_id) || !all_base62(secret) {
+        if public_id.len() != PUBLIC_LEN || secret.len() != SECRET_LEN || !all_base62(public_id) || !all_base62(secret)
+        {
             return Err(bad());
         }
         Ok(Self { public_id: public_id.to_owned(), secret: secret.to_owned() })
@@ -161,7 +162,10 @@ impl FromStr for Scope {
             "manage" => Ok(Self::Manage),
             other => Err(IdentityError::InvalidInput {
                 field: "scopes",
-                message: format!("unknown scope `{}` (expected execute, read or manage)", other.chars().take(32).collect::<String>()),
+                message: format!(
+                    "unknown scope `{}` (expected execute, read or manage)",
+                    other.chars().take(32).collect::<String>()
+                ),
             }),
         }
     }

@@ -52,14 +52,11 @@ impl ServerSecret {
             Ok(text) => Ok((Self::from_text(&text)?, false)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let text = random_hex(32)?;
-                write_private(path, &text).map_err(|e| {
-                    IdentityError::ServerSecret(format!("cannot write {}: {e}", path.display()))
-                })?;
+                write_private(path, &text)
+                    .map_err(|e| IdentityError::ServerSecret(format!("cannot write {}: {e}", path.display())))?;
                 Ok((Self::from_text(&text)?, true))
             }
-            Err(e) => {
-                Err(IdentityError::ServerSecret(format!("cannot read {}: {e}", path.display())))
-            }
+            Err(e) => Err(IdentityError::ServerSecret(format!("cannot read {}: {e}", path.display()))),
         }
     }
 
@@ -104,10 +101,7 @@ mod tests {
     #[test]
     fn generates_once_then_reuses() {
         let dir = std::env::temp_dir().join(format!("mr_secret_{}", random_hex(8).unwrap()));
-        let config = IdentityConfig {
-            server_secret_file: dir.join("server_secret"),
-            ..IdentityConfig::default()
-        };
+        let config = IdentityConfig { server_secret_file: dir.join("server_secret"), ..IdentityConfig::default() };
         let (a, generated) = ServerSecret::load_or_generate(&config).unwrap();
         assert!(generated);
         let (b, generated) = ServerSecret::load_or_generate(&config).unwrap();

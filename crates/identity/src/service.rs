@@ -262,7 +262,10 @@ impl Identity {
     ) -> Result<(ApiKey, String), IdentityError> {
         let name = valid_name("name", name)?;
         if scopes.iter().next().is_none() {
-            return Err(IdentityError::InvalidInput { field: "scopes", message: "at least one scope is needed".into() });
+            return Err(IdentityError::InvalidInput {
+                field: "scopes",
+                message: "at least one scope is needed".into(),
+            });
         }
         let project = self.project(project_id).await?;
         let token = ApiKeyToken::generate()?;
@@ -331,12 +334,10 @@ impl Identity {
                 .count()
                 .get_result::<i64>(conn)
                 .await?;
-            diesel::update(
-                api_keys::table.filter(api_keys::id.eq(id.as_str())).filter(api_keys::revoked_at.is_null()),
-            )
-            .set(api_keys::revoked_at.eq(now))
-            .execute(conn)
-            .await?;
+            diesel::update(api_keys::table.filter(api_keys::id.eq(id.as_str())).filter(api_keys::revoked_at.is_null()))
+                .set(api_keys::revoked_at.eq(now))
+                .execute(conn)
+                .await?;
             Ok::<_, IdentityError>(usize::try_from(n).unwrap_or_default())
         })?;
         if found == 0 { Err(IdentityError::NotFound("api key")) } else { Ok(()) }

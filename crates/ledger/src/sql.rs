@@ -10,9 +10,7 @@ use modelroute_types::{EntryId, HoldId, Money, OrgId, time};
 use serde::Serialize;
 
 use crate::accounts::{Account, Kind};
-use crate::{
-    Balance, CreditSource, Hold, HoldRequest, HoldStatus, Ledger, LedgerConfig, LedgerError, Resolution,
-};
+use crate::{Balance, CreditSource, Hold, HoldRequest, HoldStatus, Ledger, LedgerConfig, LedgerError, Resolution};
 
 /// The ledger stored in the database (SQLite or PostgreSQL).
 #[derive(Debug, Clone)]
@@ -106,7 +104,11 @@ fn posting_rows(entry_id: &str, postings: &Postings) -> Vec<NewPosting> {
     postings
         .iter()
         .filter(|(_, amount)| *amount != 0)
-        .map(|(a, amount)| NewPosting { entry_id: entry_id.to_owned(), account_id: a.id.as_str().to_owned(), amount: *amount })
+        .map(|(a, amount)| NewPosting {
+            entry_id: entry_id.to_owned(),
+            account_id: a.id.as_str().to_owned(),
+            amount: *amount,
+        })
         .collect()
 }
 
@@ -129,15 +131,10 @@ macro_rules! post_entry {
         diesel::insert_into(ledger_entries::table).values(entry).execute($conn).await?;
         for (account, amount) in postings.iter().filter(|(_, a)| *a != 0) {
             let target = ledger_accounts::table.find(account.id.as_str());
-            let set = (
-                ledger_accounts::balance.eq(ledger_accounts::balance + *amount),
-                ledger_accounts::updated_at.eq($now),
-            );
+            let set =
+                (ledger_accounts::balance.eq(ledger_accounts::balance + *amount), ledger_accounts::updated_at.eq($now));
             let n = if *amount < 0 && account.is_customer() {
-                diesel::update(target.filter(ledger_accounts::balance.ge(-*amount)))
-                    .set(set)
-                    .execute($conn)
-                    .await?
+                diesel::update(target.filter(ledger_accounts::balance.ge(-*amount))).set(set).execute($conn).await?
             } else {
                 diesel::update(target).set(set).execute($conn).await?
             };
@@ -313,7 +310,12 @@ impl SqlLedger {
 
     /// Resolves a hold: charges `charge` (already capped) and releases the
     /// rest. Exactly once: a lost race returns the winner's outcome.
-    async fn resolve(&self, id: &HoldId, requested: Option<Money>, status: HoldStatus) -> Result<Resolution, LedgerError> {
+    async fn resolve(
+        &self,
+        id: &HoldId,
+        requested: Option<Money>,
+        status: HoldStatus,
+    ) -> Result<Resolution, LedgerError> {
         if requested.is_some_and(|a| a.units() < 0) {
             return Err(LedgerError::NonPositiveAmount(requested.unwrap_or_default()));
         }
@@ -430,8 +432,10 @@ impl SqlLedger {
             report.violations.extend(rows.into_iter().map(|r| format!("{what}: {} ({})", r.code, r.amount)));
         }
         let count = |table: &'static str| format!("SELECT COUNT(*) AS n FROM {table}");
-        let entries: Vec<Count> = db_run!(self.pool, |conn| diesel::sql_query(count("ledger_entries")).load(conn).await)?;
-        let accounts: Vec<Count> = db_run!(self.pool, |conn| diesel::sql_query(count("ledger_accounts")).load(conn).await)?;
+        let entries: Vec<Count> =
+            db_run!(self.pool, |conn| diesel::sql_query(count("ledger_entries")).load(conn).await)?;
+        let accounts: Vec<Count> =
+            db_run!(self.pool, |conn| diesel::sql_query(count("ledger_accounts")).load(conn).await)?;
         report.entries = entries.into_iter().next().map_or(0, |c| c.n);
         report.accounts = accounts.into_iter().next().map_or(0, |c| c.n);
         Ok(report)
@@ -516,8 +520,10 @@ impl Ledger for SqlLedger {
             memo,
             created_at: now,
         };
-        let postings: Postings =
-            vec![(Account::platform(Kind::Grants), -amount.units()), (Account::org(org, Kind::Available), amount.units())];
+        let postings: Postings = vec![
+            (Account::platform(Kind::Grants), -amount.units()),
+            (Account::org(org, Kind::Available), amount.units()),
+        ];
         db_transaction!(self.pool, |conn| {
             post_entry!(conn, &entry, &postings, now);
             Ok::<_, LedgerError>(())

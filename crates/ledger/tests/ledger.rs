@@ -4,9 +4,7 @@
 
 use modelroute_db::db_test;
 use modelroute_db::testing::TestDb;
-use modelroute_ledger::{
-    Balance, CreditSource, HoldRequest, HoldStatus, Ledger, LedgerConfig, LedgerError, SqlLedger,
-};
+use modelroute_ledger::{Balance, CreditSource, HoldRequest, HoldStatus, Ledger, LedgerConfig, LedgerError, SqlLedger};
 use modelroute_types::{Money, OrgId, time};
 
 async fn ledger_with(db: &TestDb, config: LedgerConfig) -> (SqlLedger, OrgId) {

@@ -13,8 +13,8 @@ use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    ChatRequest, ChatResponse, ChatStream, FinishReason, Provider, ProviderError, ProviderErrorKind, Role,
-    StreamEvent, Usage,
+    ChatRequest, ChatResponse, ChatStream, FinishReason, Provider, ProviderError, ProviderErrorKind, Role, StreamEvent,
+    Usage,
 };
 
 /// Tokens of framing per message.
@@ -132,7 +132,8 @@ impl Provider for BuiltinProvider {
         if !current.is_empty() {
             deltas.push(current);
         }
-        let mut events: Vec<Result<StreamEvent, ProviderError>> = deltas.into_iter().map(|d| Ok(StreamEvent::Delta(d))).collect();
+        let mut events: Vec<Result<StreamEvent, ProviderError>> =
+            deltas.into_iter().map(|d| Ok(StreamEvent::Delta(d))).collect();
         match self.config.failure {
             BuiltinFailure::MidStream => events.truncate(1),
             _ => events.push(Ok(StreamEvent::Done { finish_reason, usage })),

@@ -94,7 +94,8 @@ impl Default for CatalogueConfig {
             models: vec![
                 ModelConfig {
                     slug: "builtin/echo".to_owned(),
-                    description: "Deterministic echo model served in-process; for trying the API and for tests.".to_owned(),
+                    description: "Deterministic echo model served in-process; for trying the API and for tests."
+                        .to_owned(),
                     context_window: 32_768,
                     routes: vec![route("builtin-echo", "echo", "0.10", "0.40")],
                 },
@@ -157,7 +158,8 @@ pub struct Catalogue {
 
 fn valid_slug(s: &str) -> bool {
     (1..=100).contains(&s.len())
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'/' | b'-' | b':'))
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'/' | b'-' | b':'))
 }
 
 /// An opaque, stable id for a route: FNV-1a of its operator id.

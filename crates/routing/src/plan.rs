@@ -111,10 +111,7 @@ impl Catalogue {
             }
         }
         eligible.sort_by(|a, b| {
-            a.worst_case
-                .cmp(&b.worst_case)
-                .then(b.route.weight.cmp(&a.route.weight))
-                .then(a.route.id.cmp(&b.route.id))
+            a.worst_case.cmp(&b.worst_case).then(b.route.weight.cmp(&a.route.weight)).then(a.route.id.cmp(&b.route.id))
         });
         let mut candidates: Vec<DecisionCandidate> = eligible
             .iter()
@@ -167,7 +164,11 @@ mod tests {
                 slug: "m".into(),
                 description: String::new(),
                 context_window: 1000,
-                routes: vec![route("r-high", "2", "2", true), route("r-low", "1", "1", false), route("r-mid", "1.5", "1.5", true)],
+                routes: vec![
+                    route("r-high", "2", "2", true),
+                    route("r-low", "1", "1", false),
+                    route("r-mid", "1.5", "1.5", true),
+                ],
             }],
         };
         Catalogue::from_config(&config, |_| true).unwrap()

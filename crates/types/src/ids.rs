@@ -102,14 +102,8 @@ fn parse_prefixed(s: &str, prefix: &'static str, kind: &'static str) -> Result<(
     let ok = s
         .strip_prefix(prefix)
         .and_then(|rest| rest.strip_prefix('_'))
-        .is_some_and(|body| {
-            body.len() == 32 && body.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(IdError { kind, prefix, value: s.chars().take(64).collect() })
-    }
+        .is_some_and(|body| body.len() == 32 && body.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+    if ok { Ok(()) } else { Err(IdError { kind, prefix, value: s.chars().take(64).collect() }) }
 }
 
 define_id!(

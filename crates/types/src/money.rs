@@ -117,8 +117,7 @@ impl FromStr for Money {
         if whole.is_empty() && frac.is_empty() {
             return Err(malformed());
         }
-        if !whole.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit())
-        {
+        if !whole.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
             return Err(malformed());
         }
         if frac.len() > DECIMALS {
@@ -130,10 +129,7 @@ impl FromStr for Money {
         for b in frac.bytes().chain(std::iter::repeat(b'0')).take(DECIMALS) {
             frac_units = frac_units * 10 + i64::from(b - b'0');
         }
-        let units = whole
-            .checked_mul(UNITS_PER_USD)
-            .and_then(|w| w.checked_add(frac_units))
-            .ok_or_else(overflow)?;
+        let units = whole.checked_mul(UNITS_PER_USD).and_then(|w| w.checked_add(frac_units)).ok_or_else(overflow)?;
         Ok(Self(if negative { -units } else { units }))
     }
 }

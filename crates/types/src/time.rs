@@ -12,8 +12,7 @@ pub fn now() -> NaiveDateTime {
 /// Renders a stored timestamp as RFC 3339 UTC, e.g. `2026-11-22T10:00:00.123456Z`.
 #[must_use]
 pub fn rfc3339(t: NaiveDateTime) -> String {
-    DateTime::<Utc>::from_naive_utc_and_offset(t, Utc)
-        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    DateTime::<Utc>::from_naive_utc_and_offset(t, Utc).to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
 /// Seconds since the Unix epoch, as OpenAI's `created` fields carry it.

@@ -11,11 +11,11 @@ use modelroute_identity::Scope;
 use modelroute_types::{ErrorCode as _, time};
 use serde_json::{Value, json};
 
+use crate::ApiError;
 use crate::auth::Caller;
 use crate::body::read_json;
 use crate::state::State;
 use crate::wire::{ChatCompletionRequest, usage};
-use crate::ApiError;
 
 pub(crate) async fn completions(state: State, caller: Caller, payload: web::Payload) -> Result<HttpResponse, ApiError> {
     let principal = caller.require(Scope::Execute)?;
@@ -32,9 +32,8 @@ pub(crate) async fn completions(state: State, caller: Caller, payload: web::Payl
     if !stream {
         let done = state.executor.run(exec_caller, request).await?;
         let r = &done.response;
-        return Ok(HttpResponse::Ok()
-            .insert_header(("x-modelroute-execution-id", done.execution_id.as_str()))
-            .json(json!({
+        return Ok(HttpResponse::Ok().insert_header(("x-modelroute-execution-id", done.execution_id.as_str())).json(
+            json!({
                 "id": done.execution_id,
                 "object": "chat.completion",
                 "created": time::unix_seconds(done.created_at),
@@ -47,7 +46,8 @@ pub(crate) async fn completions(state: State, caller: Caller, payload: web::Payl
                 }],
                 "usage": usage(r.usage.input_tokens, r.usage.output_tokens),
                 "system_fingerprint": null,
-            })));
+            }),
+        ));
     }
     let execution = state.executor.start_stream(exec_caller, request).await?;
     let id = execution.execution_id.to_string();
@@ -75,8 +75,10 @@ pub(crate) async fn completions(state: State, caller: Caller, payload: web::Payl
                 if include_usage {
                     // The usage chunk has no choices, as OpenAI sends it.
                     let mut v = chunk(json!({}), None);
-                    v["choices"] = json!([]);
-                    v["usage"] = usage(u.input_tokens, u.output_tokens);
+                    if let Some(obj) = v.as_object_mut() {
+                        obj.insert("choices".into(), json!([]));
+                        obj.insert("usage".into(), usage(u.input_tokens, u.output_tokens));
+                    }
                     out.extend_from_slice(&sse(&v));
                 }
                 out.extend_from_slice(b"data: [DONE]\n\n");
@@ -86,7 +88,9 @@ pub(crate) async fn completions(state: State, caller: Caller, payload: web::Payl
                 // No [DONE]: a truncated answer must not look complete.
                 let code = e.code();
                 let message = if code.is_public() { e.to_string() } else { "internal error".to_owned() };
-                let frame = sse(&json!({ "error": { "message": message, "type": "api_error", "param": null, "code": code.as_str() } }));
+                let frame = sse(
+                    &json!({ "error": { "message": message, "type": "api_error", "param": null, "code": code.as_str() } }),
+                );
                 return Some((Ok(frame), (events, chunk, true)));
             }
         };

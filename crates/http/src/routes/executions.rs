@@ -24,9 +24,10 @@ fn view(e: &Execution) -> serde_json::Value {
         ExecutionStatus::Succeeded | ExecutionStatus::Canceled => "settled",
         ExecutionStatus::Failed => "released",
     };
-    let settlement = e.cost.filter(|_| hold_status == "settled").map(|cost| {
-        json!({ "charged": money(cost), "released": money(e.hold_amount - cost) })
-    });
+    let settlement = e
+        .cost
+        .filter(|_| hold_status == "settled")
+        .map(|cost| json!({ "charged": money(cost), "released": money(e.hold_amount - cost) }));
     json!({
         "id": e.id,
         "object": "execution",
