@@ -18,6 +18,20 @@ use tokio::sync::{mpsc, oneshot};
 use crate::record::ExecutionRow;
 use crate::{Execution, ExecutionError, ExecutionStatus};
 
+/// Applies `changes` to the execution row `id`; evaluates to
+/// `Result<usize, ExecutionError>`. A macro so the update is compiled per backend.
+macro_rules! update_execution {
+    ($pool:expr, $id:expr, $changes:expr) => {{
+        let pool = &$pool;
+        let (id, changes) = ($id, $changes);
+        let result: Result<usize, ExecutionError> = async {
+            Ok(db_run!(pool, |conn| diesel::update(executions::table.find(id)).set(changes).execute(conn).await)?)
+        }
+        .await;
+        result
+    }};
+}
+
 /// Who is paying for an execution.
 #[derive(Clone, Debug)]
 pub struct Caller {
@@ -329,13 +343,7 @@ impl<L: Ledger + 'static> Executor<L> {
             executions::finish_reason.eq(Some(finish_reason.as_str())),
             executions::finished_at.eq(Some(time::now())),
         );
-        let id = admitted.id.as_str();
-        let pool = &self.inner.pool;
-        let updated: Result<usize, ExecutionError> = async {
-            Ok(db_run!(pool, |conn| diesel::update(executions::table.find(id)).set(update).execute(conn).await)?)
-        }
-        .await;
-        updated?;
+        update_execution!(self.inner.pool, admitted.id.as_str(), update)?;
         Ok(resolution.charged)
     }
 
@@ -352,13 +360,7 @@ impl<L: Ledger + 'static> Executor<L> {
             executions::error_message.eq(Some(error.to_string())),
             executions::finished_at.eq(Some(time::now())),
         );
-        let id = admitted.id.as_str();
-        let pool = &self.inner.pool;
-        let updated: Result<usize, ExecutionError> = async {
-            Ok(db_run!(pool, |conn| diesel::update(executions::table.find(id)).set(update).execute(conn).await)?)
-        }
-        .await;
-        if let Err(e) = updated {
+        if let Err(e) = update_execution!(self.inner.pool, admitted.id.as_str(), update) {
             tracing::error!(execution_id = %admitted.id, error = %e, "recording a failed execution failed");
         }
     }
