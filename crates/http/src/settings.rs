@@ -107,14 +107,14 @@ impl Default for BootstrapConfig {
 
 mod usd_string {
     use modelroute_types::Money;
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserializer, Serializer};
 
     pub(super) fn serialize<S: Serializer>(m: &Money, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&m.to_usd_string())
     }
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Money, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        modelroute_types::deserialize_usd(d)
     }
 }
 
@@ -203,34 +203,55 @@ fn scalar(v: &serde_json::Value) -> String {
 mod tests {
     use super::*;
 
+    // Every test runs in a figment `Jail`: its own working directory and
+    // environment, serialised with the other jails (env is process-global).
+
     #[test]
     fn unknown_keys_are_named() {
-        let dir = std::env::temp_dir().join(format!("mr_cfg_{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("modelroute.toml");
-        std::fs::write(&file, "[server]\nbind = \"127.0.0.1:0\"\nbindd = 1\n").unwrap();
-        let err = Settings::load(Some(&file)).unwrap_err().to_string();
-        assert!(err.contains("bindd"), "{err}");
-        std::fs::write(&file, "[databse]\nurl = \"x\"\n").unwrap();
-        let err = Settings::load(Some(&file)).unwrap_err().to_string();
-        assert!(err.contains("databse"), "{err}");
-        std::fs::remove_dir_all(dir).unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("a.toml", "[server]\nbind = \"127.0.0.1:0\"\nbindd = 1\n")?;
+            let err = Settings::load(Some(Path::new("a.toml"))).unwrap_err().to_string();
+            assert!(err.contains("bindd"), "{err}");
+            jail.create_file("modelroute.toml", "[databse]\nurl = \"x\"\n")?;
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(err.contains("databse"), "{err}");
+            assert!(Settings::load(Some(Path::new("missing.toml"))).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn environment_overrides_with_typed_values() {
+        figment::Jail::expect_with(|jail| {
+            // figment reads `25` from the environment as an integer.
+            jail.set_env("MODELROUTE_BOOTSTRAP__STARTING_CREDIT", "25");
+            jail.set_env("MODELROUTE_SERVER__BIND", "127.0.0.1:9999");
+            jail.set_env("MODELROUTE_CONFIG", "not a setting, ignored");
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(s.bootstrap.starting_credit, Money::from_usd(25));
+            assert_eq!(s.server.bind, "127.0.0.1:9999");
+            jail.set_env("MODELROUTE_SERVER__NOPE", "1");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(err.contains("nope"), "{err}");
+            Ok(())
+        });
     }
 
     #[test]
     fn printed_config_redacts_secrets_and_round_trips() {
-        let mut s = Settings::default();
-        s.identity.server_secret = modelroute_types::Secret::new("x".repeat(40));
-        s.database.url = modelroute_db::DatabaseUrl::new("postgres://u:pw@h/db");
-        let text = s.to_redacted_toml().unwrap();
-        assert!(!text.contains("xxxx") && !text.contains(":pw@"), "{text}");
-        assert!(text.contains("[[catalogue.models.routes]]"), "{text}");
-        let dir = std::env::temp_dir().join(format!("mr_cfg_{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("printed.toml");
-        std::fs::write(&file, Settings::default().to_redacted_toml().unwrap()).unwrap();
-        let back = Settings::load(Some(&file)).unwrap();
-        assert_eq!(back.catalogue.models.len(), 2);
-        std::fs::remove_dir_all(dir).unwrap();
+        figment::Jail::expect_with(|jail| {
+            let mut s = Settings::default();
+            s.identity.server_secret = modelroute_types::Secret::new("x".repeat(40));
+            s.database.url = modelroute_db::DatabaseUrl::new("postgres://u:pw@h/db");
+            let text = s.to_redacted_toml().map_err(|e| e.to_string())?;
+            assert!(!text.contains("xxxx") && !text.contains(":pw@"), "{text}");
+            assert!(text.contains("[[catalogue.models.routes]]"), "{text}");
+            let printed = Settings::default().to_redacted_toml().map_err(|e| e.to_string())?;
+            jail.create_file("printed.toml", &printed)?;
+            let back = Settings::load(Some(Path::new("printed.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(back.catalogue.models.len(), 2);
+            assert!(back.identity.server_secret.is_empty(), "an unset secret prints as unset");
+            Ok(())
+        });
     }
 }

@@ -11,5 +11,5 @@ pub mod time;
 
 pub use error::{Code, ErrorCode};
 pub use ids::{AccountId, ApiKeyId, EntryId, ExecutionId, HoldId, IdError, OrgId, ProjectId};
-pub use money::{Money, MoneyError, PricePerMTok, UNITS_PER_USD};
+pub use money::{Money, MoneyError, PricePerMTok, UNITS_PER_USD, deserialize_usd};
 pub use secret::Secret;

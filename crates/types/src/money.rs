@@ -182,10 +182,38 @@ impl Serialize for PricePerMTok {
     }
 }
 
+/// Deserializes a dollar amount written as a decimal string (`"0.15"`) or a
+/// whole number (`25`, as environment variables arrive). Floats are refused:
+/// they cannot represent most prices exactly.
+///
+/// # Errors
+/// A malformed, too precise or float amount.
+pub fn deserialize_usd<'de, D: Deserializer<'de>>(d: D) -> Result<Money, D::Error> {
+    struct Usd;
+    impl serde::de::Visitor<'_> for Usd {
+        type Value = Money;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a dollar amount as a string like \"12.50\" or a whole number")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Money, E> {
+            v.parse().map_err(E::custom)
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Money, E> {
+            v.checked_mul(UNITS_PER_USD).map(Money).ok_or_else(|| E::custom(MoneyError::Overflow(v.to_string())))
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Money, E> {
+            i64::try_from(v).map_err(|_| E::custom(MoneyError::Overflow(v.to_string()))).and_then(|v| self.visit_i64(v))
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Money, E> {
+            Err(E::custom(format!("write the amount {v} as a string (\"{v}\"): floats are not exact")))
+        }
+    }
+    d.deserialize_any(Usd)
+}
+
 impl<'de> Deserialize<'de> for PricePerMTok {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        let money: Money = s.parse().map_err(serde::de::Error::custom)?;
+        let money = deserialize_usd(d)?;
         if money.units() < 0 {
             return Err(serde::de::Error::custom("a price cannot be negative"));
         }
@@ -215,6 +243,16 @@ mod tests {
         assert_eq!(Money::from_units(1_250_000_000).to_usd_string(), "1.250000000");
         assert_eq!(Money::from_units(-1).to_usd_string(), "-0.000000001");
         assert_eq!(Money::from_usd(3).to_string(), "$3.000000000");
+    }
+
+    #[test]
+    fn config_amounts_accept_strings_and_whole_numbers_not_floats() {
+        let p: PricePerMTok = serde_json::from_str("\"0.15\"").unwrap();
+        assert_eq!(p.per_million().units(), 150_000_000);
+        let p: PricePerMTok = serde_json::from_str("2").unwrap();
+        assert_eq!(p.per_million(), Money::from_usd(2));
+        assert!(serde_json::from_str::<PricePerMTok>("0.15").is_err());
+        assert!(serde_json::from_str::<PricePerMTok>("\"-1\"").is_err());
     }
 
     #[test]
