@@ -114,6 +114,9 @@ fn posting_rows(entry_id: &str, postings: &Postings) -> Vec<NewPosting> {
 
 /// Writes an entry: the entry row, the balance changes, the postings.
 ///
+/// Balance rows are updated in ascending account-id order in every entry,
+/// so concurrent transactions never wait on each other in a cycle.
+///
 /// The overspend guard lives here, so every movement gets it: a posting that
 /// debits a customer account is the conditional update
 /// `balance = balance + amount WHERE balance >= -amount`, and when it matches
@@ -129,7 +132,12 @@ macro_rules! post_entry {
             return Err(LedgerError::Unbalanced);
         }
         diesel::insert_into(ledger_entries::table).values(entry).execute($conn).await?;
-        for (account, amount) in postings.iter().filter(|(_, a)| *a != 0) {
+        // Lock accounts in one global order (by id): a hold touches
+        // available→held and a settlement held→available, and on PostgreSQL
+        // opposite orders deadlock under concurrency.
+        let mut ordered: Vec<&(Account, i64)> = postings.iter().filter(|(_, a)| *a != 0).collect();
+        ordered.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+        for (account, amount) in ordered {
             let target = ledger_accounts::table.find(account.id.as_str());
             let set =
                 (ledger_accounts::balance.eq(ledger_accounts::balance + *amount), ledger_accounts::updated_at.eq($now));

@@ -159,3 +159,27 @@ db_test!(async fn the_sweeper_releases_expired_holds(db) {
     assert!(matches!(l.settle(&h.id, usd("1")).await, Err(LedgerError::AlreadyResolved(HoldStatus::Expired))));
     assert_sound(&l).await;
 });
+
+db_test!(async fn concurrent_holds_and_settlements_do_not_deadlock(db) {
+    // Holds lock `available` and `held`; settlements lock `held`, `revenue`
+    // and `available`. Taken in different orders, PostgreSQL deadlocks.
+    let (l, org) = ledger(&db).await;
+    l.credit(&org, usd("100"), CreditSource::Grant, None).await.unwrap();
+    let tasks: Vec<_> = (0..48)
+        .map(|i| {
+            let (l, org) = (l.clone(), org.clone());
+            tokio::spawn(async move {
+                for _ in 0..5 {
+                    let h = l.hold(hold_req(&org, usd("0.1"))).await?;
+                    if i % 3 == 0 { l.release(&h.id).await?; } else { l.settle(&h.id, usd("0.01")).await?; }
+                }
+                Ok::<_, LedgerError>(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(l.balance(&org).await.unwrap().held, Money::ZERO);
+    assert_sound(&l).await;
+});
