@@ -183,3 +183,35 @@ db_test!(async fn concurrent_holds_and_settlements_do_not_deadlock(db) {
     assert_eq!(l.balance(&org).await.unwrap().held, Money::ZERO);
     assert_sound(&l).await;
 });
+
+db_test!(async fn admission_race_500_holds_against_a_balance_for_50(db) {
+    // Ledger invariant L2 at the ledger issue's scale: in every repetition
+    // exactly 50 of 500 concurrent holds are admitted, never one more.
+    let (l, _) = ledger(&db).await;
+    for rep in 0..20 {
+        let org = OrgId::new();
+        let sql = format!("INSERT INTO orgs (id, name, created_at) VALUES ('{org}', 'race', '2026-01-01 00:00:00')");
+        match db.pool().get().await.unwrap() {
+            modelroute_db::DbConn::Postgres(mut c) => diesel_async::SimpleAsyncConnection::batch_execute(&mut *c, &sql).await.unwrap(),
+            modelroute_db::DbConn::Sqlite(mut c) => diesel_async::SimpleAsyncConnection::batch_execute(&mut *c, &sql).await.unwrap(),
+        }
+        l.credit(&org, usd("50"), CreditSource::Grant, None).await.unwrap();
+        let tasks: Vec<_> = (0..500)
+            .map(|_| {
+                let (l, org) = (l.clone(), org.clone());
+                tokio::spawn(async move { l.hold(hold_req(&org, usd("1"))).await })
+            })
+            .collect();
+        let mut admitted = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(_) => admitted += 1,
+                Err(LedgerError::InsufficientBalance { .. }) => {}
+                Err(e) => panic!("repetition {rep}: unexpected error {e}"),
+            }
+        }
+        assert_eq!(admitted, 50, "repetition {rep}");
+        assert_eq!(l.balance(&org).await.unwrap(), Balance { available: Money::ZERO, held: usd("50") });
+    }
+    assert_sound(&l).await;
+});
