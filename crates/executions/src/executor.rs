@@ -6,10 +6,10 @@ use diesel_async::RunQueryDsl;
 use futures_util::StreamExt as _;
 use modelroute_db::schema::executions;
 use modelroute_db::{DbPool, db_run};
-use modelroute_ledger::{Hold, HoldRequest, Ledger};
+use modelroute_ledger::{Hold, HoldRequest, Ledger, LedgerError};
 use modelroute_providers::{
-    ChatRequest, ChatResponse, FinishReason, Provider, ProviderClient, ProviderError, ProviderErrorKind,
-    ProviderRegistry, StreamEvent, Usage, count_tokens,
+    ChatRequest, ChatResponse, FinishReason, Provider, ProviderError, ProviderErrorKind, ProviderRegistry, StreamEvent,
+    Usage, count_tokens,
 };
 use modelroute_routing::{Candidate, Catalogue, RequestProfile, estimate_input_tokens};
 use modelroute_types::{ApiKeyId, ErrorCode, ExecutionId, Money, OrgId, ProjectId, time};
@@ -105,14 +105,51 @@ struct Inner<L> {
     providers: Arc<ProviderRegistry>,
 }
 
+/// How many ranked routes the hold tries to cover, so that fallbacks can run
+/// within it. When the balance cannot cover them, the hold covers the first
+/// route only and fallbacks are limited to routes as cheap as it.
+const HOLD_COVERS_ROUTES: usize = 3;
+
 /// An admitted execution: hold placed, record written.
 struct Admitted {
     id: ExecutionId,
     created_at: NaiveDateTime,
     hold: Hold,
-    candidate: Candidate,
-    provider: Arc<ProviderClient>,
-    upstream: ChatRequest,
+    /// The routes to try, in order; every one's worst case fits the hold.
+    candidates: Vec<Candidate>,
+    /// The decision record; attempts are appended as they happen.
+    decision: serde_json::Value,
+}
+
+/// One try of one route, as recorded in the decision.
+#[derive(serde::Serialize)]
+struct Attempt<'a> {
+    route: &'a str,
+    outcome: &'static str,
+    error_code: Option<&'static str>,
+}
+
+impl Admitted {
+    fn record_attempt(&mut self, candidate: &Candidate, error: Option<&ProviderError>) {
+        let attempt = Attempt {
+            route: &candidate.route.public_id,
+            outcome: if error.is_some() { "failed" } else { "succeeded" },
+            error_code: error.map(|e| e.code().as_str()),
+        };
+        if let (Some(obj), Ok(a)) = (self.decision.as_object_mut(), serde_json::to_value(attempt)) {
+            if let Some(list) = obj.entry("attempts").or_insert_with(|| serde_json::json!([])).as_array_mut() {
+                list.push(a);
+            }
+        }
+    }
+}
+
+/// The request as one route's provider receives it.
+fn upstream_request(request: &ChatRequest, candidate: &Candidate) -> ChatRequest {
+    let mut upstream = request.clone();
+    upstream.model.clone_from(&candidate.route.upstream_model);
+    upstream.max_tokens = Some(candidate.max_output_tokens);
+    upstream
 }
 
 impl<L: Ledger + 'static> Executor<L> {
@@ -143,19 +180,43 @@ impl<L: Ledger + 'static> Executor<L> {
     }
 
     async fn run_detached(&self, caller: Caller, request: ChatRequest) -> Result<Completed, ExecutionError> {
-        let admitted = self.admit(&caller, &request, false).await?;
-        match admitted.provider.chat(&admitted.upstream).await {
-            Ok(response) => {
-                let cost =
-                    self.settle(&admitted, response.usage, response.finish_reason, ExecutionStatus::Succeeded).await?;
-                Ok(Completed { execution_id: admitted.id, created_at: admitted.created_at, response, cost })
-            }
-            Err(e) => {
-                let e = ExecutionError::Provider(e);
-                self.fail(&admitted, &e).await;
-                Err(e)
+        let mut admitted = self.admit(&caller, &request, false).await?;
+        let mut last_error = None;
+        for candidate in admitted.candidates.clone() {
+            let Some(provider) = self.inner.providers.get(&candidate.route.provider) else { continue };
+            match provider.chat(&upstream_request(&request, &candidate)).await {
+                Ok(response) => {
+                    admitted.record_attempt(&candidate, None);
+                    let cost = self
+                        .settle(
+                            &admitted,
+                            &candidate,
+                            response.usage,
+                            response.finish_reason,
+                            ExecutionStatus::Succeeded,
+                        )
+                        .await?;
+                    return Ok(Completed {
+                        execution_id: admitted.id,
+                        created_at: admitted.created_at,
+                        response,
+                        cost,
+                    });
+                }
+                Err(e) => {
+                    admitted.record_attempt(&candidate, Some(&e));
+                    tracing::warn!(execution_id = %admitted.id, route = %candidate.route.id, error = %e, "route failed");
+                    let retryable = e.is_retryable();
+                    last_error = Some(e);
+                    if !retryable {
+                        break;
+                    }
+                }
             }
         }
+        let e = last_error.map_or(ExecutionError::ProviderMissing, ExecutionError::Provider);
+        self.fail(&admitted, &e).await;
+        Err(e)
     }
 
     /// Starts a streamed execution. Returns once the hold is placed; the
@@ -184,21 +245,39 @@ impl<L: Ledger + 'static> Executor<L> {
         admitted_tx: oneshot::Sender<Result<(ExecutionId, NaiveDateTime), ExecutionError>>,
         tx: mpsc::Sender<StreamItem>,
     ) {
-        let admitted = match self.admit(&caller, &request, true).await {
+        let mut admitted = match self.admit(&caller, &request, true).await {
             Ok(a) => a,
             Err(e) => {
                 let _ = admitted_tx.send(Err(e));
                 return;
             }
         };
-        let mut stream = match admitted.provider.chat_stream(&admitted.upstream).await {
-            Ok(s) => s,
-            Err(e) => {
-                let e = ExecutionError::Provider(e);
-                self.fail(&admitted, &e).await;
-                let _ = admitted_tx.send(Err(e));
-                return;
+        // Fall back between routes only before the first byte: once output
+        // has reached the client, a second route cannot take over.
+        let mut opened = None;
+        let mut last_error = None;
+        for candidate in admitted.candidates.clone() {
+            let Some(provider) = self.inner.providers.get(&candidate.route.provider) else { continue };
+            match provider.chat_stream(&upstream_request(&request, &candidate)).await {
+                Ok(stream) => {
+                    opened = Some((candidate, stream));
+                    break;
+                }
+                Err(e) => {
+                    admitted.record_attempt(&candidate, Some(&e));
+                    let retryable = e.is_retryable();
+                    last_error = Some(e);
+                    if !retryable {
+                        break;
+                    }
+                }
             }
+        }
+        let Some((candidate, mut stream)) = opened else {
+            let e = last_error.map_or(ExecutionError::ProviderMissing, ExecutionError::Provider);
+            self.fail(&admitted, &e).await;
+            let _ = admitted_tx.send(Err(e));
+            return;
         };
         if admitted_tx.send(Ok((admitted.id.clone(), admitted.created_at))).is_err() {
             // The client left before the first byte: nothing was generated.
@@ -218,12 +297,19 @@ impl<L: Ledger + 'static> Executor<L> {
                             input_tokens: estimate_input_tokens(request.messages.iter().map(|m| m.content.as_str())),
                             output_tokens: count_tokens(&produced),
                         };
-                        let _ = self.settle(&admitted, usage, FinishReason::Stop, ExecutionStatus::Canceled).await;
+                        admitted.record_attempt(&candidate, None);
+                        let _ = self
+                            .settle(&admitted, &candidate, usage, FinishReason::Stop, ExecutionStatus::Canceled)
+                            .await;
                         return;
                     }
                 }
                 Some(Ok(StreamEvent::Done { finish_reason, usage })) => {
-                    let item = match self.settle(&admitted, usage, finish_reason, ExecutionStatus::Succeeded).await {
+                    admitted.record_attempt(&candidate, None);
+                    let item = match self
+                        .settle(&admitted, &candidate, usage, finish_reason, ExecutionStatus::Succeeded)
+                        .await
+                    {
                         Ok(cost) => StreamItem::Done { finish_reason, usage, cost },
                         Err(e) => StreamItem::Failed(e),
                     };
@@ -231,6 +317,7 @@ impl<L: Ledger + 'static> Executor<L> {
                     return;
                 }
                 Some(Err(e)) => {
+                    admitted.record_attempt(&candidate, Some(&e));
                     let e = ExecutionError::Provider(e);
                     self.fail(&admitted, &e).await;
                     let _ = tx.send(StreamItem::Failed(e)).await;
@@ -239,10 +326,12 @@ impl<L: Ledger + 'static> Executor<L> {
                 None => {
                     // Ended without its end marker: a truncated answer is
                     // never a success.
-                    let e = ExecutionError::Provider(ProviderError::new(
+                    let cut = ProviderError::new(
                         ProviderErrorKind::StreamCut,
                         "the upstream stream ended before it was complete",
-                    ));
+                    );
+                    admitted.record_attempt(&candidate, Some(&cut));
+                    let e = ExecutionError::Provider(cut);
                     self.fail(&admitted, &e).await;
                     let _ = tx.send(StreamItem::Failed(e)).await;
                     return;
@@ -266,18 +355,25 @@ impl<L: Ledger + 'static> Executor<L> {
             stream,
         };
         let plan = inner.catalogue.plan(&request.model, &profile)?;
-        let candidate = plan.candidates.into_iter().next().ok_or(ExecutionError::ProviderMissing)?;
-        let provider = inner.providers.get(&candidate.route.provider).ok_or(ExecutionError::ProviderMissing)?;
+        let first = plan.candidates.iter().next().ok_or(ExecutionError::ProviderMissing)?.clone();
         let id = ExecutionId::new();
-        let hold = inner
-            .ledger
-            .hold(HoldRequest {
-                org_id: caller.org_id.clone(),
-                amount: candidate.worst_case,
-                reference: id.to_string(),
-                idempotency_key: Some(format!("execution:{id}")),
-            })
-            .await?;
+        // Hold enough for the first few routes when the balance allows, so a
+        // fallback never needs more than the hold; else just the first.
+        let cover =
+            plan.candidates.iter().take(HOLD_COVERS_ROUTES).map(|c| c.worst_case).max().unwrap_or(first.worst_case);
+        let hold_for = |amount| HoldRequest {
+            org_id: caller.org_id.clone(),
+            amount,
+            reference: id.to_string(),
+            idempotency_key: Some(format!("execution:{id}")),
+        };
+        let hold = match inner.ledger.hold(hold_for(cover)).await {
+            Err(LedgerError::InsufficientBalance { .. }) if cover > first.worst_case => {
+                inner.ledger.hold(hold_for(first.worst_case)).await?
+            }
+            other => other?,
+        };
+        let candidates: Vec<Candidate> = plan.candidates.into_iter().filter(|c| c.worst_case <= hold.amount).collect();
         let now = time::now();
         let row = ExecutionRow {
             id: id.to_string(),
@@ -285,7 +381,7 @@ impl<L: Ledger + 'static> Executor<L> {
             project_id: caller.project_id.to_string(),
             api_key_id: caller.api_key_id.to_string(),
             model: request.model.clone(),
-            route_id: Some(candidate.route.public_id.clone()),
+            route_id: Some(first.route.public_id.clone()),
             status: ExecutionStatus::Running.as_str().to_owned(),
             stream,
             hold_id: Some(hold.id.to_string()),
@@ -312,21 +408,20 @@ impl<L: Ledger + 'static> Executor<L> {
             }
             return Err(e);
         }
-        let mut upstream = request.clone();
-        upstream.model.clone_from(&candidate.route.upstream_model);
-        upstream.max_tokens = Some(candidate.max_output_tokens);
-        Ok(Admitted { id, created_at: now, hold, candidate, provider, upstream })
+        let decision = serde_json::to_value(&plan.decision).unwrap_or_default();
+        Ok(Admitted { id, created_at: now, hold, candidates, decision })
     }
 
     /// Settles the hold for `usage` at the route's prices and records the outcome.
     async fn settle(
         &self,
         admitted: &Admitted,
+        served_by: &Candidate,
         usage: Usage,
         finish_reason: FinishReason,
         status: ExecutionStatus,
     ) -> Result<Money, ExecutionError> {
-        let route = &admitted.candidate.route;
+        let route = &served_by.route;
         let cost = route
             .input_price
             .cost(usage.input_tokens)
@@ -342,6 +437,8 @@ impl<L: Ledger + 'static> Executor<L> {
             executions::output_tokens.eq(Some(to_i64(usage.output_tokens))),
             executions::finish_reason.eq(Some(finish_reason.as_str())),
             executions::finished_at.eq(Some(time::now())),
+            executions::route_id.eq(Some(route.public_id.as_str())),
+            executions::decision.eq(Some(admitted.decision.to_string())),
         );
         update_execution!(self.inner.pool, admitted.id.as_str(), update)?;
         Ok(resolution.charged)
@@ -359,6 +456,7 @@ impl<L: Ledger + 'static> Executor<L> {
             executions::error_code.eq(Some(error.code().as_str())),
             executions::error_message.eq(Some(error.to_string())),
             executions::finished_at.eq(Some(time::now())),
+            executions::decision.eq(Some(admitted.decision.to_string())),
         );
         if let Err(e) = update_execution!(self.inner.pool, admitted.id.as_str(), update) {
             tracing::error!(execution_id = %admitted.id, error = %e, "recording a failed execution failed");

@@ -28,6 +28,9 @@ pub enum OperatorError {
     /// Catalogue.
     #[error(transparent)]
     Routing(#[from] RoutingError),
+    /// Provider settings.
+    #[error("invalid provider configuration: {0}")]
+    Providers(String),
 }
 
 /// The domain services, connected and ready.
@@ -69,7 +72,7 @@ impl Services {
     /// # Errors
     /// Any of those failing.
     pub async fn connect(settings: &Settings) -> Result<Self, OperatorError> {
-        let providers = Arc::new(ProviderRegistry::from_config(&settings.providers));
+        let providers = Arc::new(ProviderRegistry::from_config(&settings.providers).map_err(OperatorError::Providers)?);
         let catalogue = Arc::new(Catalogue::from_config(&settings.catalogue, |p| providers.contains(p))?);
         let pool = DbPool::connect(&settings.database).await?;
         if settings.database.migrate_on_start {

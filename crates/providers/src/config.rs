@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::BuiltinConfig;
+use crate::{BuiltinConfig, OpenAiConfig};
 
 /// One provider's configuration, tagged by `kind`:
 ///
@@ -10,12 +10,19 @@ use crate::BuiltinConfig;
 /// [providers.builtin]
 /// kind = "builtin"
 /// latency_ms = 0
+///
+/// [providers.openai]
+/// kind = "openai_compatible"
+/// base_url = "https://api.openai.com/v1"
+/// # api_key: MODELROUTE_PROVIDERS__OPENAI__API_KEY
 /// ```
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ProviderConfig {
     /// The built-in deterministic provider.
     Builtin(BuiltinConfig),
+    /// An OpenAI-compatible chat-completions API.
+    OpenaiCompatible(OpenAiConfig),
 }
 
 /// The `[providers]` section: providers by name. Routes name them.

@@ -10,6 +10,7 @@ mod builtin;
 pub mod canonical;
 mod config;
 mod error;
+pub mod openai;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -19,6 +20,7 @@ pub use builtin::{BuiltinConfig, BuiltinFailure, BuiltinProvider, count_tokens};
 pub use canonical::{ChatRequest, ChatResponse, ChatStream, FinishReason, Message, Role, StreamEvent, Usage};
 pub use config::{ProviderConfig, ProvidersConfig, default_providers};
 pub use error::{ProviderError, ProviderErrorKind};
+pub use openai::{OpenAiConfig, OpenAiProvider};
 
 /// What every adapter does.
 pub trait Provider: Send + Sync {
@@ -35,18 +37,22 @@ pub trait Provider: Send + Sync {
 pub enum ProviderClient {
     /// The built-in deterministic provider.
     Builtin(BuiltinProvider),
+    /// An OpenAI-compatible chat-completions API.
+    OpenAiCompatible(OpenAiProvider),
 }
 
 impl Provider for ProviderClient {
     async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, ProviderError> {
         match self {
             Self::Builtin(p) => p.chat(request).await,
+            Self::OpenAiCompatible(p) => p.chat(request).await,
         }
     }
 
     async fn chat_stream(&self, request: &ChatRequest) -> Result<ChatStream, ProviderError> {
         match self {
             Self::Builtin(p) => p.chat_stream(request).await,
+            Self::OpenAiCompatible(p) => p.chat_stream(request).await,
         }
     }
 }
@@ -59,18 +65,21 @@ pub struct ProviderRegistry {
 
 impl ProviderRegistry {
     /// Builds every configured provider.
-    #[must_use]
-    pub fn from_config(config: &ProvidersConfig) -> Self {
-        let providers = config
-            .iter()
-            .map(|(name, c)| {
-                let client = match c {
-                    ProviderConfig::Builtin(b) => ProviderClient::Builtin(BuiltinProvider::new(b.clone())),
-                };
-                (name.clone(), Arc::new(client))
-            })
-            .collect();
-        Self { providers }
+    ///
+    /// # Errors
+    /// A provider whose settings are invalid, named in the message.
+    pub fn from_config(config: &ProvidersConfig) -> Result<Self, String> {
+        let mut providers = BTreeMap::new();
+        for (name, c) in config {
+            let client = match c {
+                ProviderConfig::Builtin(b) => ProviderClient::Builtin(BuiltinProvider::new(b.clone())),
+                ProviderConfig::OpenaiCompatible(o) => ProviderClient::OpenAiCompatible(
+                    OpenAiProvider::new(o.clone()).map_err(|e| format!("providers.{name}: {e}"))?,
+                ),
+            };
+            providers.insert(name.clone(), Arc::new(client));
+        }
+        Ok(Self { providers })
     }
 
     /// The provider named `name`.
