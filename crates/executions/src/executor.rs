@@ -136,10 +136,10 @@ impl Admitted {
             outcome: if error.is_some() { "failed" } else { "succeeded" },
             error_code: error.map(|e| e.code().as_str()),
         };
-        if let (Some(obj), Ok(a)) = (self.decision.as_object_mut(), serde_json::to_value(attempt)) {
-            if let Some(list) = obj.entry("attempts").or_insert_with(|| serde_json::json!([])).as_array_mut() {
-                list.push(a);
-            }
+        if let (Some(obj), Ok(a)) = (self.decision.as_object_mut(), serde_json::to_value(attempt))
+            && let Some(list) = obj.entry("attempts").or_insert_with(|| serde_json::json!([])).as_array_mut()
+        {
+            list.push(a);
         }
     }
 }
@@ -355,7 +355,7 @@ impl<L: Ledger + 'static> Executor<L> {
             stream,
         };
         let plan = inner.catalogue.plan(&request.model, &profile)?;
-        let first = plan.candidates.iter().next().ok_or(ExecutionError::ProviderMissing)?.clone();
+        let first = plan.candidates.as_slice().first().ok_or(ExecutionError::ProviderMissing)?.clone();
         let id = ExecutionId::new();
         // Hold enough for the first few routes when the balance allows, so a
         // fallback never needs more than the hold; else just the first.

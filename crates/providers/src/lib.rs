@@ -38,7 +38,7 @@ pub enum ProviderClient {
     /// The built-in deterministic provider.
     Builtin(BuiltinProvider),
     /// An OpenAI-compatible chat-completions API.
-    OpenAiCompatible(OpenAiProvider),
+    OpenAiCompatible(Box<OpenAiProvider>),
 }
 
 impl Provider for ProviderClient {
@@ -73,9 +73,9 @@ impl ProviderRegistry {
         for (name, c) in config {
             let client = match c {
                 ProviderConfig::Builtin(b) => ProviderClient::Builtin(BuiltinProvider::new(b.clone())),
-                ProviderConfig::OpenaiCompatible(o) => ProviderClient::OpenAiCompatible(
+                ProviderConfig::OpenaiCompatible(o) => ProviderClient::OpenAiCompatible(Box::new(
                     OpenAiProvider::new(o.clone()).map_err(|e| format!("providers.{name}: {e}"))?,
-                ),
+                )),
             };
             providers.insert(name.clone(), Arc::new(client));
         }

@@ -1,0 +1,231 @@
+//! Executions against a real HTTP upstream: a local server that speaks
+//! OpenAI's chat-completions wire format (bodies, SSE, error bodies) and
+//! checks the bearer key, behind the production OpenAI-compatible adapter.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
+use hyper::{Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use modelroute_db::db_test;
+use modelroute_db::testing::TestDb;
+use modelroute_http::{Application, Services, Settings};
+use modelroute_providers::{OpenAiConfig, ProviderConfig};
+use modelroute_routing::{ModelConfig, RouteConfig};
+use modelroute_types::{Money, OrgId, Secret};
+use serde_json::{Value, json};
+
+const UPSTREAM_KEY: &str = "sk-test-upstream-key";
+
+/// Calls per upstream model name.
+type Calls = Arc<Mutex<HashMap<String, usize>>>;
+
+async fn upstream(req: HttpRequest, body: web::Json<Value>, calls: web::Data<Calls>) -> HttpResponse {
+    if req.headers().get("authorization").and_then(|v| v.to_str().ok()) != Some(&format!("Bearer {UPSTREAM_KEY}")) {
+        return HttpResponse::Unauthorized()
+            .json(json!({ "error": { "message": "Incorrect API key provided", "type": "invalid_request_error" } }));
+    }
+    let model = body["model"].as_str().unwrap_or_default().to_owned();
+    *calls.lock().unwrap().entry(model.clone()).or_default() += 1;
+    let stream = body["stream"].as_bool().unwrap_or(false);
+    match model.as_str() {
+        "down" => HttpResponse::ServiceUnavailable()
+            .json(json!({ "error": { "message": "The server is overloaded or not ready yet.", "type": "server_error" } })),
+        "reject" => HttpResponse::BadRequest().json(json!({ "error": {
+            "message": "This model's maximum context length is 8192 tokens.",
+            "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded" } })),
+        "ok" if !stream => HttpResponse::Ok().json(json!({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "ok",
+            "choices": [{ "index": 0, "message": { "role": "assistant", "content": "Hi from upstream" }, "finish_reason": "stop" }],
+            "usage": { "prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14 } })),
+        "ok" | "cut" => {
+            let chunk = |delta: Value, finish: Value| {
+                format!("data: {}\n\n", json!({ "id": "c", "object": "chat.completion.chunk", "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }] }))
+            };
+            let mut sse = chunk(json!({ "role": "assistant", "content": "" }), Value::Null);
+            sse += &chunk(json!({ "content": "Hi from" }), Value::Null);
+            if model == "ok" {
+                sse += &chunk(json!({ "content": " upstream" }), Value::Null);
+                sse += &chunk(json!({}), json!("stop"));
+                sse += &format!("data: {}\n\n", json!({ "id": "c", "choices": [], "usage": { "prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14 } }));
+                sse += "data: [DONE]\n\n";
+            }
+            HttpResponse::Ok().content_type("text/event-stream").body(sse)
+        }
+        _ => HttpResponse::NotFound().json(json!({ "error": { "message": "no such model", "type": "invalid_request_error" } })),
+    }
+}
+
+fn start_upstream() -> (u16, Calls) {
+    let calls: Calls = Arc::default();
+    let data = web::Data::new(Arc::clone(&calls));
+    let server = HttpServer::new(move || {
+        App::new().app_data(data.clone()).route("/v1/chat/completions", web::post().to(upstream))
+    })
+    .workers(1)
+    .disable_signals()
+    .bind("127.0.0.1:0")
+    .unwrap();
+    let port = server.addrs()[0].port();
+    tokio::spawn(server.run());
+    (port, calls)
+}
+
+fn route(id: &str, provider: &str, upstream: &str) -> RouteConfig {
+    RouteConfig {
+        id: id.into(),
+        provider: provider.into(),
+        upstream_model: upstream.into(),
+        input_price: serde_json::from_value(json!("1")).unwrap(),
+        output_price: serde_json::from_value(json!("2")).unwrap(),
+        max_output_tokens: 256,
+        streaming: true,
+        weight: 1,
+    }
+}
+
+struct TestApp {
+    port: u16,
+    key: String,
+    org: OrgId,
+    services: Services,
+    calls: Calls,
+    _db: TestDb,
+}
+
+async fn spawn(db: TestDb) -> TestApp {
+    let (upstream_port, calls) = start_upstream();
+    let mut settings = Settings { database: db.config(), ..Settings::default() };
+    settings.server.bind = "127.0.0.1:0".into();
+    settings.server.workers = 2;
+    settings.identity.server_secret = Secret::new("test-secret-0123456789abcdef-0123456789");
+    let openai = OpenAiConfig {
+        base_url: format!("http://127.0.0.1:{upstream_port}/v1"),
+        api_key: Secret::new(UPSTREAM_KEY),
+        timeout_ms: 5_000,
+        stream_idle_timeout_ms: 5_000,
+    };
+    settings.providers.insert("upstream-a".into(), ProviderConfig::OpenaiCompatible(openai.clone()));
+    settings.providers.insert("upstream-b".into(), ProviderConfig::OpenaiCompatible(openai));
+    let model = |slug: &str, routes: Vec<RouteConfig>| ModelConfig {
+        slug: slug.into(),
+        description: String::new(),
+        context_window: 8192,
+        routes,
+    };
+    settings.catalogue.models = vec![
+        model("acme/chat", vec![route("a-primary", "upstream-a", "down"), route("b-secondary", "upstream-b", "ok")]),
+        model(
+            "acme/strict",
+            vec![route("s-primary", "upstream-a", "reject"), route("s-secondary", "upstream-b", "ok")],
+        ),
+        model("acme/cut", vec![route("c-only", "upstream-a", "cut")]),
+    ];
+    let app = Application::build(settings).await.expect("server starts");
+    let boot = app.bootstrap.clone().unwrap();
+    let services = app.services.clone();
+    let port = app.port();
+    tokio::spawn(app.run_until_stopped());
+    TestApp { port, key: boot.token, org: boot.org.id, services, calls, _db: db }
+}
+
+impl TestApp {
+    async fn send(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, String) {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("http://127.0.0.1:{}{path}", self.port))
+            .header("authorization", format!("Bearer {}", self.key))
+            .body(Full::new(Bytes::from(body.map(|b| b.to_string()).unwrap_or_default())))
+            .unwrap();
+        let res = client.request(req).await.unwrap();
+        let status = res.status();
+        (status, String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap())
+    }
+
+    fn calls(&self, model: &str) -> usize {
+        self.calls.lock().unwrap().get(model).copied().unwrap_or(0)
+    }
+
+    fn public_route(&self, slug: &str, index: usize) -> String {
+        self.services.catalogue.model(slug).unwrap().routes[index].public_id.clone()
+    }
+
+    async fn available(&self) -> Money {
+        let b = self.services.balance(&self.org).await.unwrap();
+        assert_eq!(b.held, Money::ZERO, "a hold was left open");
+        b.available
+    }
+}
+
+fn ask(model: &str, stream: bool) -> Value {
+    json!({ "model": model, "stream": stream, "messages": [{ "role": "user", "content": "Hello" }] })
+}
+
+db_test!(async fn a_failing_route_falls_back_with_one_hold_and_one_settlement(db) {
+    let app = spawn(db).await;
+    let before = app.available().await;
+    let (status, body) = app.send("POST", "/v1/chat/completions", Some(ask("acme/chat", false))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], "Hi from upstream");
+    assert_eq!(body["usage"]["prompt_tokens"], 11);
+    assert_eq!((app.calls("down"), app.calls("ok")), (1, 1));
+
+    let id = body["id"].as_str().unwrap();
+    let (_, e) = app.send("GET", &format!("/v1/executions/{id}"), None).await;
+    let e: Value = serde_json::from_str(&e).unwrap();
+    assert_eq!(e["route"], app.public_route("acme/chat", 1), "the execution names the route that served it");
+    let attempts = e["decision"]["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{e}");
+    assert_eq!((attempts[0]["outcome"].as_str(), attempts[0]["error_code"].as_str()), (Some("failed"), Some("upstream_error")));
+    assert_eq!(attempts[1]["outcome"], "succeeded");
+    // Billed once, at the serving route's prices: 11 × $1/M + 3 × $2/M.
+    let cost = 11 * 1_000 + 3 * 2_000;
+    assert_eq!(e["cost"]["nano_usd"], cost);
+    assert_eq!(before.units() - app.available().await.units(), cost);
+    let report = app.services.verify_ledger().await.unwrap();
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    // Bootstrap credit + one hold + one settlement: no second hold for the fallback.
+    assert_eq!(report.entries, 3);
+    assert!(!e.to_string().contains("upstream-b") && !e.to_string().contains("127.0.0.1"), "provider leaked: {e}");
+});
+
+db_test!(async fn a_rejected_request_is_not_retried_elsewhere(db) {
+    let app = spawn(db).await;
+    let before = app.available().await;
+    let (status, body) = app.send("POST", "/v1/chat/completions", Some(ask("acme/strict", false))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("maximum context length"), "{body}");
+    assert_eq!((app.calls("reject"), app.calls("ok")), (1, 0));
+    assert_eq!(app.available().await, before);
+});
+
+db_test!(async fn streams_fall_back_before_the_first_byte_and_cut_streams_fail(db) {
+    let app = spawn(db).await;
+    let before = app.available().await;
+    let (status, body) = app.send("POST", "/v1/chat/completions", Some(ask("acme/chat", true))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+    let text: String = body
+        .split("\n\n")
+        .filter_map(|f| f.strip_prefix("data: "))
+        .filter(|f| *f != "[DONE]")
+        .filter_map(|f| serde_json::from_str::<Value>(f).ok())
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(text, "Hi from upstream");
+    assert_eq!(before.units() - app.available().await.units(), 11 * 1_000 + 3 * 2_000);
+
+    let before = app.available().await;
+    let (status, body) = app.send("POST", "/v1/chat/completions", Some(ask("acme/cut", true))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!body.contains("[DONE]") && body.contains("upstream_error"), "{body}");
+    assert_eq!(app.available().await, before, "a cut stream is not billed as a completion");
+});
