@@ -1,4 +1,5 @@
 use std::sync::Arc;
+use std::time::Instant;
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -11,7 +12,7 @@ use modelroute_providers::{
     ChatRequest, ChatResponse, FinishReason, Provider, ProviderError, ProviderErrorKind, ProviderRegistry, StreamEvent,
     Usage, count_tokens,
 };
-use modelroute_routing::{Candidate, Catalogue, RequestProfile, estimate_input_tokens};
+use modelroute_routing::{Candidate, Catalogue, Health, RequestProfile, estimate_input_tokens};
 use modelroute_types::{ApiKeyId, ErrorCode, ExecutionId, Money, OrgId, ProjectId, time};
 use tokio::sync::{mpsc, oneshot};
 
@@ -103,6 +104,7 @@ struct Inner<L> {
     ledger: L,
     catalogue: Arc<Catalogue>,
     providers: Arc<ProviderRegistry>,
+    health: Arc<Health>,
 }
 
 /// How many ranked routes the hold tries to cover, so that fallbacks can run
@@ -131,11 +133,19 @@ struct Attempt<'a> {
 
 impl Admitted {
     fn record_attempt(&mut self, candidate: &Candidate, error: Option<&ProviderError>) {
-        let attempt = Attempt {
+        let outcome = if error.is_some() { "failed" } else { "succeeded" };
+        self.push_attempt(Attempt {
             route: &candidate.route.public_id,
-            outcome: if error.is_some() { "failed" } else { "succeeded" },
+            outcome,
             error_code: error.map(|e| e.code().as_str()),
-        };
+        });
+    }
+
+    fn record_skip(&mut self, candidate: &Candidate, why: &'static str) {
+        self.push_attempt(Attempt { route: &candidate.route.public_id, outcome: "skipped", error_code: Some(why) });
+    }
+
+    fn push_attempt(&mut self, attempt: Attempt<'_>) {
         if let (Some(obj), Ok(a)) = (self.decision.as_object_mut(), serde_json::to_value(attempt))
             && let Some(list) = obj.entry("attempts").or_insert_with(|| serde_json::json!([])).as_array_mut()
         {
@@ -155,8 +165,30 @@ fn upstream_request(request: &ChatRequest, candidate: &Candidate) -> ChatRequest
 impl<L: Ledger + 'static> Executor<L> {
     /// An executor over these parts.
     #[must_use]
-    pub fn new(pool: DbPool, ledger: L, catalogue: Arc<Catalogue>, providers: Arc<ProviderRegistry>) -> Self {
-        Self { inner: Arc::new(Inner { pool, ledger, catalogue, providers }) }
+    pub fn new(
+        pool: DbPool,
+        ledger: L,
+        catalogue: Arc<Catalogue>,
+        providers: Arc<ProviderRegistry>,
+        health: Arc<Health>,
+    ) -> Self {
+        Self { inner: Arc::new(Inner { pool, ledger, catalogue, providers, health }) }
+    }
+
+    /// Asks the route's breaker for a call; records a refusal as an attempt.
+    fn acquire(&self, admitted: &mut Admitted, candidate: &Candidate) -> bool {
+        let ok = self.inner.health.try_acquire(&candidate.route.id, Instant::now());
+        if !ok {
+            admitted.record_skip(candidate, "circuit_open");
+        }
+        ok
+    }
+
+    /// Feeds a call's outcome to the route's breaker. A request the model
+    /// rejected says nothing against the route.
+    fn observe(&self, candidate: &Candidate, error: Option<&ProviderError>) {
+        let healthy = error.is_none_or(|e| e.kind == ProviderErrorKind::InvalidRequest);
+        self.inner.health.record(&candidate.route.id, healthy, Instant::now());
     }
 
     /// The catalogue in use.
@@ -184,7 +216,12 @@ impl<L: Ledger + 'static> Executor<L> {
         let mut last_error = None;
         for candidate in admitted.candidates.clone() {
             let Some(provider) = self.inner.providers.get(&candidate.route.provider) else { continue };
-            match provider.chat(&upstream_request(&request, &candidate)).await {
+            if !self.acquire(&mut admitted, &candidate) {
+                continue;
+            }
+            let outcome = provider.chat(&upstream_request(&request, &candidate)).await;
+            self.observe(&candidate, outcome.as_ref().err());
+            match outcome {
                 Ok(response) => {
                     admitted.record_attempt(&candidate, None);
                     let cost = self
@@ -258,7 +295,14 @@ impl<L: Ledger + 'static> Executor<L> {
         let mut last_error = None;
         for candidate in admitted.candidates.clone() {
             let Some(provider) = self.inner.providers.get(&candidate.route.provider) else { continue };
-            match provider.chat_stream(&upstream_request(&request, &candidate)).await {
+            if !self.acquire(&mut admitted, &candidate) {
+                continue;
+            }
+            let outcome = provider.chat_stream(&upstream_request(&request, &candidate)).await;
+            if let Err(e) = &outcome {
+                self.observe(&candidate, Some(e));
+            }
+            match outcome {
                 Ok(stream) => {
                     opened = Some((candidate, stream));
                     break;
@@ -305,6 +349,7 @@ impl<L: Ledger + 'static> Executor<L> {
                     }
                 }
                 Some(Ok(StreamEvent::Done { finish_reason, usage })) => {
+                    self.observe(&candidate, None);
                     admitted.record_attempt(&candidate, None);
                     let item = match self
                         .settle(&admitted, &candidate, usage, finish_reason, ExecutionStatus::Succeeded)
@@ -317,6 +362,7 @@ impl<L: Ledger + 'static> Executor<L> {
                     return;
                 }
                 Some(Err(e)) => {
+                    self.observe(&candidate, Some(&e));
                     admitted.record_attempt(&candidate, Some(&e));
                     let e = ExecutionError::Provider(e);
                     self.fail(&admitted, &e).await;
@@ -330,6 +376,7 @@ impl<L: Ledger + 'static> Executor<L> {
                         ProviderErrorKind::StreamCut,
                         "the upstream stream ended before it was complete",
                     );
+                    self.observe(&candidate, Some(&cut));
                     admitted.record_attempt(&candidate, Some(&cut));
                     let e = ExecutionError::Provider(cut);
                     self.fail(&admitted, &e).await;
@@ -354,7 +401,7 @@ impl<L: Ledger + 'static> Executor<L> {
             max_output_tokens: request.max_tokens,
             stream,
         };
-        let plan = inner.catalogue.plan(&request.model, &profile)?;
+        let plan = inner.catalogue.plan(&request.model, &profile, &inner.health, Instant::now())?;
         let first = plan.candidates.as_slice().first().ok_or(ExecutionError::ProviderMissing)?.clone();
         let id = ExecutionId::new();
         // Hold enough for the first few routes when the balance allows, so a

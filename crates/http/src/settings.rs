@@ -11,7 +11,7 @@ use modelroute_db::DatabaseConfig;
 use modelroute_identity::IdentityConfig;
 use modelroute_ledger::LedgerConfig;
 use modelroute_providers::{ProvidersConfig, default_providers};
-use modelroute_routing::CatalogueConfig;
+use modelroute_routing::{CatalogueConfig, RoutingConfig};
 use modelroute_telemetry::TelemetryConfig;
 use modelroute_types::Money;
 use serde::{Deserialize, Serialize};
@@ -30,6 +30,8 @@ pub struct Settings {
     pub ledger: LedgerConfig,
     /// `[catalogue]`: models and routes.
     pub catalogue: CatalogueConfig,
+    /// `[routing]`: circuit breakers.
+    pub routing: RoutingConfig,
     /// `[providers.NAME]`: provider adapters.
     pub providers: ProvidersConfig,
     /// `[telemetry]`: logs and metrics.
@@ -46,6 +48,7 @@ impl Default for Settings {
             identity: IdentityConfig::default(),
             ledger: LedgerConfig::default(),
             catalogue: CatalogueConfig::default(),
+            routing: RoutingConfig::default(),
             providers: default_providers(),
             telemetry: TelemetryConfig::default(),
             bootstrap: BootstrapConfig::default(),

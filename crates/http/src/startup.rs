@@ -8,6 +8,7 @@ use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use modelroute_executions::Executor;
+use modelroute_routing::Health;
 
 use crate::operator::OperatorError;
 use crate::state::AppState;
@@ -55,6 +56,7 @@ impl Application {
             services.ledger.clone(),
             Arc::clone(&services.catalogue),
             Arc::clone(&services.providers),
+            Arc::new(Health::new(settings.routing.breaker.clone())),
         );
         let state = Arc::new(AppState {
             pool: services.pool.clone(),

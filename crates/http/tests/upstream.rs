@@ -5,7 +5,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use http_body_util::{BodyExt as _, Full};
@@ -26,7 +28,15 @@ const UPSTREAM_KEY: &str = "sk-test-upstream-key";
 /// Calls per upstream model name.
 type Calls = Arc<Mutex<HashMap<String, usize>>>;
 
-async fn upstream(req: HttpRequest, body: web::Json<Value>, calls: web::Data<Calls>) -> HttpResponse {
+/// Whether the `flappy` upstream model is answering.
+type Switch = Arc<AtomicBool>;
+
+async fn upstream(
+    req: HttpRequest,
+    body: web::Json<Value>,
+    calls: web::Data<Calls>,
+    up: web::Data<Switch>,
+) -> HttpResponse {
     if req.headers().get("authorization").and_then(|v| v.to_str().ok()) != Some(&format!("Bearer {UPSTREAM_KEY}")) {
         return HttpResponse::Unauthorized()
             .json(json!({ "error": { "message": "Incorrect API key provided", "type": "invalid_request_error" } }));
@@ -34,6 +44,11 @@ async fn upstream(req: HttpRequest, body: web::Json<Value>, calls: web::Data<Cal
     let model = body["model"].as_str().unwrap_or_default().to_owned();
     *calls.lock().unwrap().entry(model.clone()).or_default() += 1;
     let stream = body["stream"].as_bool().unwrap_or(false);
+    let model = if model == "flappy" {
+        if up.load(Ordering::SeqCst) { "ok".to_owned() } else { "down".to_owned() }
+    } else {
+        model
+    };
     match model.as_str() {
         "down" => HttpResponse::ServiceUnavailable()
             .json(json!({ "error": { "message": "The server is overloaded or not ready yet.", "type": "server_error" } })),
@@ -62,11 +77,13 @@ async fn upstream(req: HttpRequest, body: web::Json<Value>, calls: web::Data<Cal
     }
 }
 
-fn start_upstream() -> (u16, Calls) {
+fn start_upstream() -> (u16, Calls, Switch) {
     let calls: Calls = Arc::default();
+    let switch: Switch = Arc::new(AtomicBool::new(false));
     let data = web::Data::new(Arc::clone(&calls));
+    let up = web::Data::new(Arc::clone(&switch));
     let server = HttpServer::new(move || {
-        App::new().app_data(data.clone()).route("/v1/chat/completions", web::post().to(upstream))
+        App::new().app_data(data.clone()).app_data(up.clone()).route("/v1/chat/completions", web::post().to(upstream))
     })
     .workers(1)
     .disable_signals()
@@ -74,7 +91,7 @@ fn start_upstream() -> (u16, Calls) {
     .unwrap();
     let port = server.addrs()[0].port();
     tokio::spawn(server.run());
-    (port, calls)
+    (port, calls, switch)
 }
 
 fn route(id: &str, provider: &str, upstream: &str) -> RouteConfig {
@@ -96,11 +113,12 @@ struct TestApp {
     org: OrgId,
     services: Services,
     calls: Calls,
+    flappy_up: Switch,
     _db: TestDb,
 }
 
 async fn spawn(db: TestDb) -> TestApp {
-    let (upstream_port, calls) = start_upstream();
+    let (upstream_port, calls, flappy_up) = start_upstream();
     let mut settings = Settings { database: db.config(), ..Settings::default() };
     settings.server.bind = "127.0.0.1:0".into();
     settings.server.workers = 2;
@@ -126,13 +144,24 @@ async fn spawn(db: TestDb) -> TestApp {
             vec![route("s-primary", "upstream-a", "reject"), route("s-secondary", "upstream-b", "ok")],
         ),
         model("acme/cut", vec![route("c-only", "upstream-a", "cut")]),
+        model(
+            "acme/flappy",
+            vec![route("f-primary", "upstream-a", "flappy"), route("f-secondary", "upstream-b", "ok")],
+        ),
     ];
+    settings.routing.breaker = modelroute_routing::BreakerConfig {
+        window: 4,
+        minimum_calls: 2,
+        failure_rate_percent: 50,
+        open_ms: 300,
+        half_open_probes: 1,
+    };
     let app = Application::build(settings).await.expect("server starts");
     let boot = app.bootstrap.clone().unwrap();
     let services = app.services.clone();
     let port = app.port();
     tokio::spawn(app.run_until_stopped());
-    TestApp { port, key: boot.token, org: boot.org.id, services, calls, _db: db }
+    TestApp { port, key: boot.token, org: boot.org.id, services, calls, flappy_up, _db: db }
 }
 
 impl TestApp {
@@ -147,6 +176,13 @@ impl TestApp {
         let res = client.request(req).await.unwrap();
         let status = res.status();
         (status, String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap())
+    }
+
+    /// The execution record behind a chat-completion answer.
+    async fn execution_of(&self, answer: &str) -> Value {
+        let id = serde_json::from_str::<Value>(answer).unwrap()["id"].as_str().unwrap().to_owned();
+        let (_, e) = self.send("GET", &format!("/v1/executions/{id}"), None).await;
+        serde_json::from_str(&e).unwrap()
     }
 
     fn calls(&self, model: &str) -> usize {
@@ -228,4 +264,33 @@ db_test!(async fn streams_fall_back_before_the_first_byte_and_cut_streams_fail(d
     assert_eq!(status, StatusCode::OK);
     assert!(!body.contains("[DONE]") && body.contains("upstream_error"), "{body}");
     assert_eq!(app.available().await, before, "a cut stream is not billed as a completion");
+});
+
+db_test!(async fn a_flapping_primary_opens_its_breaker_then_returns(db) {
+    let app = spawn(db).await;
+    let primary = app.public_route("acme/flappy", 0);
+    // Two failures of two calls: the primary's breaker opens.
+    for _ in 0..2 {
+        let (status, body) = app.send("POST", "/v1/chat/completions", Some(ask("acme/flappy", false))).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    assert_eq!(app.calls("flappy"), 2);
+    // Open: served from the fallback without calling the primary.
+    let (status, body) = app.send("POST", "/v1/chat/completions", Some(ask("acme/flappy", false))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(app.calls("flappy"), 2, "an open breaker must not call the route");
+    let e = app.execution_of(&body).await;
+    let excluded = e["decision"]["candidates"].as_array().unwrap().iter().find(|c| c["route"] == primary.as_str()).unwrap();
+    assert!(excluded["excluded"].as_str().unwrap().contains("circuit open"), "{e}");
+    // The primary recovers; after the open period one probe goes through and closes it.
+    app.flappy_up.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let (_, body) = app.send("POST", "/v1/chat/completions", Some(ask("acme/flappy", false))).await;
+    assert_eq!(app.calls("flappy"), 3, "the probe");
+    assert_eq!(app.execution_of(&body).await["route"], primary.as_str());
+    let (_, body) = app.send("POST", "/v1/chat/completions", Some(ask("acme/flappy", false))).await;
+    assert_eq!(app.calls("flappy"), 4, "closed again: the primary serves");
+    assert_eq!(app.execution_of(&body).await["route"], primary.as_str());
+    let report = app.services.verify_ledger().await.unwrap();
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
 });

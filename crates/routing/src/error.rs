@@ -14,6 +14,9 @@ pub enum RoutingError {
         /// Why the routes were excluded (client-safe; no provider names).
         reason: String,
     },
+    /// Every route of the model is failing right now (all breakers open).
+    #[error("every route of `{0}` is failing right now; retry shortly")]
+    Unavailable(String),
     /// The catalogue configuration is invalid.
     #[error("catalogue: {0}")]
     InvalidConfig(String),
@@ -24,6 +27,7 @@ impl ErrorCode for RoutingError {
         match self {
             Self::ModelNotFound(_) => Code::ModelNotFound,
             Self::NoRoute { .. } => Code::NoRouteAvailable,
+            Self::Unavailable(_) => Code::Overloaded,
             Self::InvalidConfig(_) => Code::InvalidConfig,
         }
     }

@@ -3,10 +3,20 @@
 //! randomness — so every decision is reproducible from its inputs and is
 //! testable without I/O.
 
+mod breaker;
 mod catalogue;
 mod error;
 mod plan;
 
+pub use breaker::{BreakerConfig, BreakerState, Health};
 pub use catalogue::{Catalogue, CatalogueConfig, Model, ModelConfig, Route, RouteConfig};
 pub use error::RoutingError;
 pub use plan::{Candidate, Decision, DecisionCandidate, RequestProfile, RoutePlan, estimate_input_tokens};
+
+/// The `[routing]` section.
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Per-route circuit breakers.
+    pub breaker: BreakerConfig,
+}

@@ -1,9 +1,12 @@
 use std::sync::Arc;
+use std::time::Instant;
 
 use modelroute_types::Money;
 use serde::Serialize;
 
-use crate::{Catalogue, Route, RoutingError};
+use crate::{Catalogue, Health, Route, RoutingError};
+
+const CIRCUIT_OPEN: &str = "circuit open (recent failures)";
 
 /// What the engine needs to know about a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,13 +81,22 @@ impl Catalogue {
     /// # Errors
     /// [`RoutingError::ModelNotFound`], or [`RoutingError::NoRoute`] when
     /// every route is excluded.
-    pub fn plan(&self, slug: &str, profile: &RequestProfile) -> Result<RoutePlan, RoutingError> {
+    /// Routes whose circuit breaker is open at `now` are excluded.
+    pub fn plan(
+        &self,
+        slug: &str,
+        profile: &RequestProfile,
+        health: &Health,
+        now: Instant,
+    ) -> Result<RoutePlan, RoutingError> {
         let model = self.model(slug).ok_or_else(|| RoutingError::ModelNotFound(slug.chars().take(100).collect()))?;
         let mut eligible = Vec::new();
         let mut excluded = Vec::new();
         for route in &model.routes {
             let max_out = profile.max_output_tokens.unwrap_or(route.max_output_tokens);
-            let reason = if profile.stream && !route.streaming {
+            let reason = if health.is_open(&route.id, now) {
+                Some(CIRCUIT_OPEN.to_owned())
+            } else if profile.stream && !route.streaming {
                 Some("does not support streaming".to_owned())
             } else if profile.input_tokens.saturating_add(u64::from(max_out)) > u64::from(model.context_window) {
                 Some(format!(
@@ -129,6 +141,9 @@ impl Catalogue {
             worst_case: None,
             excluded: Some(why.clone()),
         }));
+        if eligible.is_empty() && !excluded.is_empty() && excluded.iter().all(|(_, why)| why == CIRCUIT_OPEN) {
+            return Err(RoutingError::Unavailable(slug.to_owned()));
+        }
         if eligible.is_empty() {
             let reason = excluded.first().map_or_else(|| "no routes".to_owned(), |(_, why)| why.clone());
             return Err(RoutingError::NoRoute { model: slug.to_owned(), reason });
@@ -177,7 +192,7 @@ mod tests {
     #[test]
     fn cheapest_first_with_evidence() {
         let profile = RequestProfile { input_tokens: 100, max_output_tokens: None, stream: false };
-        let plan = catalogue().plan("m", &profile).unwrap();
+        let plan = catalogue().plan("m", &profile, &Health::default(), Instant::now()).unwrap();
         let ids: Vec<&str> = plan.candidates.iter().map(|c| c.route.id.as_str()).collect();
         assert_eq!(ids, ["r-low", "r-mid", "r-high"]);
         // 100 in + 100 out at $1/M each = 200 tokens * 1000 nano-$.
@@ -190,13 +205,19 @@ mod tests {
     #[test]
     fn exclusions_are_recorded() {
         let profile = RequestProfile { input_tokens: 100, max_output_tokens: Some(50), stream: true };
-        let plan = catalogue().plan("m", &profile).unwrap();
+        let plan = catalogue().plan("m", &profile, &Health::default(), Instant::now()).unwrap();
         assert_eq!(plan.candidates.len(), 2);
         let excluded: Vec<_> = plan.decision.candidates.iter().filter_map(|c| c.excluded.as_deref()).collect();
         assert_eq!(excluded, ["does not support streaming"]);
         let too_long = RequestProfile { input_tokens: 990, max_output_tokens: Some(50), stream: false };
-        assert!(matches!(catalogue().plan("m", &too_long), Err(RoutingError::NoRoute { .. })));
-        assert!(matches!(catalogue().plan("nope", &too_long), Err(RoutingError::ModelNotFound(_))));
+        assert!(matches!(
+            catalogue().plan("m", &too_long, &Health::default(), Instant::now()),
+            Err(RoutingError::NoRoute { .. })
+        ));
+        assert!(matches!(
+            catalogue().plan("nope", &too_long, &Health::default(), Instant::now()),
+            Err(RoutingError::ModelNotFound(_))
+        ));
     }
 
     #[test]
