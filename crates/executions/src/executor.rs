@@ -9,8 +9,8 @@ use modelroute_db::schema::executions;
 use modelroute_db::{DbPool, db_run};
 use modelroute_ledger::{Hold, HoldRequest, Ledger, LedgerError};
 use modelroute_providers::{
-    ChatRequest, ChatResponse, FinishReason, Provider, ProviderError, ProviderErrorKind, ProviderRegistry, StreamEvent,
-    Usage, count_tokens,
+    ChatRequest, ChatResponse, FinishReason, Permit, Provider, ProviderError, ProviderErrorKind, ProviderRegistry,
+    StreamEvent, Usage, count_tokens,
 };
 use modelroute_routing::{Candidate, Catalogue, Health, RequestProfile, estimate_input_tokens};
 use modelroute_types::{ApiKeyId, ErrorCode, ExecutionId, Money, OrgId, ProjectId, time};
@@ -141,6 +141,14 @@ impl Admitted {
         });
     }
 
+    /// The error when no route could even be tried (all full or open).
+    fn nothing_tried(&self) -> ExecutionError {
+        ExecutionError::Provider(ProviderError::new(
+            ProviderErrorKind::RateLimited,
+            "every route of this model is at capacity; retry shortly",
+        ))
+    }
+
     fn record_skip(&mut self, candidate: &Candidate, why: &'static str) {
         self.push_attempt(Attempt { route: &candidate.route.public_id, outcome: "skipped", error_code: Some(why) });
     }
@@ -175,13 +183,18 @@ impl<L: Ledger + 'static> Executor<L> {
         Self { inner: Arc::new(Inner { pool, ledger, catalogue, providers, health }) }
     }
 
-    /// Asks the route's breaker for a call; records a refusal as an attempt.
-    fn acquire(&self, admitted: &mut Admitted, candidate: &Candidate) -> bool {
-        let ok = self.inner.health.try_acquire(&candidate.route.id, Instant::now());
-        if !ok {
+    /// A place in the route provider's bulkhead and its breaker's leave to
+    /// call; a refusal is recorded as a skipped attempt.
+    fn enter(&self, admitted: &mut Admitted, candidate: &Candidate) -> Option<Permit> {
+        let Some(permit) = self.inner.providers.try_enter(&candidate.route.provider) else {
+            admitted.record_skip(candidate, "bulkhead_full");
+            return None;
+        };
+        if !self.inner.health.try_acquire(&candidate.route.id, Instant::now()) {
             admitted.record_skip(candidate, "circuit_open");
+            return None;
         }
-        ok
+        Some(permit)
     }
 
     /// Feeds a call's outcome to the route's breaker. A request the model
@@ -216,9 +229,7 @@ impl<L: Ledger + 'static> Executor<L> {
         let mut last_error = None;
         for candidate in admitted.candidates.clone() {
             let Some(provider) = self.inner.providers.get(&candidate.route.provider) else { continue };
-            if !self.acquire(&mut admitted, &candidate) {
-                continue;
-            }
+            let Some(_permit) = self.enter(&mut admitted, &candidate) else { continue };
             let outcome = provider.chat(&upstream_request(&request, &candidate)).await;
             self.observe(&candidate, outcome.as_ref().err());
             match outcome {
@@ -251,7 +262,7 @@ impl<L: Ledger + 'static> Executor<L> {
                 }
             }
         }
-        let e = last_error.map_or(ExecutionError::ProviderMissing, ExecutionError::Provider);
+        let e = last_error.map_or_else(|| admitted.nothing_tried(), ExecutionError::Provider);
         self.fail(&admitted, &e).await;
         Err(e)
     }
@@ -295,16 +306,15 @@ impl<L: Ledger + 'static> Executor<L> {
         let mut last_error = None;
         for candidate in admitted.candidates.clone() {
             let Some(provider) = self.inner.providers.get(&candidate.route.provider) else { continue };
-            if !self.acquire(&mut admitted, &candidate) {
-                continue;
-            }
+            let Some(permit) = self.enter(&mut admitted, &candidate) else { continue };
             let outcome = provider.chat_stream(&upstream_request(&request, &candidate)).await;
             if let Err(e) = &outcome {
                 self.observe(&candidate, Some(e));
             }
             match outcome {
                 Ok(stream) => {
-                    opened = Some((candidate, stream));
+                    // The permit is held until the stream ends.
+                    opened = Some((candidate, stream, permit));
                     break;
                 }
                 Err(e) => {
@@ -317,8 +327,8 @@ impl<L: Ledger + 'static> Executor<L> {
                 }
             }
         }
-        let Some((candidate, mut stream)) = opened else {
-            let e = last_error.map_or(ExecutionError::ProviderMissing, ExecutionError::Provider);
+        let Some((candidate, mut stream, _permit)) = opened else {
+            let e = last_error.map_or_else(|| admitted.nothing_tried(), ExecutionError::Provider);
             self.fail(&admitted, &e).await;
             let _ = admitted_tx.send(Err(e));
             return;

@@ -285,3 +285,26 @@ db_test!(async fn oversized_bodies_and_half_sent_headers_are_cut_off(db) {
     let text = String::from_utf8_lossy(&buf);
     assert!(buf.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
 });
+
+db_test!(async fn a_full_bulkhead_answers_503_instead_of_queueing(db) {
+    let app = spawn(db, |s| {
+        builtin(s, |b| {
+            b.latency_ms = 400;
+            b.max_concurrency = 1;
+        });
+    })
+    .await;
+    let before = app.available().await;
+    let (a, b) = tokio::join!(app.chat(hello("builtin/echo")), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        app.chat(hello("builtin/echo")).await
+    });
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(b.status, StatusCode::SERVICE_UNAVAILABLE, "{}", b.body);
+    assert_eq!(b.json()["error"]["code"], "overloaded");
+    assert!(b.headers.contains_key("retry-after"));
+    let e = app.get(&format!("/v1/executions/{}", a.json()["id"].as_str().unwrap())).await.json();
+    let charged = e["cost"]["nano_usd"].as_i64().unwrap();
+    assert_eq!(before.0.units() - app.available().await.0.units(), charged, "the refused request cost nothing");
+    app.assert_ledger_sound().await;
+});

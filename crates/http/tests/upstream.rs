@@ -128,6 +128,7 @@ async fn spawn(db: TestDb) -> TestApp {
         api_key: Secret::new(UPSTREAM_KEY),
         timeout_ms: 5_000,
         stream_idle_timeout_ms: 5_000,
+        max_concurrency: 64,
     };
     settings.providers.insert("upstream-a".into(), ProviderConfig::OpenaiCompatible(openai.clone()));
     settings.providers.insert("upstream-b".into(), ProviderConfig::OpenaiCompatible(openai));

@@ -43,6 +43,8 @@ pub struct BuiltinConfig {
     pub chunk_delay_ms: u64,
     /// Failure injection.
     pub failure: BuiltinFailure,
+    /// Bulkhead: calls in flight at once (0 = unbounded).
+    pub max_concurrency: usize,
 }
 
 /// The built-in provider.

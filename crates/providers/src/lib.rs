@@ -16,6 +16,8 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 pub use builtin::{BuiltinConfig, BuiltinFailure, BuiltinProvider, count_tokens};
 pub use canonical::{ChatRequest, ChatResponse, ChatStream, FinishReason, Message, Role, StreamEvent, Usage};
 pub use config::{ProviderConfig, ProvidersConfig, default_providers};
@@ -57,11 +59,15 @@ impl Provider for ProviderClient {
     }
 }
 
-/// The configured providers by name.
+/// The configured providers by name, each behind its bulkhead.
 #[derive(Debug, Clone, Default)]
 pub struct ProviderRegistry {
-    providers: BTreeMap<String, Arc<ProviderClient>>,
+    providers: BTreeMap<String, (Arc<ProviderClient>, Option<Arc<Semaphore>>)>,
 }
+
+/// A place in a provider's bulkhead; the call holds it until dropped.
+#[derive(Debug)]
+pub struct Permit(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
 
 impl ProviderRegistry {
     /// Builds every configured provider.
@@ -71,13 +77,18 @@ impl ProviderRegistry {
     pub fn from_config(config: &ProvidersConfig) -> Result<Self, String> {
         let mut providers = BTreeMap::new();
         for (name, c) in config {
+            let limit = match c {
+                ProviderConfig::Builtin(b) => b.max_concurrency,
+                ProviderConfig::OpenaiCompatible(o) => o.max_concurrency,
+            };
+            let bulkhead = (limit > 0).then(|| Arc::new(Semaphore::new(limit)));
             let client = match c {
                 ProviderConfig::Builtin(b) => ProviderClient::Builtin(BuiltinProvider::new(b.clone())),
                 ProviderConfig::OpenaiCompatible(o) => ProviderClient::OpenAiCompatible(Box::new(
                     OpenAiProvider::new(o.clone()).map_err(|e| format!("providers.{name}: {e}"))?,
                 )),
             };
-            providers.insert(name.clone(), Arc::new(client));
+            providers.insert(name.clone(), (Arc::new(client), bulkhead));
         }
         Ok(Self { providers })
     }
@@ -85,7 +96,17 @@ impl ProviderRegistry {
     /// The provider named `name`.
     #[must_use]
     pub fn get(&self, name: &str) -> Option<Arc<ProviderClient>> {
-        self.providers.get(name).cloned()
+        self.providers.get(name).map(|(p, _)| Arc::clone(p))
+    }
+
+    /// A place in the provider's bulkhead, or `None` when it is full. Never
+    /// waits: a full provider is skipped, not queued for.
+    #[must_use]
+    pub fn try_enter(&self, name: &str) -> Option<Permit> {
+        match self.providers.get(name)? {
+            (_, None) => Some(Permit(None)),
+            (_, Some(s)) => Arc::clone(s).try_acquire_owned().ok().map(|p| Permit(Some(p))),
+        }
     }
 
     /// Whether a provider of that name is configured.

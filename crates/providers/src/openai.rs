@@ -38,6 +38,13 @@ pub struct OpenAiConfig {
     /// Longest silence between two streamed chunks.
     #[serde(default = "default_idle")]
     pub stream_idle_timeout_ms: u64,
+    /// Bulkhead: calls in flight at once (0 = unbounded).
+    #[serde(default = "default_concurrency")]
+    pub max_concurrency: usize,
+}
+
+const fn default_concurrency() -> usize {
+    256
 }
 
 const fn default_timeout() -> u64 {
