@@ -2,6 +2,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+mod common;
+
+use common::insert_org;
 use modelroute_db::db_test;
 use modelroute_db::testing::TestDb;
 use modelroute_ledger::{Balance, CreditSource, HoldRequest, HoldStatus, Ledger, LedgerConfig, LedgerError, SqlLedger};
@@ -9,17 +12,7 @@ use modelroute_types::{Money, OrgId, time};
 
 async fn ledger_with(db: &TestDb, config: LedgerConfig) -> (SqlLedger, OrgId) {
     let ledger = SqlLedger::open(db.pool().clone(), config).await.unwrap();
-    // The org must exist for the accounts' foreign key.
-    let org = OrgId::new();
-    let sql = format!("INSERT INTO orgs (id, name, created_at) VALUES ('{org}', 'test', '2026-01-01 00:00:00')");
-    match db.pool().get().await.unwrap() {
-        modelroute_db::DbConn::Postgres(mut c) => {
-            diesel_async::SimpleAsyncConnection::batch_execute(&mut *c, &sql).await.unwrap();
-        }
-        modelroute_db::DbConn::Sqlite(mut c) => {
-            diesel_async::SimpleAsyncConnection::batch_execute(&mut *c, &sql).await.unwrap();
-        }
-    }
+    let org = insert_org(db).await;
     ledger.open_org_accounts(&org).await.unwrap();
     (ledger, org)
 }
@@ -189,12 +182,7 @@ db_test!(async fn admission_race_500_holds_against_a_balance_for_50(db) {
     // exactly 50 of 500 concurrent holds are admitted, never one more.
     let (l, _) = ledger(&db).await;
     for rep in 0..20 {
-        let org = OrgId::new();
-        let sql = format!("INSERT INTO orgs (id, name, created_at) VALUES ('{org}', 'race', '2026-01-01 00:00:00')");
-        match db.pool().get().await.unwrap() {
-            modelroute_db::DbConn::Postgres(mut c) => diesel_async::SimpleAsyncConnection::batch_execute(&mut *c, &sql).await.unwrap(),
-            modelroute_db::DbConn::Sqlite(mut c) => diesel_async::SimpleAsyncConnection::batch_execute(&mut *c, &sql).await.unwrap(),
-        }
+        let org = insert_org(&db).await;
         l.credit(&org, usd("50"), CreditSource::Grant, None).await.unwrap();
         let tasks: Vec<_> = (0..500)
             .map(|_| {

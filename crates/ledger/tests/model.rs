@@ -8,10 +8,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+mod common;
+
+use common::insert_org;
+use modelroute_db::Backend;
 use modelroute_db::testing::TestDb;
-use modelroute_db::{Backend, DbConn};
 use modelroute_ledger::{CreditSource, HoldRequest, HoldStatus, Ledger, LedgerConfig, LedgerError, SqlLedger};
-use modelroute_types::{HoldId, Money, OrgId};
+use modelroute_types::{HoldId, Money};
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
@@ -40,18 +43,8 @@ struct Model {
     holds: Vec<(i64, Option<HoldStatus>, i64)>, // amount, resolution, charged
 }
 
-async fn new_org(db: &TestDb) -> OrgId {
-    let org = OrgId::new();
-    let sql = format!("INSERT INTO orgs (id, name, created_at) VALUES ('{org}', 'model', '2026-01-01 00:00:00')");
-    match db.pool().get().await.unwrap() {
-        DbConn::Postgres(mut c) => diesel_async::SimpleAsyncConnection::batch_execute(&mut *c, &sql).await.unwrap(),
-        DbConn::Sqlite(mut c) => diesel_async::SimpleAsyncConnection::batch_execute(&mut *c, &sql).await.unwrap(),
-    }
-    org
-}
-
 async fn run_case(db: &TestDb, l: &SqlLedger, ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let org = new_org(db).await;
+    let org = insert_org(db).await;
     l.open_org_accounts(&org).await.unwrap();
     let mut m = Model::default();
     let mut ids: Vec<HoldId> = Vec::new();
