@@ -91,6 +91,10 @@ impl Health {
 
     fn with<T>(&self, route: &str, f: impl FnOnce(&mut Breaker, &BreakerConfig) -> T) -> T {
         let mut map = self.breakers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Look up before inserting: the key is allocated once per route, not per call.
+        if let Some(breaker) = map.get_mut(route) {
+            return f(breaker, &self.config);
+        }
         let breaker = map.entry(route.to_owned()).or_insert_with(Breaker::new);
         f(breaker, &self.config)
     }
