@@ -23,7 +23,12 @@ fn catalogue(routes: usize) -> Catalogue {
         })
         .collect();
     let config = CatalogueConfig {
-        models: vec![ModelConfig { slug: "bench/model".into(), description: String::new(), context_window: 131_072, routes }],
+        models: vec![ModelConfig {
+            slug: "bench/model".into(),
+            description: String::new(),
+            context_window: 131_072,
+            routes,
+        }],
     };
     Catalogue::from_config(&config, |_| true).unwrap()
 }
