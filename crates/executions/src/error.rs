@@ -30,6 +30,9 @@ pub enum ExecutionError {
     /// The route names a provider that is not configured (a config bug).
     #[error("route provider is not configured")]
     ProviderMissing,
+    /// The client closed the connection before the answer started.
+    #[error("the client closed the connection before the answer started")]
+    ClientClosed,
     /// The execution task died (a bug).
     #[error("the execution task failed")]
     TaskFailed,
@@ -52,6 +55,7 @@ impl ErrorCode for ExecutionError {
             Self::Routing(e) => e.code(),
             Self::Ledger(e) => e.code(),
             Self::Provider(e) => e.code(),
+            Self::ClientClosed => Code::Canceled,
             Self::ProviderMissing | Self::TaskFailed => Code::Internal,
             Self::Db(e) => e.code(),
         }

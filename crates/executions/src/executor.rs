@@ -334,8 +334,8 @@ impl<L: Ledger + 'static> Executor<L> {
             return;
         };
         if admitted_tx.send(Ok((admitted.id.clone(), admitted.created_at))).is_err() {
-            // The client left before the first byte: nothing was generated.
-            self.fail(&admitted, &ExecutionError::TaskFailed).await;
+            // The client left before the first byte: nothing reached it, nothing is charged.
+            self.finish_unpaid(&admitted, &ExecutionError::ClientClosed, ExecutionStatus::Canceled).await;
             return;
         }
         let mut produced = String::new();
@@ -504,11 +504,17 @@ impl<L: Ledger + 'static> Executor<L> {
     /// Releases the hold and records the failure. Never fails: problems are
     /// logged (the sweeper releases a hold this could not).
     async fn fail(&self, admitted: &Admitted, error: &ExecutionError) {
+        self.finish_unpaid(admitted, error, ExecutionStatus::Failed).await;
+    }
+
+    /// Releases the hold and records the execution as `status` (failed or
+    /// canceled) with `error`. Never fails; problems are logged.
+    async fn finish_unpaid(&self, admitted: &Admitted, error: &ExecutionError, status: ExecutionStatus) {
         if let Err(e) = self.inner.ledger.release(&admitted.hold.id).await {
-            tracing::error!(execution_id = %admitted.id, error = %e, "releasing a failed execution's hold failed; the sweeper will");
+            tracing::error!(execution_id = %admitted.id, error = %e, "releasing an unpaid execution's hold failed; the sweeper will");
         }
         let update = (
-            executions::status.eq(ExecutionStatus::Failed.as_str()),
+            executions::status.eq(status.as_str()),
             executions::cost.eq(Some(0_i64)),
             executions::error_code.eq(Some(error.code().as_str())),
             executions::error_message.eq(Some(error.to_string())),
@@ -516,7 +522,7 @@ impl<L: Ledger + 'static> Executor<L> {
             executions::decision.eq(Some(admitted.decision.to_string())),
         );
         if let Err(e) = update_execution!(self.inner.pool, admitted.id.as_str(), update) {
-            tracing::error!(execution_id = %admitted.id, error = %e, "recording a failed execution failed");
+            tracing::error!(execution_id = %admitted.id, error = %e, "recording an unpaid execution failed");
         }
     }
 

@@ -113,6 +113,21 @@ impl TestApp {
         rows[0].n
     }
 
+    async fn only_execution_id(&self) -> String {
+        #[derive(QueryableByName)]
+        struct Id {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            id: String,
+        }
+        let q = "SELECT id FROM executions";
+        let rows: Vec<Id> = match self.services.pool.get().await.unwrap() {
+            DbConn::Postgres(mut c) => sql_query(q).load(&mut c).await.unwrap(),
+            DbConn::Sqlite(mut c) => sql_query(q).load(&mut c).await.unwrap(),
+        };
+        assert_eq!(rows.len(), 1);
+        rows.into_iter().next().unwrap().id
+    }
+
     async fn assert_ledger_sound(&self) {
         let report = self.services.verify_ledger().await.unwrap();
         assert!(report.violations.is_empty(), "{:?}", report.violations);
@@ -306,5 +321,40 @@ db_test!(async fn a_full_bulkhead_answers_503_instead_of_queueing(db) {
     let e = app.get(&format!("/v1/executions/{}", a.json()["id"].as_str().unwrap())).await.json();
     let charged = e["cost"]["nano_usd"].as_i64().unwrap();
     assert_eq!(before.0.units() - app.available().await.0.units(), charged, "the refused request cost nothing");
+    app.assert_ledger_sound().await;
+});
+
+db_test!(async fn a_stream_whose_client_leaves_is_canceled_and_charged_for_what_was_generated(db) {
+    // actix notices a hang-up when it writes, i.e. once the answer has
+    // started: the execution is canceled and charged for the prompt and the
+    // output generated so far (the provider did that work), never in full.
+    let app = spawn(db, |s| {
+        builtin(s, |b| {
+            b.latency_ms = 100;
+            b.chunk_delay_ms = 300;
+        });
+    })
+    .await;
+    let before = app.available().await;
+    let body = json!({ "model": "builtin/echo", "stream": true, "messages": [{ "role": "user", "content": "one two three four five six" }] }).to_string();
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        app.key,
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(body.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(tcp);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let id = app.only_execution_id().await;
+    let e = app.get(&format!("/v1/executions/{id}")).await.json();
+    assert_eq!(e["status"], "canceled", "{e}");
+    assert_eq!(e["hold"]["status"], "settled");
+    let cost = nano(&e["cost"]);
+    assert!(cost > 0 && cost < nano(&e["hold"]["amount"]), "{e}");
+    assert!(e["usage"]["output_tokens"].as_u64().unwrap() < 9, "charged for the whole answer: {e}");
+    assert_eq!(before.0.units() - app.available().await.0.units(), cost);
     app.assert_ledger_sound().await;
 });

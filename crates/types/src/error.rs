@@ -24,6 +24,8 @@ pub enum Code {
     IdempotencyConflict,
     /// The same operation is already in progress.
     Conflict,
+    /// The client canceled or went away before an answer.
+    Canceled,
     /// The request was too large.
     PayloadTooLarge,
     /// No route of the model can serve the request's features.
@@ -55,6 +57,7 @@ impl Code {
             Self::InsufficientBalance => "insufficient_balance",
             Self::IdempotencyConflict => "idempotency_conflict",
             Self::Conflict => "conflict",
+            Self::Canceled => "canceled",
             Self::PayloadTooLarge => "payload_too_large",
             Self::NoRouteAvailable => "no_route_available",
             Self::UpstreamError => "upstream_error",

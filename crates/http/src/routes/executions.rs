@@ -19,10 +19,13 @@ pub(crate) async fn get(state: State, caller: Caller, id: web::Path<String>) -> 
 }
 
 fn view(e: &Execution) -> serde_json::Value {
+    // A cancellation after output started is settled for what was produced;
+    // one before the first byte released the hold.
     let hold_status = match e.status {
         ExecutionStatus::Queued | ExecutionStatus::Running => "held",
-        ExecutionStatus::Succeeded | ExecutionStatus::Canceled => "settled",
-        ExecutionStatus::Failed => "released",
+        ExecutionStatus::Succeeded => "settled",
+        ExecutionStatus::Canceled if e.error_code.is_none() => "settled",
+        ExecutionStatus::Canceled | ExecutionStatus::Failed => "released",
     };
     let settlement = e
         .cost
