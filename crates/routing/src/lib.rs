@@ -6,11 +6,13 @@
 mod breaker;
 mod catalogue;
 mod error;
+mod errors;
 mod plan;
 
 pub use breaker::{BreakerConfig, BreakerState, Health};
 pub use catalogue::{Catalogue, CatalogueConfig, Model, ModelConfig, Route, RouteConfig};
 pub use error::RoutingError;
+pub use errors::{CanonicalError, Classification, ErrorRule, ErrorRules, UpstreamFailure};
 pub use plan::{Candidate, Decision, DecisionCandidate, RequestProfile, RoutePlan, estimate_input_tokens};
 
 /// The `[routing]` section.
@@ -19,4 +21,7 @@ pub use plan::{Candidate, Decision, DecisionCandidate, RequestProfile, RoutePlan
 pub struct RoutingConfig {
     /// Per-route circuit breakers.
     pub breaker: BreakerConfig,
+    /// `[[routing.error_rules]]`: how provider failures are classified;
+    /// tried before the built-in rules.
+    pub error_rules: Vec<ErrorRule>,
 }
