@@ -1,7 +1,7 @@
 use modelroute_db::DbError;
 use modelroute_ledger::LedgerError;
 use modelroute_providers::ProviderError;
-use modelroute_routing::RoutingError;
+use modelroute_routing::{CanonicalError, RoutingError};
 use modelroute_types::{Code, ErrorCode};
 
 /// Errors of an execution.
@@ -24,9 +24,17 @@ pub enum ExecutionError {
     /// The ledger refused or failed.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
-    /// The provider failed.
+    /// The provider failed (before classification).
     #[error(transparent)]
     Provider(#[from] ProviderError),
+    /// Every route that was tried failed; classified by the error-mapping rules.
+    #[error("{message}")]
+    Upstream {
+        /// What the last failure means.
+        canonical: CanonicalError,
+        /// A client-safe message.
+        message: String,
+    },
     /// The route names a provider that is not configured (a config bug).
     #[error("route provider is not configured")]
     ProviderMissing,
@@ -55,6 +63,14 @@ impl ErrorCode for ExecutionError {
             Self::Routing(e) => e.code(),
             Self::Ledger(e) => e.code(),
             Self::Provider(e) => e.code(),
+            Self::Upstream { canonical, .. } => match canonical {
+                CanonicalError::RateLimited | CanonicalError::Overloaded => Code::Overloaded,
+                CanonicalError::Timeout => Code::UpstreamTimeout,
+                CanonicalError::ContextLengthExceeded => Code::ContextLengthExceeded,
+                CanonicalError::ContentFiltered => Code::ContentFiltered,
+                CanonicalError::InvalidRequest => Code::InvalidRequest,
+                CanonicalError::AuthFailed | CanonicalError::UpstreamError => Code::UpstreamError,
+            },
             Self::ClientClosed => Code::Canceled,
             Self::ProviderMissing | Self::TaskFailed => Code::Internal,
             Self::Db(e) => e.code(),

@@ -12,7 +12,10 @@ use modelroute_providers::{
     ChatRequest, ChatResponse, FinishReason, Permit, Provider, ProviderError, ProviderErrorKind, ProviderRegistry,
     StreamEvent, Usage, count_tokens,
 };
-use modelroute_routing::{Candidate, Catalogue, Health, RequestProfile, estimate_input_tokens};
+use modelroute_routing::{
+    Candidate, CanonicalError, Catalogue, Classification, ErrorRules, Health, RequestProfile, UpstreamFailure,
+    estimate_input_tokens,
+};
 use modelroute_types::{ApiKeyId, ErrorCode, ExecutionId, Money, OrgId, ProjectId, time};
 use tokio::sync::{mpsc, oneshot};
 
@@ -105,6 +108,7 @@ struct Inner<L> {
     catalogue: Arc<Catalogue>,
     providers: Arc<ProviderRegistry>,
     health: Arc<Health>,
+    rules: Arc<ErrorRules>,
 }
 
 /// How many ranked routes the hold tries to cover, so that fallbacks can run
@@ -132,21 +136,21 @@ struct Attempt<'a> {
 }
 
 impl Admitted {
-    fn record_attempt(&mut self, candidate: &Candidate, error: Option<&ProviderError>) {
-        let outcome = if error.is_some() { "failed" } else { "succeeded" };
+    fn record_attempt(&mut self, candidate: &Candidate, failure: Option<CanonicalError>) {
+        let outcome = if failure.is_some() { "failed" } else { "succeeded" };
         self.push_attempt(Attempt {
             route: &candidate.route.public_id,
             outcome,
-            error_code: error.map(|e| e.code().as_str()),
+            error_code: failure.map(CanonicalError::as_str),
         });
     }
 
     /// The error when no route could even be tried (all full or open).
-    fn nothing_tried(&self) -> ExecutionError {
-        ExecutionError::Provider(ProviderError::new(
-            ProviderErrorKind::RateLimited,
-            "every route of this model is at capacity; retry shortly",
-        ))
+    fn nothing_tried() -> ExecutionError {
+        ExecutionError::Upstream {
+            canonical: CanonicalError::Overloaded,
+            message: "every route of this model is at capacity or failing; retry shortly".into(),
+        }
     }
 
     fn record_skip(&mut self, candidate: &Candidate, why: &'static str) {
@@ -160,6 +164,21 @@ impl Admitted {
             list.push(a);
         }
     }
+}
+
+/// The client-facing error for a classified failure. The provider's own
+/// message is passed on only when the client must change its request.
+fn upstream_error(canonical: CanonicalError, e: &ProviderError) -> ExecutionError {
+    let message = match (canonical.client_needs_upstream_message(), &e.upstream_message) {
+        (true, Some(m)) => format!("the model rejected the request: {m}"),
+        (true, None) => e.message.clone(),
+        (false, _) => match canonical {
+            CanonicalError::RateLimited | CanonicalError::Overloaded => "the model is overloaded; retry shortly".into(),
+            CanonicalError::Timeout => "the model did not answer in time".into(),
+            _ => e.message.clone(),
+        },
+    };
+    ExecutionError::Upstream { canonical, message }
 }
 
 /// The request as one route's provider receives it.
@@ -179,8 +198,26 @@ impl<L: Ledger + 'static> Executor<L> {
         catalogue: Arc<Catalogue>,
         providers: Arc<ProviderRegistry>,
         health: Arc<Health>,
+        rules: Arc<ErrorRules>,
     ) -> Self {
-        Self { inner: Arc::new(Inner { pool, ledger, catalogue, providers, health }) }
+        Self { inner: Arc::new(Inner { pool, ledger, catalogue, providers, health, rules }) }
+    }
+
+    /// What a provider failure means, by the error-mapping rules.
+    fn classify(&self, candidate: &Candidate, e: &ProviderError) -> Classification {
+        let fallback = match e.kind {
+            ProviderErrorKind::Timeout => CanonicalError::Timeout,
+            ProviderErrorKind::RateLimited => CanonicalError::RateLimited,
+            ProviderErrorKind::InvalidRequest => CanonicalError::InvalidRequest,
+            ProviderErrorKind::Unavailable | ProviderErrorKind::StreamCut => CanonicalError::UpstreamError,
+        };
+        self.inner.rules.classify(&UpstreamFailure {
+            provider: &candidate.route.provider,
+            status: e.status,
+            code: e.upstream_code.as_deref(),
+            message: e.upstream_message.as_deref().unwrap_or(&e.message),
+            fallback,
+        })
     }
 
     /// A place in the route provider's bulkhead and its breaker's leave to
@@ -197,11 +234,14 @@ impl<L: Ledger + 'static> Executor<L> {
         Some(permit)
     }
 
-    /// Feeds a call's outcome to the route's breaker. A request the model
-    /// rejected says nothing against the route.
-    fn observe(&self, candidate: &Candidate, error: Option<&ProviderError>) {
-        let healthy = error.is_none_or(|e| e.kind == ProviderErrorKind::InvalidRequest);
+    /// Feeds a call's outcome to the route's breaker and returns the
+    /// failure's classification. Whether a failure counts against the route
+    /// is the error-mapping rules' call (a rejected request does not).
+    fn observe(&self, candidate: &Candidate, error: Option<&ProviderError>) -> Option<Classification> {
+        let class = error.map(|e| self.classify(candidate, e));
+        let healthy = class.is_none_or(|c| !c.counts_against_breaker);
         self.inner.health.record(&candidate.route.id, healthy, Instant::now());
+        class
     }
 
     /// The catalogue in use.
@@ -231,7 +271,7 @@ impl<L: Ledger + 'static> Executor<L> {
             let Some(provider) = self.inner.providers.get(&candidate.route.provider) else { continue };
             let Some(_permit) = self.enter(&mut admitted, &candidate) else { continue };
             let outcome = provider.chat(&upstream_request(&request, &candidate)).await;
-            self.observe(&candidate, outcome.as_ref().err());
+            let class = self.observe(&candidate, outcome.as_ref().err());
             match outcome {
                 Ok(response) => {
                     admitted.record_attempt(&candidate, None);
@@ -252,17 +292,20 @@ impl<L: Ledger + 'static> Executor<L> {
                     });
                 }
                 Err(e) => {
-                    admitted.record_attempt(&candidate, Some(&e));
-                    tracing::warn!(execution_id = %admitted.id, route = %candidate.route.id, error = %e, "route failed");
-                    let retryable = e.is_retryable();
-                    last_error = Some(e);
-                    if !retryable {
+                    let class = class.unwrap_or_else(|| self.classify(&candidate, &e));
+                    admitted.record_attempt(&candidate, Some(class.canonical));
+                    tracing::warn!(
+                        execution_id = %admitted.id, route = %candidate.route.id, canonical = class.canonical.as_str(),
+                        status = ?e.status, upstream = ?e.upstream_message, "route failed"
+                    );
+                    last_error = Some(upstream_error(class.canonical, &e));
+                    if !class.retryable {
                         break;
                     }
                 }
             }
         }
-        let e = last_error.map_or_else(|| admitted.nothing_tried(), ExecutionError::Provider);
+        let e = last_error.unwrap_or_else(Admitted::nothing_tried);
         self.fail(&admitted, &e).await;
         Err(e)
     }
@@ -308,9 +351,10 @@ impl<L: Ledger + 'static> Executor<L> {
             let Some(provider) = self.inner.providers.get(&candidate.route.provider) else { continue };
             let Some(permit) = self.enter(&mut admitted, &candidate) else { continue };
             let outcome = provider.chat_stream(&upstream_request(&request, &candidate)).await;
-            if let Err(e) = &outcome {
-                self.observe(&candidate, Some(e));
-            }
+            let class = match &outcome {
+                Err(e) => self.observe(&candidate, Some(e)),
+                Ok(_) => None,
+            };
             match outcome {
                 Ok(stream) => {
                     // The permit is held until the stream ends.
@@ -318,17 +362,17 @@ impl<L: Ledger + 'static> Executor<L> {
                     break;
                 }
                 Err(e) => {
-                    admitted.record_attempt(&candidate, Some(&e));
-                    let retryable = e.is_retryable();
-                    last_error = Some(e);
-                    if !retryable {
+                    let class = class.unwrap_or_else(|| self.classify(&candidate, &e));
+                    admitted.record_attempt(&candidate, Some(class.canonical));
+                    last_error = Some(upstream_error(class.canonical, &e));
+                    if !class.retryable {
                         break;
                     }
                 }
             }
         }
         let Some((candidate, mut stream, _permit)) = opened else {
-            let e = last_error.map_or_else(|| admitted.nothing_tried(), ExecutionError::Provider);
+            let e = last_error.unwrap_or_else(Admitted::nothing_tried);
             self.fail(&admitted, &e).await;
             let _ = admitted_tx.send(Err(e));
             return;
@@ -372,9 +416,9 @@ impl<L: Ledger + 'static> Executor<L> {
                     return;
                 }
                 Some(Err(e)) => {
-                    self.observe(&candidate, Some(&e));
-                    admitted.record_attempt(&candidate, Some(&e));
-                    let e = ExecutionError::Provider(e);
+                    let class = self.observe(&candidate, Some(&e)).unwrap_or_else(|| self.classify(&candidate, &e));
+                    admitted.record_attempt(&candidate, Some(class.canonical));
+                    let e = upstream_error(class.canonical, &e);
                     self.fail(&admitted, &e).await;
                     let _ = tx.send(StreamItem::Failed(e)).await;
                     return;
@@ -386,9 +430,9 @@ impl<L: Ledger + 'static> Executor<L> {
                         ProviderErrorKind::StreamCut,
                         "the upstream stream ended before it was complete",
                     );
-                    self.observe(&candidate, Some(&cut));
-                    admitted.record_attempt(&candidate, Some(&cut));
-                    let e = ExecutionError::Provider(cut);
+                    let class = self.observe(&candidate, Some(&cut)).unwrap_or_else(|| self.classify(&candidate, &cut));
+                    admitted.record_attempt(&candidate, Some(class.canonical));
+                    let e = upstream_error(class.canonical, &cut);
                     self.fail(&admitted, &e).await;
                     let _ = tx.send(StreamItem::Failed(e)).await;
                     return;

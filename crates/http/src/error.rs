@@ -66,7 +66,11 @@ impl<E: ErrorCode> From<E> for ApiError {
 #[must_use]
 pub const fn status_of(code: Code) -> StatusCode {
     match code {
-        Code::InvalidRequest | Code::NoRouteAvailable | Code::Canceled => StatusCode::BAD_REQUEST,
+        Code::InvalidRequest
+        | Code::NoRouteAvailable
+        | Code::Canceled
+        | Code::ContextLengthExceeded
+        | Code::ContentFiltered => StatusCode::BAD_REQUEST,
         Code::InvalidApiKey => StatusCode::UNAUTHORIZED,
         Code::InsufficientBalance => StatusCode::PAYMENT_REQUIRED,
         Code::PermissionDenied => StatusCode::FORBIDDEN,

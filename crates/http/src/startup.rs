@@ -8,7 +8,7 @@ use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use modelroute_executions::Executor;
-use modelroute_routing::Health;
+use modelroute_routing::{ErrorRules, Health};
 
 use crate::operator::OperatorError;
 use crate::state::AppState;
@@ -57,6 +57,7 @@ impl Application {
             Arc::clone(&services.catalogue),
             Arc::clone(&services.providers),
             Arc::new(Health::new(settings.routing.breaker.clone())),
+            Arc::new(ErrorRules::new(settings.routing.error_rules.clone())),
         );
         let state = Arc::new(AppState {
             pool: services.pool.clone(),

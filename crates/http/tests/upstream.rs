@@ -118,6 +118,10 @@ struct TestApp {
 }
 
 async fn spawn(db: TestDb) -> TestApp {
+    spawn_with(db, |_| {}).await
+}
+
+async fn spawn_with(db: TestDb, tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let (upstream_port, calls, flappy_up) = start_upstream();
     let mut settings = Settings { database: db.config(), ..Settings::default() };
     settings.server.bind = "127.0.0.1:0".into();
@@ -157,6 +161,7 @@ async fn spawn(db: TestDb) -> TestApp {
         open_ms: 300,
         half_open_probes: 1,
     };
+    tweak(&mut settings);
     let app = Application::build(settings).await.expect("server starts");
     let boot = app.bootstrap.clone().unwrap();
     let services = app.services.clone();
@@ -221,7 +226,8 @@ db_test!(async fn a_failing_route_falls_back_with_one_hold_and_one_settlement(db
     assert_eq!(e["route"], app.public_route("acme/chat", 1), "the execution names the route that served it");
     let attempts = e["decision"]["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2, "{e}");
-    assert_eq!((attempts[0]["outcome"].as_str(), attempts[0]["error_code"].as_str()), (Some("failed"), Some("upstream_error")));
+    // A 503 is `overloaded` by the built-in error-mapping rules.
+    assert_eq!((attempts[0]["outcome"].as_str(), attempts[0]["error_code"].as_str()), (Some("failed"), Some("overloaded")));
     assert_eq!(attempts[1]["outcome"], "succeeded");
     // Billed once, at the serving route's prices: 11 × $1/M + 3 × $2/M.
     let cost = 11 * 1_000 + 3 * 2_000;
@@ -294,4 +300,30 @@ db_test!(async fn a_flapping_primary_opens_its_breaker_then_returns(db) {
     assert_eq!(app.execution_of(&body).await["route"], primary.as_str());
     let report = app.services.verify_ledger().await.unwrap();
     assert!(report.violations.is_empty(), "{:?}", report.violations);
+});
+
+db_test!(async fn error_mapping_is_configuration(db) {
+    // An operator rule says this provider's 503 means the request itself is
+    // bad: no fallback, a 400, and the route's breaker is not charged.
+    let app = spawn_with(db, |s| {
+        s.routing.error_rules = vec![modelroute_routing::ErrorRule {
+            provider: Some("upstream-a".into()),
+            status: vec![503],
+            code: None,
+            message_contains: Some("overloaded".into()),
+            canonical: modelroute_routing::CanonicalError::InvalidRequest,
+            retryable: None,
+            counts_against_breaker: None,
+        }];
+    })
+    .await;
+    let (status, body) = app.send("POST", "/v1/chat/completions", Some(ask("acme/chat", false))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let err: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(err["error"]["code"], "invalid_request");
+    assert_eq!((app.calls("down"), app.calls("ok")), (1, 0), "no fallback for a non-retryable rule");
+    // The context-length answer of the strict model maps to its own code.
+    let (status, body) = app.send("POST", "/v1/chat/completions", Some(ask("acme/strict", false))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"]["code"], "context_length_exceeded");
 });

@@ -20,17 +20,24 @@ pub enum ProviderErrorKind {
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{message}")]
 pub struct ProviderError {
-    /// The kind.
+    /// The adapter's own conclusion (used when no mapping rule matches).
     pub kind: ProviderErrorKind,
     /// A client-safe description.
     pub message: String,
+    /// The HTTP status of the provider's answer, when there was one.
+    pub status: Option<u16>,
+    /// The provider's error code or type, when its body had one.
+    pub upstream_code: Option<String>,
+    /// The provider's own message: for error-mapping rules and the server
+    /// log; shown to clients only when they must change their request.
+    pub upstream_message: Option<String>,
 }
 
 impl ProviderError {
     /// A new error.
     #[must_use]
     pub fn new(kind: ProviderErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self { kind, message: message.into(), status: None, upstream_code: None, upstream_message: None }
     }
 
     /// Whether trying again (here or on another route) may succeed.

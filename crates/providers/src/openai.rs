@@ -337,28 +337,38 @@ fn parse_chunk(payload: &str) -> Result<Chunk, ProviderError> {
     Ok(Chunk { content, finish, usage })
 }
 
-/// Maps an upstream error answer to the platform's terms. The provider's
-/// own message is kept only for requests it refused as invalid, where the
-/// client needs the reason.
+/// Maps an upstream error answer to the adapter's default conclusion and
+/// keeps the raw details (status, error code or type, message) for the
+/// error-mapping rules. The provider's message is shown to the client only
+/// for requests it refused as invalid, where the client needs the reason.
 #[must_use]
 pub fn error_from_status(status: StatusCode, body: &[u8]) -> ProviderError {
-    let upstream_message = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
-        v.pointer("/error/message").and_then(Value::as_str).map(|m| m.chars().take(500).collect::<String>())
-    });
-    match status.as_u16() {
+    let parsed = serde_json::from_slice::<Value>(body).ok();
+    let error = parsed.as_ref().and_then(|v| v.get("error"));
+    let upstream_message =
+        error.and_then(|e| e.get("message")).and_then(Value::as_str).map(|m| m.chars().take(500).collect::<String>());
+    // OpenAI: error.code (or .type); Gemini: error.status; Anthropic: error.type.
+    let upstream_code = error
+        .and_then(|e| ["code", "status", "type"].iter().find_map(|k| e.get(*k).and_then(Value::as_str)))
+        .map(str::to_owned);
+    let mut e = match status.as_u16() {
         408 | 504 => ProviderError::new(ProviderErrorKind::Timeout, "the upstream provider timed out"),
         429 => {
             ProviderError::new(ProviderErrorKind::RateLimited, "the upstream provider is rate limiting; retry later")
         }
         400 | 404 | 413 | 422 => ProviderError::new(
             ProviderErrorKind::InvalidRequest,
-            format!("the model rejected the request: {}", upstream_message.unwrap_or_else(|| status.to_string())),
+            format!("the model rejected the request: {}", upstream_message.as_deref().unwrap_or(status.as_str())),
         ),
         _ => ProviderError::new(
             ProviderErrorKind::Unavailable,
             format!("the upstream provider failed ({})", status.as_u16()),
         ),
-    }
+    };
+    e.status = Some(status.as_u16());
+    e.upstream_code = upstream_code;
+    e.upstream_message = upstream_message;
+    e
 }
 
 /// Splits a byte stream into SSE `data:` payloads, across chunk boundaries.

@@ -30,6 +30,10 @@ pub enum Code {
     PayloadTooLarge,
     /// No route of the model can serve the request's features.
     NoRouteAvailable,
+    /// The prompt plus output does not fit the model's context window.
+    ContextLengthExceeded,
+    /// A content filter refused the request or the answer.
+    ContentFiltered,
     /// The upstream provider failed.
     UpstreamError,
     /// The upstream provider did not answer in time.
@@ -60,6 +64,8 @@ impl Code {
             Self::Canceled => "canceled",
             Self::PayloadTooLarge => "payload_too_large",
             Self::NoRouteAvailable => "no_route_available",
+            Self::ContextLengthExceeded => "context_length_exceeded",
+            Self::ContentFiltered => "content_filtered",
             Self::UpstreamError => "upstream_error",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::Overloaded => "overloaded",
