@@ -33,19 +33,25 @@ fn presented_key(req: &HttpRequest) -> Option<String> {
     headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(|v| v.trim().to_owned())
 }
 
+/// Authenticates a request by its API key. Routes that answer errors in
+/// another shape (Anthropic's) call it directly instead of extracting [`Caller`].
+pub(crate) fn authenticate(req: &HttpRequest) -> impl Future<Output = Result<Caller, ApiError>> + 'static {
+    let state = req.app_data::<State>().cloned();
+    let key = presented_key(req);
+    async move {
+        let state = state.ok_or_else(|| ApiError::new(Code::Internal, "application state missing"))?;
+        let key = key.ok_or_else(|| {
+            ApiError::new(Code::InvalidApiKey, "missing API key: send `Authorization: Bearer mr_…` or `x-api-key`")
+        })?;
+        Ok(Caller(state.identity.authenticate(&key).await?))
+    }
+}
+
 impl FromRequest for Caller {
     type Error = ApiError;
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let state = req.app_data::<State>().cloned();
-        let key = presented_key(req);
-        Box::pin(async move {
-            let state = state.ok_or_else(|| ApiError::new(Code::Internal, "application state missing"))?;
-            let key = key.ok_or_else(|| {
-                ApiError::new(Code::InvalidApiKey, "missing API key: send `Authorization: Bearer mr_…`")
-            })?;
-            Ok(Self(state.identity.authenticate(&key).await?))
-        })
+        Box::pin(authenticate(req))
     }
 }

@@ -39,6 +39,12 @@ impl ApiError {
     pub const fn code(&self) -> Code {
         self.code
     }
+
+    /// The client-facing message.
+    #[must_use]
+    pub fn message(&self) -> &str {
+        &self.message
+    }
 }
 
 impl std::fmt::Display for ApiError {

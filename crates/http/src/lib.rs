@@ -15,6 +15,7 @@ pub mod settings;
 mod startup;
 mod state;
 mod wire;
+mod wire_anthropic;
 
 pub use error::{ApiError, status_of};
 pub use operator::{BootstrapReport, Services};

@@ -358,3 +358,48 @@ db_test!(async fn a_stream_whose_client_leaves_is_canceled_and_charged_for_what_
     assert_eq!(before.0.units() - app.available().await.0.units(), cost);
     app.assert_ledger_sound().await;
 });
+
+db_test!(async fn anthropic_messages_streamed_and_not_with_anthropic_errors(db) {
+    let app = spawn(db, |_| {}).await;
+    let key = app.key.clone();
+    let ask = |stream: bool| {
+        json!({ "model": "builtin/echo", "max_tokens": 64, "stream": stream, "system": "be brief",
+                "messages": [{ "role": "user", "content": [{ "type": "text", "text": "Hello there" }] }] })
+        .to_string()
+    };
+    let r = app.send(Method::POST, "/v1/messages", Some(&key), Some(ask(false))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let m = r.json();
+    assert_eq!((m["type"].as_str(), m["role"].as_str()), (Some("message"), Some("assistant")));
+    assert_eq!(m["content"][0], json!({ "type": "text", "text": "Echo: Hello there" }));
+    assert_eq!(m["stop_reason"], "end_turn");
+    assert_eq!((m["usage"]["input_tokens"].as_u64(), m["usage"]["output_tokens"].as_u64()), (Some(13), Some(5)));
+
+    let r = app.send(Method::POST, "/v1/messages", Some(&key), Some(ask(true))).await;
+    assert_eq!(r.headers["content-type"], "text/event-stream");
+    let events: Vec<&str> = r.body.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
+    assert_eq!(events[0], "message_start");
+    assert_eq!(&events[events.len() - 3..], ["content_block_stop", "message_delta", "message_stop"]);
+    let text: String = r
+        .body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter(|v| v["type"] == "content_block_delta")
+        .filter_map(|v| v["delta"]["text"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(text, "Echo: Hello there");
+
+    let unknown = json!({ "model": "no/such", "max_tokens": 8, "messages": [{ "role": "user", "content": "x" }] }).to_string();
+    let r = app.send(Method::POST, "/v1/messages", Some(&key), Some(unknown.clone())).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.json()["type"], "error");
+    assert_eq!(r.json()["error"]["type"], "not_found_error");
+    let r = app.send(Method::POST, "/v1/messages", None, Some(unknown)).await;
+    assert_eq!((r.status, r.json()["error"]["type"].as_str()), (StatusCode::UNAUTHORIZED, Some("authentication_error")));
+    let no_max = json!({ "model": "builtin/echo", "messages": [{ "role": "user", "content": "x" }] }).to_string();
+    let r = app.send(Method::POST, "/v1/messages", Some(&key), Some(no_max)).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("max_tokens"), "{}", r.body);
+    app.assert_ledger_sound().await;
+});

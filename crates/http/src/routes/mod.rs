@@ -4,6 +4,7 @@ mod billing;
 mod chat;
 mod executions;
 mod health;
+mod messages;
 mod models;
 
 use actix_web::{HttpRequest, web};
@@ -20,6 +21,7 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/models", web::get().to(models::list))
                 .route("/models/{slug:.+}", web::get().to(models::get))
                 .route("/chat/completions", web::post().to(chat::completions))
+                .route("/messages", web::post().to(messages::create))
                 .route("/executions/{id}", web::get().to(executions::get))
                 .route("/billing/balance", web::get().to(billing::balance)),
         )

@@ -1,0 +1,57 @@
+"""The official Anthropic Python SDK against a running ModelRoute server,
+unmodified: only base_url and api_key change. Run by .ci/run:
+
+    MR_ROOT_URL=http://127.0.0.1:PORT MR_KEY=mr_... python anthropic_sdk.py
+"""
+
+import os
+import sys
+
+import anthropic
+from anthropic import Anthropic
+
+client = Anthropic(base_url=os.environ["MR_ROOT_URL"], api_key=os.environ["MR_KEY"], max_retries=0)
+passed = failed = 0
+
+
+def check(name, condition, detail=""):
+    global passed, failed
+    if condition:
+        passed += 1
+    else:
+        failed += 1
+        print(f"FAILED: {name} {detail}", file=sys.stderr)
+
+
+messages = [{"role": "user", "content": "Hello SDK"}]
+
+m = client.messages.create(model="builtin/echo", max_tokens=64, system="be brief", messages=messages)
+check("message text", m.content[0].text == "Echo: Hello SDK", m)
+check("stop reason", m.stop_reason == "end_turn", m.stop_reason)
+check("usage", m.usage.input_tokens > 0 and m.usage.output_tokens > 0, m.usage)
+
+m = client.messages.create(model="builtin/echo", max_tokens=2, messages=messages)
+check("max_tokens", m.stop_reason == "max_tokens" and m.usage.output_tokens == 2, m)
+
+with client.messages.stream(model="builtin/echo", max_tokens=64, messages=messages) as stream:
+    text = "".join(stream.text_stream)
+    final = stream.get_final_message()
+check("stream text", text == "Echo: Hello SDK", text)
+check("stream final message", final.content[0].text == text and final.stop_reason == "end_turn", final)
+check("stream usage", final.usage.output_tokens > 0, final.usage)
+
+try:
+    client.messages.create(model="no/such-model", max_tokens=8, messages=messages)
+    check("unknown model raises", False)
+except anthropic.NotFoundError as e:
+    check("unknown model is NotFoundError", e.status_code == 404, e)
+
+bad = Anthropic(base_url=os.environ["MR_ROOT_URL"], api_key="mr_not_a_key", max_retries=0)
+try:
+    bad.messages.create(model="builtin/echo", max_tokens=8, messages=messages)
+    check("bad key raises", False)
+except anthropic.AuthenticationError as e:
+    check("bad key is AuthenticationError", e.status_code == 401, e)
+
+print(f"anthropic sdk {anthropic.__version__}: {passed} passed, {failed} failed")
+sys.exit(1 if failed else 0)
