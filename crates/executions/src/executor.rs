@@ -1,5 +1,5 @@
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -9,12 +9,12 @@ use modelroute_db::schema::executions;
 use modelroute_db::{DbPool, db_run};
 use modelroute_ledger::{Hold, HoldRequest, Ledger, LedgerError};
 use modelroute_providers::{
-    ChatRequest, ChatResponse, FinishReason, Permit, Provider, ProviderError, ProviderErrorKind, ProviderRegistry,
-    StreamEvent, Usage, count_tokens,
+    ChatRequest, ChatResponse, FinishReason, Permit, Provider, ProviderClient, ProviderError, ProviderErrorKind,
+    ProviderRegistry, StreamEvent, Usage, count_tokens,
 };
 use modelroute_routing::{
-    Candidate, CanonicalError, Catalogue, Classification, ErrorRules, Health, RequestProfile, UpstreamFailure,
-    estimate_input_tokens,
+    Candidate, CanonicalError, Catalogue, Classification, ErrorRules, Health, RequestProfile, RetryConfig,
+    UpstreamFailure, estimate_input_tokens,
 };
 use modelroute_types::{ApiKeyId, ErrorCode, ExecutionId, Money, OrgId, ProjectId, time};
 use tokio::sync::{mpsc, oneshot};
@@ -109,6 +109,7 @@ struct Inner<L> {
     providers: Arc<ProviderRegistry>,
     health: Arc<Health>,
     rules: Arc<ErrorRules>,
+    retry: RetryConfig,
 }
 
 /// How many ranked routes the hold tries to cover, so that fallbacks can run
@@ -199,8 +200,9 @@ impl<L: Ledger + 'static> Executor<L> {
         providers: Arc<ProviderRegistry>,
         health: Arc<Health>,
         rules: Arc<ErrorRules>,
+        retry: RetryConfig,
     ) -> Self {
-        Self { inner: Arc::new(Inner { pool, ledger, catalogue, providers, health, rules }) }
+        Self { inner: Arc::new(Inner { pool, ledger, catalogue, providers, health, rules, retry }) }
     }
 
     /// What a provider failure means, by the error-mapping rules.
@@ -266,48 +268,75 @@ impl<L: Ledger + 'static> Executor<L> {
 
     async fn run_detached(&self, caller: Caller, request: ChatRequest) -> Result<Completed, ExecutionError> {
         let mut admitted = self.admit(&caller, &request, false).await?;
+        let tried = self
+            .call_routes(&mut admitted, &request, async |provider: Arc<ProviderClient>, upstream: ChatRequest| {
+                provider.chat(&upstream).await
+            })
+            .await;
+        let (candidate, response, _permit) = match tried {
+            Ok(ok) => ok,
+            Err(e) => {
+                self.fail(&admitted, &e).await;
+                return Err(e);
+            }
+        };
+        self.observe(&candidate, None);
+        admitted.record_attempt(&candidate, None);
+        let cost = self
+            .settle(&admitted, &candidate, response.usage, response.finish_reason, ExecutionStatus::Succeeded)
+            .await?;
+        Ok(Completed { execution_id: admitted.id, created_at: admitted.created_at, response, cost })
+    }
+
+    /// Tries the admitted routes in order until one answers: each route is
+    /// retried with backoff (or its `Retry-After`) while the classification
+    /// says retryable and the deadline allows, then the next route is tried.
+    /// A failure that is not retryable ends the search.
+    async fn call_routes<T>(
+        &self,
+        admitted: &mut Admitted,
+        request: &ChatRequest,
+        call: impl AsyncFn(Arc<ProviderClient>, ChatRequest) -> Result<T, ProviderError>,
+    ) -> Result<(Candidate, T, Permit), ExecutionError> {
+        let retry = &self.inner.retry;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(retry.deadline_ms);
         let mut last_error = None;
-        for candidate in admitted.candidates.clone() {
+        'routes: for candidate in admitted.candidates.clone() {
             let Some(provider) = self.inner.providers.get(&candidate.route.provider) else { continue };
-            let Some(_permit) = self.enter(&mut admitted, &candidate) else { continue };
-            let outcome = provider.chat(&upstream_request(&request, &candidate)).await;
-            let class = self.observe(&candidate, outcome.as_ref().err());
-            match outcome {
-                Ok(response) => {
-                    admitted.record_attempt(&candidate, None);
-                    let cost = self
-                        .settle(
-                            &admitted,
-                            &candidate,
-                            response.usage,
-                            response.finish_reason,
-                            ExecutionStatus::Succeeded,
-                        )
-                        .await?;
-                    return Ok(Completed {
-                        execution_id: admitted.id,
-                        created_at: admitted.created_at,
-                        response,
-                        cost,
-                    });
+            for n in 0.. {
+                let Some(permit) = self.enter(admitted, &candidate) else { continue 'routes };
+                let outcome = match tokio::time::timeout_at(
+                    deadline,
+                    call(Arc::clone(&provider), upstream_request(request, &candidate)),
+                )
+                .await
+                {
+                    Ok(outcome) => outcome,
+                    Err(_) => Err(ProviderError::new(ProviderErrorKind::Timeout, "the request's deadline passed")),
+                };
+                let e = match outcome {
+                    Ok(value) => return Ok((candidate, value, permit)),
+                    Err(e) => e,
+                };
+                drop(permit);
+                let class = self.observe(&candidate, Some(&e)).unwrap_or_else(|| self.classify(&candidate, &e));
+                admitted.record_attempt(&candidate, Some(class.canonical));
+                tracing::warn!(
+                    execution_id = %admitted.id, route = %candidate.route.id, attempt = n + 1,
+                    canonical = class.canonical.as_str(), status = ?e.status, upstream = ?e.upstream_message,
+                    "route failed"
+                );
+                last_error = Some(upstream_error(class.canonical, &e));
+                if !class.retryable || tokio::time::Instant::now() >= deadline {
+                    break 'routes;
                 }
-                Err(e) => {
-                    let class = class.unwrap_or_else(|| self.classify(&candidate, &e));
-                    admitted.record_attempt(&candidate, Some(class.canonical));
-                    tracing::warn!(
-                        execution_id = %admitted.id, route = %candidate.route.id, canonical = class.canonical.as_str(),
-                        status = ?e.status, upstream = ?e.upstream_message, "route failed"
-                    );
-                    last_error = Some(upstream_error(class.canonical, &e));
-                    if !class.retryable {
-                        break;
-                    }
+                match retry.backoff(n, fastrand::u64(..), e.retry_after) {
+                    Some(wait) if tokio::time::Instant::now() + wait < deadline => tokio::time::sleep(wait).await,
+                    _ => continue 'routes,
                 }
             }
         }
-        let e = last_error.unwrap_or_else(Admitted::nothing_tried);
-        self.fail(&admitted, &e).await;
-        Err(e)
+        Err(last_error.unwrap_or_else(Admitted::nothing_tried))
     }
 
     /// Starts a streamed execution. Returns once the hold is placed; the
@@ -343,39 +372,20 @@ impl<L: Ledger + 'static> Executor<L> {
                 return;
             }
         };
-        // Fall back between routes only before the first byte: once output
-        // has reached the client, a second route cannot take over.
-        let mut opened = None;
-        let mut last_error = None;
-        for candidate in admitted.candidates.clone() {
-            let Some(provider) = self.inner.providers.get(&candidate.route.provider) else { continue };
-            let Some(permit) = self.enter(&mut admitted, &candidate) else { continue };
-            let outcome = provider.chat_stream(&upstream_request(&request, &candidate)).await;
-            let class = match &outcome {
-                Err(e) => self.observe(&candidate, Some(e)),
-                Ok(_) => None,
-            };
-            match outcome {
-                Ok(stream) => {
-                    // The permit is held until the stream ends.
-                    opened = Some((candidate, stream, permit));
-                    break;
-                }
-                Err(e) => {
-                    let class = class.unwrap_or_else(|| self.classify(&candidate, &e));
-                    admitted.record_attempt(&candidate, Some(class.canonical));
-                    last_error = Some(upstream_error(class.canonical, &e));
-                    if !class.retryable {
-                        break;
-                    }
-                }
+        // Retry and fall back only before the first byte: once output has
+        // reached the client, a second route cannot take over.
+        let opened = self
+            .call_routes(&mut admitted, &request, async |provider: Arc<ProviderClient>, upstream: ChatRequest| {
+                provider.chat_stream(&upstream).await
+            })
+            .await;
+        let (candidate, mut stream, _permit) = match opened {
+            Ok(opened) => opened,
+            Err(e) => {
+                self.fail(&admitted, &e).await;
+                let _ = admitted_tx.send(Err(e));
+                return;
             }
-        }
-        let Some((candidate, mut stream, _permit)) = opened else {
-            let e = last_error.unwrap_or_else(Admitted::nothing_tried);
-            self.fail(&admitted, &e).await;
-            let _ = admitted_tx.send(Err(e));
-            return;
         };
         if admitted_tx.send(Ok((admitted.id.clone(), admitted.created_at))).is_err() {
             // The client left before the first byte: nothing reached it, nothing is charged.

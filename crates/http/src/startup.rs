@@ -58,6 +58,7 @@ impl Application {
             Arc::clone(&services.providers),
             Arc::new(Health::new(settings.routing.breaker.clone())),
             Arc::new(ErrorRules::new(settings.routing.error_rules.clone())),
+            settings.routing.retry.clone(),
         );
         let state = Arc::new(AppState {
             pool: services.pool.clone(),

@@ -49,6 +49,18 @@ async fn upstream(
     } else {
         model
     };
+    let nth = calls.lock().unwrap().get(&model).copied().unwrap_or(0);
+    // `busy-once`: 503 with Retry-After: 1 on the first call; `busy-twice`: 503 without it, twice.
+    if (model == "busy-once" && nth == 1) || (model == "busy-twice" && nth <= 2) {
+        let mut r = HttpResponse::ServiceUnavailable();
+        if model == "busy-once" {
+            r.insert_header(("retry-after", "1"));
+        }
+        return r.json(
+            json!({ "error": { "message": "The server is overloaded or not ready yet.", "type": "server_error" } }),
+        );
+    }
+    let model = if model.starts_with("busy-") { "ok".to_owned() } else { model };
     match model.as_str() {
         "down" => HttpResponse::ServiceUnavailable()
             .json(json!({ "error": { "message": "The server is overloaded or not ready yet.", "type": "server_error" } })),
@@ -149,6 +161,8 @@ async fn spawn_with(db: TestDb, tweak: impl FnOnce(&mut Settings)) -> TestApp {
             vec![route("s-primary", "upstream-a", "reject"), route("s-secondary", "upstream-b", "ok")],
         ),
         model("acme/cut", vec![route("c-only", "upstream-a", "cut")]),
+        model("acme/busy-once", vec![route("bo-only", "upstream-a", "busy-once")]),
+        model("acme/busy-twice", vec![route("bt-only", "upstream-a", "busy-twice")]),
         model(
             "acme/flappy",
             vec![route("f-primary", "upstream-a", "flappy"), route("f-secondary", "upstream-b", "ok")],
@@ -161,6 +175,8 @@ async fn spawn_with(db: TestDb, tweak: impl FnOnce(&mut Settings)) -> TestApp {
         open_ms: 300,
         half_open_probes: 1,
     };
+    // These tests count upstream calls per route: one call per route unless a test asks for retries.
+    settings.routing.retry.attempts_per_route = 1;
     tweak(&mut settings);
     let app = Application::build(settings).await.expect("server starts");
     let boot = app.bootstrap.clone().unwrap();
@@ -326,4 +342,31 @@ db_test!(async fn error_mapping_is_configuration(db) {
     let (status, body) = app.send("POST", "/v1/chat/completions", Some(ask("acme/strict", false))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"]["code"], "context_length_exceeded");
+});
+
+db_test!(async fn a_transient_failure_is_retried_with_backoff_and_retry_after_is_honoured(db) {
+    let app = spawn_with(db, |s| {
+        s.routing.retry.attempts_per_route = 3;
+        s.routing.retry.base_backoff_ms = 50;
+        // The shared set-up's breaker opens after two failures, which would
+        // (rightly) refuse the third try; this test is about retries.
+        s.routing.breaker.minimum_calls = 10;
+    })
+    .await;
+    // 503 + Retry-After: 1 → wait a second, retry the same (only) route, succeed.
+    let started = std::time::Instant::now();
+    let (status, body) = app.send("POST", "/v1/chat/completions", Some(ask("acme/busy-once", false))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(started.elapsed() >= Duration::from_secs(1), "Retry-After was not honoured: {:?}", started.elapsed());
+    assert_eq!(app.calls("busy-once"), 2);
+    // Two 503s without Retry-After: jittered backoff, third call succeeds.
+    let (status, body) = app.send("POST", "/v1/chat/completions", Some(ask("acme/busy-twice", false))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(app.calls("busy-twice"), 3);
+    let attempts = app.execution_of(&body).await["decision"]["attempts"].as_array().unwrap().len();
+    assert_eq!(attempts, 3, "every try is recorded");
+    // Still one hold and one settlement per execution.
+    let report = app.services.verify_ledger().await.unwrap();
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    assert_eq!(report.entries, 1 + 2 * 2);
 });

@@ -31,13 +31,22 @@ pub struct ProviderError {
     /// The provider's own message: for error-mapping rules and the server
     /// log; shown to clients only when they must change their request.
     pub upstream_message: Option<String>,
+    /// How long the provider asked us to wait (`Retry-After`).
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl ProviderError {
     /// A new error.
     #[must_use]
     pub fn new(kind: ProviderErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into(), status: None, upstream_code: None, upstream_message: None }
+        Self {
+            kind,
+            message: message.into(),
+            status: None,
+            upstream_code: None,
+            upstream_message: None,
+            retry_after: None,
+        }
     }
 
     /// Whether trying again (here or on another route) may succeed.

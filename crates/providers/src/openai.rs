@@ -115,9 +115,18 @@ impl OpenAiProvider {
             return Ok(response);
         }
         let status = response.status();
+        // `Retry-After` in seconds (the form providers send; an HTTP date is ignored).
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
         let body = tokio::time::timeout(timeout, response.into_body().collect()).await.ok().and_then(Result::ok);
         let body = body.map(|b| b.to_bytes()).unwrap_or_default();
-        Err(error_from_status(status, &body))
+        let mut error = error_from_status(status, &body);
+        error.retry_after = retry_after;
+        Err(error)
     }
 }
 

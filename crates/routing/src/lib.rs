@@ -24,4 +24,83 @@ pub struct RoutingConfig {
     /// `[[routing.error_rules]]`: how provider failures are classified;
     /// tried before the built-in rules.
     pub error_rules: Vec<ErrorRule>,
+    /// `[routing.retry]`: retries of one route before falling back.
+    pub retry: RetryConfig,
+}
+
+/// The `[routing.retry]` section: retrying a route that failed with a
+/// retryable error, before moving to the next route.
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Calls of one route per execution (1 = no retry).
+    pub attempts_per_route: u32,
+    /// Backoff before retry n is a random time in [0, min(max, base × 2ⁿ)] (full jitter).
+    pub base_backoff_ms: u64,
+    /// Upper bound of one backoff.
+    pub max_backoff_ms: u64,
+    /// A provider's `Retry-After` is honoured up to this long; longer, the route is left.
+    pub max_retry_after_ms: u64,
+    /// Every attempt and wait of one execution happens within this time.
+    pub deadline_ms: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            attempts_per_route: 2,
+            base_backoff_ms: 100,
+            max_backoff_ms: 2_000,
+            max_retry_after_ms: 5_000,
+            deadline_ms: 120_000,
+        }
+    }
+}
+
+impl RetryConfig {
+    /// The wait before retry `n` (0-based) with full jitter drawn from
+    /// `random` (any uniformly random `u64`), or the provider's `Retry-After`
+    /// when it gave one.
+    /// `None` when the route should not be retried: no attempts left, or the
+    /// provider asks for longer than `max_retry_after_ms`.
+    #[must_use]
+    pub fn backoff(
+        &self,
+        n: u32,
+        random: u64,
+        retry_after: Option<std::time::Duration>,
+    ) -> Option<std::time::Duration> {
+        if n + 1 >= self.attempts_per_route {
+            return None;
+        }
+        if let Some(wait) = retry_after {
+            return (wait <= std::time::Duration::from_millis(self.max_retry_after_ms)).then_some(wait);
+        }
+        let cap = self.base_backoff_ms.saturating_mul(1_u64 << n.min(20)).min(self.max_backoff_ms);
+        Some(std::time::Duration::from_millis(random % cap.saturating_add(1)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::RetryConfig;
+
+    #[test]
+    fn backoff_is_jittered_capped_and_honours_retry_after() {
+        let r = RetryConfig {
+            attempts_per_route: 4,
+            base_backoff_ms: 100,
+            max_backoff_ms: 300,
+            max_retry_after_ms: 1_000,
+            deadline_ms: 10_000,
+        };
+        assert_eq!(r.backoff(0, 99, None), Some(Duration::from_millis(99)));
+        assert_eq!(r.backoff(0, 101, None), Some(Duration::ZERO), "within [0, 100]");
+        assert_eq!(r.backoff(2, u64::MAX, None).map(|d| d <= Duration::from_millis(300)), Some(true), "capped");
+        assert_eq!(r.backoff(3, 5, None), None, "no attempts left");
+        assert_eq!(r.backoff(0, 5, Some(Duration::from_millis(800))), Some(Duration::from_millis(800)));
+        assert_eq!(r.backoff(0, 5, Some(Duration::from_secs(30))), None, "too long a Retry-After: leave the route");
+    }
 }
