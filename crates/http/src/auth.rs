@@ -21,6 +21,16 @@ impl Caller {
         self.0.require(scope)?;
         Ok(&self.0)
     }
+
+    /// Who pays for an execution this caller starts (needs the execute scope).
+    pub(crate) fn payer(&self) -> Result<modelroute_executions::Caller, ApiError> {
+        let p = self.require(Scope::Execute)?;
+        Ok(modelroute_executions::Caller {
+            org_id: p.org_id.clone(),
+            project_id: p.project_id.clone(),
+            api_key_id: p.api_key_id.clone(),
+        })
+    }
 }
 
 /// `Authorization: Bearer <key>`, or `x-api-key: <key>` (Anthropic's header).

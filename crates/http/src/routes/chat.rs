@@ -6,8 +6,7 @@ use actix_web::http::header;
 use actix_web::{HttpResponse, web};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
-use modelroute_executions::{Caller as ExecCaller, StreamItem};
-use modelroute_identity::Scope;
+use modelroute_executions::StreamItem;
 use modelroute_types::{ErrorCode as _, time};
 use serde_json::{Value, json};
 
@@ -18,17 +17,12 @@ use crate::state::State;
 use crate::wire::{ChatCompletionRequest, usage};
 
 pub(crate) async fn completions(state: State, caller: Caller, payload: web::Payload) -> Result<HttpResponse, ApiError> {
-    let principal = caller.require(Scope::Execute)?;
+    let exec_caller = caller.payer()?;
     let body: ChatCompletionRequest = read_json(payload, state.max_body_bytes).await?;
     let stream = body.stream.unwrap_or(false);
     let include_usage = body.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let request = body.into_canonical()?;
     let slug = request.model.clone();
-    let exec_caller = ExecCaller {
-        org_id: principal.org_id.clone(),
-        project_id: principal.project_id.clone(),
-        api_key_id: principal.api_key_id.clone(),
-    };
     if !stream {
         let done = state.executor.run(exec_caller, request).await?;
         let r = &done.response;

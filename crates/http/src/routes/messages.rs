@@ -7,8 +7,7 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
-use modelroute_executions::{Caller as ExecCaller, StreamItem};
-use modelroute_identity::Scope;
+use modelroute_executions::StreamItem;
 use modelroute_types::ErrorCode as _;
 use serde_json::{Value, json};
 
@@ -23,13 +22,11 @@ pub(crate) async fn create(
     payload: web::Payload,
 ) -> Result<HttpResponse, AnthropicError> {
     let caller = authenticate(&req).await?;
-    let principal = caller.require(Scope::Execute)?.clone();
+    let exec_caller = caller.payer()?;
     let body: MessagesRequest = read_json(payload, state.max_body_bytes).await?;
     let stream = body.stream;
     let request = body.into_canonical()?;
     let slug = request.model.clone();
-    let exec_caller =
-        ExecCaller { org_id: principal.org_id, project_id: principal.project_id, api_key_id: principal.api_key_id };
     if !stream {
         let done = state.executor.run(exec_caller, request).await?;
         let r = &done.response;
