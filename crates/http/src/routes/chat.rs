@@ -2,8 +2,9 @@
 
 use std::convert::Infallible;
 
-use actix_web::http::header;
 use actix_web::{HttpResponse, web};
+
+use super::{answer, event_stream};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use modelroute_executions::StreamItem;
@@ -26,22 +27,20 @@ pub(crate) async fn completions(state: State, caller: Caller, payload: web::Payl
     if !stream {
         let done = state.executor.run(exec_caller, request).await?;
         let r = &done.response;
-        return Ok(HttpResponse::Ok().insert_header(("x-modelroute-execution-id", done.execution_id.as_str())).json(
-            json!({
-                "id": done.execution_id,
-                "object": "chat.completion",
-                "created": time::unix_seconds(done.created_at),
-                "model": slug,
-                "choices": [{
-                    "index": 0,
-                    "message": { "role": "assistant", "content": r.content, "refusal": null },
-                    "logprobs": null,
-                    "finish_reason": r.finish_reason.as_str(),
-                }],
-                "usage": usage(r.usage.input_tokens, r.usage.output_tokens),
-                "system_fingerprint": null,
-            }),
-        ));
+        return Ok(answer(&done.execution_id).json(json!({
+            "id": done.execution_id,
+            "object": "chat.completion",
+            "created": time::unix_seconds(done.created_at),
+            "model": slug,
+            "choices": [{
+                "index": 0,
+                "message": { "role": "assistant", "content": r.content, "refusal": null },
+                "logprobs": null,
+                "finish_reason": r.finish_reason.as_str(),
+            }],
+            "usage": usage(r.usage.input_tokens, r.usage.output_tokens),
+            "system_fingerprint": null,
+        })));
     }
     let execution = state.executor.start_stream(exec_caller, request).await?;
     let id = execution.execution_id.to_string();
@@ -91,11 +90,7 @@ pub(crate) async fn completions(state: State, caller: Caller, payload: web::Payl
         Some((Ok(frame), (events, chunk, false)))
     });
     let body = futures_util::stream::once(async move { Ok::<_, Infallible>(first) }).chain(frames);
-    Ok(HttpResponse::Ok()
-        .insert_header((header::CONTENT_TYPE, "text/event-stream"))
-        .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .insert_header(("x-modelroute-execution-id", execution.execution_id.as_str()))
-        .streaming(body))
+    Ok(event_stream(&execution.execution_id, body))
 }
 
 fn sse(v: &Value) -> Bytes {

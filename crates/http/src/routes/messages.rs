@@ -3,8 +3,9 @@
 
 use std::convert::Infallible;
 
-use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
+
+use super::{answer, event_stream};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use modelroute_executions::StreamItem;
@@ -30,18 +31,16 @@ pub(crate) async fn create(
     if !stream {
         let done = state.executor.run(exec_caller, request).await?;
         let r = &done.response;
-        return Ok(HttpResponse::Ok().insert_header(("x-modelroute-execution-id", done.execution_id.as_str())).json(
-            json!({
-                "id": done.execution_id,
-                "type": "message",
-                "role": "assistant",
-                "model": slug,
-                "content": [{ "type": "text", "text": r.content }],
-                "stop_reason": stop_reason(r.finish_reason),
-                "stop_sequence": null,
-                "usage": { "input_tokens": r.usage.input_tokens, "output_tokens": r.usage.output_tokens },
-            }),
-        ));
+        return Ok(answer(&done.execution_id).json(json!({
+            "id": done.execution_id,
+            "type": "message",
+            "role": "assistant",
+            "model": slug,
+            "content": [{ "type": "text", "text": r.content }],
+            "stop_reason": stop_reason(r.finish_reason),
+            "stop_sequence": null,
+            "usage": { "input_tokens": r.usage.input_tokens, "output_tokens": r.usage.output_tokens },
+        })));
     }
     let execution = state.executor.start_stream(exec_caller, request).await?;
     let start = [
@@ -99,11 +98,7 @@ pub(crate) async fn create(
         Some((Ok::<_, Infallible>(Bytes::from(frame)), (events, done)))
     });
     let body = futures_util::stream::once(async move { Ok::<_, Infallible>(Bytes::from(start)) }).chain(frames);
-    Ok(HttpResponse::Ok()
-        .insert_header((header::CONTENT_TYPE, "text/event-stream"))
-        .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .insert_header(("x-modelroute-execution-id", execution.execution_id.as_str()))
-        .streaming(body))
+    Ok(event_stream(&execution.execution_id, body))
 }
 
 fn event(name: &str, data: &Value) -> Vec<u8> {

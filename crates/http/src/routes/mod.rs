@@ -7,8 +7,10 @@ mod health;
 mod messages;
 mod models;
 
-use actix_web::{HttpRequest, web};
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, web};
 use modelroute_types::Code;
+use modelroute_types::ExecutionId;
 
 use crate::ApiError;
 
@@ -28,6 +30,24 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
         .default_service(web::to(not_found));
 }
 
-async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+/// A successful answer of an execution: carries its id in a header.
+fn answer(execution_id: &ExecutionId) -> HttpResponseBuilder {
+    let mut builder = HttpResponse::Ok();
+    builder.insert_header(("x-modelroute-execution-id", execution_id.as_str()));
+    builder
+}
+
+/// A streamed answer of an execution as server-sent events.
+fn event_stream<S>(execution_id: &ExecutionId, body: S) -> HttpResponse
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, std::convert::Infallible>> + 'static,
+{
+    answer(execution_id)
+        .insert_header((header::CONTENT_TYPE, "text/event-stream"))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .streaming(body)
+}
+
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::new(Code::NotFound, format!("no route for {} {}", req.method(), req.path())))
 }

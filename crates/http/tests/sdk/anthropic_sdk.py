@@ -5,22 +5,12 @@ unmodified: only base_url and api_key change. Run by .ci/run:
 """
 
 import os
-import sys
 
 import anthropic
 from anthropic import Anthropic
+from checks import check, report
 
 client = Anthropic(base_url=os.environ["MR_ROOT_URL"], api_key=os.environ["MR_KEY"], max_retries=0)
-passed = failed = 0
-
-
-def check(name, condition, detail=""):
-    global passed, failed
-    if condition:
-        passed += 1
-    else:
-        failed += 1
-        print(f"FAILED: {name} {detail}", file=sys.stderr)
 
 
 messages = [{"role": "user", "content": "Hello SDK"}]
@@ -53,5 +43,4 @@ try:
 except anthropic.AuthenticationError as e:
     check("bad key is AuthenticationError", e.status_code == 401, e)
 
-print(f"anthropic sdk {anthropic.__version__}: {passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+report(f"anthropic sdk {anthropic.__version__}")

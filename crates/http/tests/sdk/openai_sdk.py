@@ -5,22 +5,12 @@ unmodified: only base_url and api_key change. Run by .ci/run:
 """
 
 import os
-import sys
 
 import openai
 from openai import OpenAI
+from checks import check, report
 
 client = OpenAI(base_url=os.environ["MR_BASE_URL"], api_key=os.environ["MR_KEY"], max_retries=0)
-passed = failed = 0
-
-
-def check(name, condition, detail=""):
-    global passed, failed
-    if condition:
-        passed += 1
-    else:
-        failed += 1
-        print(f"FAILED: {name} {detail}", file=sys.stderr)
 
 
 messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "Hello SDK"}]
@@ -71,5 +61,4 @@ try:
 except openai.AuthenticationError as e:
     check("bad key is AuthenticationError", e.status_code == 401, e)
 
-print(f"openai sdk {openai.__version__}: {passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+report(f"openai sdk {openai.__version__}")
