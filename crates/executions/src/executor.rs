@@ -10,7 +10,7 @@ use modelroute_db::{DbPool, db_run};
 use modelroute_ledger::{Hold, HoldRequest, Ledger, LedgerError};
 use modelroute_providers::{
     ChatRequest, ChatResponse, FinishReason, Permit, Provider, ProviderClient, ProviderError, ProviderErrorKind,
-    ProviderRegistry, StreamEvent, Usage, count_tokens,
+    ProviderRegistry, StreamEvent, Usage, UsageEstimate,
 };
 use modelroute_routing::{
     Candidate, CanonicalError, Catalogue, Classification, ErrorRules, Health, RequestProfile, RetryConfig,
@@ -65,6 +65,17 @@ pub struct Completed {
 pub enum StreamItem {
     /// More text.
     Delta(String),
+    /// Part of a tool call (see [`StreamEvent::ToolCallDelta`]).
+    ToolCallDelta {
+        /// Which call.
+        index: u32,
+        /// Its id (first delta only).
+        id: Option<String>,
+        /// The tool (first delta only).
+        name: Option<String>,
+        /// More argument text.
+        arguments: String,
+    },
     /// Success: settled.
     Done {
         /// Why generation ended.
@@ -116,6 +127,25 @@ struct Inner<L> {
 /// within it. When the balance cannot cover them, the hold covers the first
 /// route only and fallbacks are limited to routes as cheap as it.
 const HOLD_COVERS_ROUTES: usize = 3;
+
+/// Prompt tokens the hold reserves per image: above what any provider bills
+/// for one (OpenAI ≤ 1,105 at high detail, Anthropic ≤ ~1,600).
+const HOLD_TOKENS_PER_IMAGE: u64 = 1_600;
+
+/// What routing needs to know about `request`.
+fn profile(request: &ChatRequest, stream: bool) -> RequestProfile {
+    let texts = request.prompt_texts();
+    let images = u64::try_from(request.image_count()).unwrap_or(u64::MAX);
+    RequestProfile {
+        input_tokens: estimate_input_tokens(texts.iter().map(String::as_str))
+            .saturating_add(images.saturating_mul(HOLD_TOKENS_PER_IMAGE)),
+        max_output_tokens: request.max_tokens,
+        stream,
+        tools: !request.tools.is_empty(),
+        json_mode: request.response_format.is_some(),
+        images: images > 0,
+    }
+}
 
 /// An admitted execution: hold placed, record written.
 struct Admitted {
@@ -269,7 +299,7 @@ impl<L: Ledger + 'static> Executor<L> {
     async fn run_detached(&self, caller: Caller, request: ChatRequest) -> Result<Completed, ExecutionError> {
         let mut admitted = self.admit(&caller, &request, false).await?;
         let tried = self
-            .call_routes(&mut admitted, &request, async |provider: Arc<ProviderClient>, upstream: ChatRequest| {
+            .call_routes(&mut admitted, &request, async |provider: Arc<ProviderClient>, upstream: ChatRequest, _| {
                 provider.chat(&upstream).await
             })
             .await;
@@ -296,18 +326,26 @@ impl<L: Ledger + 'static> Executor<L> {
         &self,
         admitted: &mut Admitted,
         request: &ChatRequest,
-        call: impl AsyncFn(Arc<ProviderClient>, ChatRequest) -> Result<T, ProviderError>,
+        call: impl AsyncFn(Arc<ProviderClient>, ChatRequest, Duration) -> Result<T, ProviderError>,
     ) -> Result<(Candidate, T, Permit), ExecutionError> {
         let retry = &self.inner.retry;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(retry.deadline_ms);
         let mut last_error = None;
+        // After a context-length refusal, only routes with a larger window are worth trying.
+        let mut needs_context_above: Option<u32> = None;
         'routes: for candidate in admitted.candidates.clone() {
             let Some(provider) = self.inner.providers.get(&candidate.route.provider) else { continue };
+            if needs_context_above.is_some_and(|w| candidate.route.context_window <= w) {
+                admitted.record_skip(&candidate, "context_too_small");
+                continue;
+            }
+            let first_token =
+                Duration::from_millis(candidate.route.first_token_timeout_ms.unwrap_or(retry.first_token_timeout_ms));
             for n in 0.. {
                 let Some(permit) = self.enter(admitted, &candidate) else { continue 'routes };
                 let outcome = match tokio::time::timeout_at(
                     deadline,
-                    call(Arc::clone(&provider), upstream_request(request, &candidate)),
+                    call(Arc::clone(&provider), upstream_request(request, &candidate), first_token),
                 )
                 .await
                 {
@@ -327,7 +365,15 @@ impl<L: Ledger + 'static> Executor<L> {
                     "route failed"
                 );
                 last_error = Some(upstream_error(class.canonical, &e));
-                if !class.retryable || tokio::time::Instant::now() >= deadline {
+                if tokio::time::Instant::now() >= deadline {
+                    break 'routes;
+                }
+                if class.canonical == CanonicalError::ContextLengthExceeded {
+                    // Never the same route again; a larger window may take it.
+                    needs_context_above = Some(candidate.route.context_window);
+                    continue 'routes;
+                }
+                if !class.retryable {
                     break 'routes;
                 }
                 match retry.backoff(n, fastrand::u64(..), e.retry_after) {
@@ -372,14 +418,35 @@ impl<L: Ledger + 'static> Executor<L> {
                 return;
             }
         };
-        // Retry and fall back only before the first byte: once output has
-        // reached the client, a second route cannot take over.
+        // Retry and fall back only until the first event: once output has
+        // reached the client, a second route cannot take over. A route
+        // whose first token is late is left for the next one.
         let opened = self
-            .call_routes(&mut admitted, &request, async |provider: Arc<ProviderClient>, upstream: ChatRequest| {
-                provider.chat_stream(&upstream).await
-            })
+            .call_routes(
+                &mut admitted,
+                &request,
+                async |provider: Arc<ProviderClient>, upstream: ChatRequest, first_token: Duration| {
+                    let mut stream = provider.chat_stream(&upstream).await?;
+                    let first = match tokio::time::timeout(first_token, stream.next()).await {
+                        Err(_) => {
+                            return Err(ProviderError::new(
+                                ProviderErrorKind::Timeout,
+                                "the upstream provider sent no first token in time",
+                            ));
+                        }
+                        Ok(None) => {
+                            return Err(ProviderError::new(
+                                ProviderErrorKind::StreamCut,
+                                "the upstream stream ended before its first event",
+                            ));
+                        }
+                        Ok(Some(first)) => first?,
+                    };
+                    Ok(futures_util::stream::once(async move { Ok(first) }).chain(stream))
+                },
+            )
             .await;
-        let (candidate, mut stream, _permit) = match opened {
+        let (candidate, stream, _permit) = match opened {
             Ok(opened) => opened,
             Err(e) => {
                 self.fail(&admitted, &e).await;
@@ -392,25 +459,17 @@ impl<L: Ledger + 'static> Executor<L> {
             self.finish_unpaid(&admitted, &ExecutionError::ClientClosed, ExecutionStatus::Canceled).await;
             return;
         }
-        let mut produced = String::new();
+        let mut stream = std::pin::pin!(stream);
+        let mut produced = UsageEstimate::of(&request);
         loop {
-            match stream.next().await {
+            let item = match stream.next().await {
                 Some(Ok(StreamEvent::Delta(d))) => {
-                    produced.push_str(&d);
-                    if tx.send(StreamItem::Delta(d)).await.is_err() {
-                        // The client went away mid-answer. The provider did
-                        // the work so far: charge the prompt and the output
-                        // produced, at the built-in tokenizer's estimate.
-                        let usage = Usage {
-                            input_tokens: estimate_input_tokens(request.messages.iter().map(|m| m.content.as_str())),
-                            output_tokens: count_tokens(&produced),
-                        };
-                        admitted.record_attempt(&candidate, None);
-                        let _ = self
-                            .settle(&admitted, &candidate, usage, FinishReason::Stop, ExecutionStatus::Canceled)
-                            .await;
-                        return;
-                    }
+                    produced.add_output(&d);
+                    StreamItem::Delta(d)
+                }
+                Some(Ok(StreamEvent::ToolCallDelta { index, id, name, arguments })) => {
+                    produced.add_output(&arguments);
+                    StreamItem::ToolCallDelta { index, id, name, arguments }
                 }
                 Some(Ok(StreamEvent::Done { finish_reason, usage })) => {
                     self.observe(&candidate, None);
@@ -447,6 +506,16 @@ impl<L: Ledger + 'static> Executor<L> {
                     let _ = tx.send(StreamItem::Failed(e)).await;
                     return;
                 }
+            };
+            if tx.send(item).await.is_err() {
+                // The client went away mid-answer. The provider did the work
+                // so far: charge the prompt and the output produced, at the
+                // built-in tokenizer's estimate.
+                admitted.record_attempt(&candidate, None);
+                let _ = self
+                    .settle(&admitted, &candidate, produced.produced(), FinishReason::Stop, ExecutionStatus::Canceled)
+                    .await;
+                return;
             }
         }
     }
@@ -460,11 +529,7 @@ impl<L: Ledger + 'static> Executor<L> {
             });
         }
         let inner = &self.inner;
-        let profile = RequestProfile {
-            input_tokens: estimate_input_tokens(request.messages.iter().map(|m| m.content.as_str())),
-            max_output_tokens: request.max_tokens,
-            stream,
-        };
+        let profile = profile(request, stream);
         let plan = inner.catalogue.plan(&request.model, &profile, &inner.health, Instant::now())?;
         let first = plan.candidates.as_slice().first().ok_or(ExecutionError::ProviderMissing)?.clone();
         let id = ExecutionId::new();

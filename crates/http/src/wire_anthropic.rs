@@ -3,11 +3,12 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use modelroute_providers::{ChatRequest, FinishReason, Message, Role};
+use modelroute_providers::{ChatRequest, ChatResponse, Message, Part, Role, Tool, ToolCall, ToolChoice};
 use modelroute_types::Code;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 
+use crate::wire::{valid_image_url, valid_tool_name};
 use crate::{ApiError, status_of};
 
 #[derive(Debug, Deserialize)]
@@ -25,6 +26,30 @@ pub(crate) struct MessagesRequest {
     top_p: Option<f64>,
     #[serde(default)]
     pub(crate) stream: bool,
+    #[serde(default)]
+    tools: Vec<InTool>,
+    #[serde(default)]
+    tool_choice: Option<InToolChoice>,
+}
+
+#[derive(Debug, Deserialize)]
+struct InTool {
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    input_schema: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum InToolChoice {
+    Auto {},
+    Any {},
+    None {},
+    Tool { name: String },
 }
 
 #[derive(Debug, Deserialize)]
@@ -50,32 +75,80 @@ enum Content {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum Block {
-    Text { text: String },
-    Image {},
+    Text {
+        text: String,
+    },
+    Image {
+        source: ImageSource,
+    },
     Document {},
-    ToolUse {},
-    ToolResult {},
+    ToolUse {
+        id: String,
+        name: String,
+        input: Value,
+    },
+    ToolResult {
+        tool_use_id: String,
+        #[serde(default)]
+        content: Option<Content>,
+    },
 }
 
-fn text_of(content: Content, param: &str) -> Result<String, ApiError> {
-    match content {
-        Content::Text(t) => Ok(t),
-        Content::Blocks(blocks) => {
-            let mut text = String::new();
-            for (j, b) in blocks.into_iter().enumerate() {
-                match b {
-                    Block::Text { text: t } => text.push_str(&t),
-                    Block::Image {} | Block::Document {} | Block::ToolUse {} | Block::ToolResult {} => {
-                        return Err(ApiError::invalid_param(
-                            format!("{param}[{j}]"),
-                            "only text content is supported by the models of this catalogue",
-                        ));
-                    }
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ImageSource {
+    Base64 { media_type: String, data: String },
+    Url { url: String },
+}
+
+/// The blocks of one Anthropic message as canonical messages: tool results
+/// first (each its own `Tool` message), then the rest as one message.
+fn messages_of(role: Role, content: Content, param: &str) -> Result<Vec<Message>, ApiError> {
+    let blocks = match content {
+        Content::Text(t) => return Ok(vec![Message::text(role, t)]),
+        Content::Blocks(blocks) => blocks,
+    };
+    let mut out = Vec::new();
+    let mut message = Message { role, content: Vec::new(), tool_calls: Vec::new(), tool_call_id: None };
+    for (j, b) in blocks.into_iter().enumerate() {
+        let at = || format!("{param}[{j}]");
+        match b {
+            Block::Text { text } => message.content.push(Part::Text { text }),
+            Block::Image { source } if role == Role::User => {
+                let url = match source {
+                    ImageSource::Base64 { media_type, data } => format!("data:{media_type};base64,{data}"),
+                    ImageSource::Url { url } => url,
+                };
+                if !valid_image_url(&url) {
+                    return Err(ApiError::invalid_param(at(), "an image must be an http(s) URL or base64 data"));
                 }
+                message.content.push(Part::Image { url });
             }
-            Ok(text)
+            Block::ToolUse { id, name, input } if role == Role::Assistant => {
+                message.tool_calls.push(ToolCall { id, name, arguments: input.to_string() });
+            }
+            Block::ToolResult { tool_use_id, content } if role == Role::User => {
+                let text = match content {
+                    None => String::new(),
+                    Some(c) => messages_of(Role::Tool, c, &format!("{}.content", at()))?
+                        .iter()
+                        .map(Message::text_content)
+                        .collect(),
+                };
+                out.push(Message { tool_call_id: Some(tool_use_id), ..Message::text(Role::Tool, text) });
+            }
+            Block::Image { .. } | Block::Document {} | Block::ToolUse { .. } | Block::ToolResult { .. } => {
+                return Err(ApiError::invalid_param(
+                    at(),
+                    "this block is not supported here (text; images and tool results in user turns; tool_use in assistant turns)",
+                ));
+            }
         }
     }
+    if !message.content.is_empty() || !message.tool_calls.is_empty() {
+        out.push(message);
+    }
+    Ok(out)
 }
 
 impl MessagesRequest {
@@ -92,14 +165,52 @@ impl MessagesRequest {
         }
         let mut messages = Vec::with_capacity(self.messages.len() + 1);
         if let Some(system) = self.system {
-            messages.push(Message { role: Role::System, content: text_of(system, "system")? });
+            let text: String = messages_of(Role::System, system, "system")?.iter().map(Message::text_content).collect();
+            messages.push(Message::text(Role::System, text));
         }
         for (i, m) in self.messages.into_iter().enumerate() {
             let role = match m.role {
                 InRole::User => Role::User,
                 InRole::Assistant => Role::Assistant,
             };
-            messages.push(Message { role, content: text_of(m.content, &format!("messages[{i}].content"))? });
+            messages.extend(messages_of(role, m.content, &format!("messages[{i}].content"))?);
+        }
+        let mut tools = Vec::with_capacity(self.tools.len());
+        for (i, t) in self.tools.into_iter().enumerate() {
+            if t.kind.as_deref().is_some_and(|k| k != "custom") {
+                return Err(ApiError::invalid_param(
+                    format!("tools[{i}].type"),
+                    "only custom (client) tools are supported",
+                ));
+            }
+            if !valid_tool_name(&t.name) {
+                return Err(ApiError::invalid_param(
+                    format!("tools[{i}].name"),
+                    "a tool name is 1-64 characters of a-z, A-Z, 0-9, _ and -",
+                ));
+            }
+            let Some(parameters) = t.input_schema.filter(Value::is_object) else {
+                return Err(ApiError::invalid_param(
+                    format!("tools[{i}].input_schema"),
+                    "input_schema must be a JSON Schema object",
+                ));
+            };
+            tools.push(Tool { name: t.name, description: t.description, parameters });
+        }
+        let tool_choice = match self.tool_choice {
+            None => None,
+            Some(InToolChoice::Auto {}) => Some(ToolChoice::Auto),
+            Some(InToolChoice::None {}) => Some(ToolChoice::None),
+            Some(InToolChoice::Any {}) => Some(ToolChoice::Required),
+            Some(InToolChoice::Tool { name }) => {
+                if !tools.iter().any(|t| t.name == name) {
+                    return Err(ApiError::invalid_param("tool_choice.name", "tool_choice names a tool not in tools"));
+                }
+                Some(ToolChoice::Tool(name))
+            }
+        };
+        if matches!(tool_choice, Some(ToolChoice::Required | ToolChoice::Tool(_))) && tools.is_empty() {
+            return Err(ApiError::invalid_param("tool_choice", "tool_choice requires tools"));
         }
         Ok(ChatRequest {
             model: self.model,
@@ -108,16 +219,30 @@ impl MessagesRequest {
             stop: self.stop_sequences,
             temperature: self.temperature,
             top_p: self.top_p,
+            tools,
+            tool_choice,
+            response_format: None,
         })
     }
 }
 
-/// Anthropic's `stop_reason` for a finish reason.
-pub(crate) const fn stop_reason(f: FinishReason) -> &'static str {
-    match f {
-        FinishReason::Length => "max_tokens",
-        FinishReason::Stop | FinishReason::ContentFilter => "end_turn",
+/// The content blocks of an answer, as Anthropic writes them.
+pub(crate) fn content_blocks(r: &ChatResponse) -> Vec<Value> {
+    let mut blocks = Vec::new();
+    if !r.content.is_empty() || r.tool_calls.is_empty() {
+        blocks.push(json!({ "type": "text", "text": r.content }));
     }
+    blocks.extend(
+        r.tool_calls
+            .iter()
+            .map(|c| json!({ "type": "tool_use", "id": c.id, "name": c.name, "input": tool_input(&c.arguments) })),
+    );
+    blocks
+}
+
+/// Tool arguments as the JSON object Anthropic's `input` is.
+pub(crate) fn tool_input(arguments: &str) -> Value {
+    serde_json::from_str::<Value>(arguments).ok().filter(Value::is_object).unwrap_or_else(|| json!({}))
 }
 
 /// Anthropic's error `type` for a code.

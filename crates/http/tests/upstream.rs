@@ -18,7 +18,7 @@ use hyper_util::rt::TokioExecutor;
 use modelroute_db::db_test;
 use modelroute_db::testing::TestDb;
 use modelroute_http::{Application, Services, Settings};
-use modelroute_providers::{OpenAiConfig, ProviderConfig};
+use modelroute_providers::{HttpConfig, ProviderConfig};
 use modelroute_routing::{ModelConfig, RouteConfig};
 use modelroute_types::{Money, OrgId, Secret};
 use serde_json::{Value, json};
@@ -108,14 +108,14 @@ fn start_upstream() -> (u16, Calls, Switch) {
 
 fn route(id: &str, provider: &str, upstream: &str) -> RouteConfig {
     RouteConfig {
-        id: id.into(),
-        provider: provider.into(),
-        upstream_model: upstream.into(),
-        input_price: serde_json::from_value(json!("1")).unwrap(),
-        output_price: serde_json::from_value(json!("2")).unwrap(),
         max_output_tokens: 256,
-        streaming: true,
-        weight: 1,
+        ..RouteConfig::new(
+            id,
+            provider,
+            upstream,
+            serde_json::from_value(json!("1")).unwrap(),
+            serde_json::from_value(json!("2")).unwrap(),
+        )
     }
 }
 
@@ -139,7 +139,7 @@ async fn spawn_with(db: TestDb, tweak: impl FnOnce(&mut Settings)) -> TestApp {
     settings.server.bind = "127.0.0.1:0".into();
     settings.server.workers = 2;
     settings.identity.server_secret = Secret::new("test-secret-0123456789abcdef-0123456789");
-    let openai = OpenAiConfig {
+    let openai = HttpConfig {
         base_url: format!("http://127.0.0.1:{upstream_port}/v1"),
         api_key: Secret::new(UPSTREAM_KEY),
         timeout_ms: 5_000,

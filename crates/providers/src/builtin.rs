@@ -1,9 +1,14 @@
 //! The built-in provider: deterministic, in-process, no keys. It serves the
 //! embedded default, the tests and the benchmarks.
 //!
-//! Its answer is derived from the input: `Echo: ` followed by the last user
-//! message. Tokens are counted as `ceil(chars / 4)` per message plus 4 per
-//! message of framing (OpenAI's rule of thumb), output as `ceil(chars / 4)`.
+//! Its answer is derived from the input: `Echo: ` followed by the text of the
+//! last user (or tool) message. With JSON mode on, the answer is
+//! `{"echo": "<that text>"}`. With tools, it calls one — the named tool when
+//! `tool_choice` names one, the first when a call is required, and under
+//! `auto` the first tool whose name the last user message mentions — with
+//! `{"input": "<that text>"}` as arguments. Tokens are counted as
+//! `ceil(chars / 4)` per message plus 4 per message of framing (OpenAI's rule
+//! of thumb), output as `ceil(chars / 4)`.
 //! Configuration can add latency or make it fail, before answering or in
 //! the middle of a stream.
 
@@ -14,11 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     ChatRequest, ChatResponse, ChatStream, FinishReason, Provider, ProviderError, ProviderErrorKind, Role, StreamEvent,
-    Usage,
+    ToolCall, ToolChoice, UsageEstimate,
 };
-
-/// Tokens of framing per message.
-const PER_MESSAGE_TOKENS: u64 = 4;
 
 /// How the built-in provider fails, for tests and benchmarks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -66,13 +68,18 @@ impl BuiltinProvider {
         Self { config }
     }
 
-    /// The deterministic answer and its finish reason.
-    fn answer(request: &ChatRequest) -> (String, FinishReason) {
-        let last_user = request.messages.iter().rev().find(|m| m.role == Role::User).map(|m| m.content.trim());
-        let mut text = match last_user {
-            Some(t) if !t.is_empty() => format!("Echo: {t}"),
-            _ => "Hello from the built-in model.".to_owned(),
-        };
+    /// The deterministic answer: text, tool calls and finish reason.
+    fn answer(request: &ChatRequest) -> (String, Vec<ToolCall>, FinishReason) {
+        let last = request.messages.iter().rev().find(|m| matches!(m.role, Role::User | Role::Tool));
+        let input = last.map(|m| m.text_content().trim().to_owned()).unwrap_or_default();
+        if let Some(call) = Self::tool_call(request, last.is_some_and(|m| m.role == Role::User), &input) {
+            return (String::new(), vec![call], FinishReason::ToolCalls);
+        }
+        let mut text =
+            if input.is_empty() { "Hello from the built-in model.".to_owned() } else { format!("Echo: {input}") };
+        if request.response_format.is_some() {
+            return (serde_json::json!({ "echo": input }).to_string(), Vec::new(), FinishReason::Stop);
+        }
         let mut reason = FinishReason::Stop;
         if let Some(stop) = request.stop.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min() {
             text.truncate(stop);
@@ -84,12 +91,28 @@ impl BuiltinProvider {
                 reason = FinishReason::Length;
             }
         }
-        (text, reason)
+        (text, Vec::new(), reason)
     }
 
-    fn usage(request: &ChatRequest, output: &str) -> Usage {
-        let input = request.messages.iter().map(|m| count_tokens(&m.content) + PER_MESSAGE_TOKENS).sum();
-        Usage { input_tokens: input, output_tokens: count_tokens(output) }
+    /// The tool call the rules of the module documentation ask for, if any.
+    fn tool_call(request: &ChatRequest, user_spoke_last: bool, input: &str) -> Option<ToolCall> {
+        let tool = match request.tool_choice.as_ref().unwrap_or(&ToolChoice::Auto) {
+            ToolChoice::Tool(name) => request.tools.iter().find(|t| &t.name == name),
+            ToolChoice::Required => request.tools.first(),
+            ToolChoice::Auto if user_spoke_last => request.tools.iter().find(|t| input.contains(t.name.as_str())),
+            ToolChoice::Auto | ToolChoice::None => None,
+        }?;
+        // A stable id: FNV-1a of the conversation's length and the input.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in request.messages.len().to_le_bytes().iter().chain(input.as_bytes()) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        Some(ToolCall {
+            id: format!("call_{:012x}", h >> 16),
+            name: tool.name.clone(),
+            arguments: serde_json::json!({ "input": input }).to_string(),
+        })
     }
 
     async fn delay(ms: u64) {
@@ -109,9 +132,9 @@ impl Provider for BuiltinProvider {
         if self.config.failure == BuiltinFailure::BeforeResponse {
             return Err(Self::injected());
         }
-        let (content, finish_reason) = Self::answer(request);
-        let usage = Self::usage(request, &content);
-        Ok(ChatResponse { content, finish_reason, usage })
+        let (content, tool_calls, finish_reason) = Self::answer(request);
+        let usage = UsageEstimate::of(request).usage(&format!("{content}{}", arguments_of(&tool_calls)));
+        Ok(ChatResponse { content, tool_calls, finish_reason, usage })
     }
 
     async fn chat_stream(&self, request: &ChatRequest) -> Result<ChatStream, ProviderError> {
@@ -119,8 +142,8 @@ impl Provider for BuiltinProvider {
         if self.config.failure == BuiltinFailure::BeforeResponse {
             return Err(Self::injected());
         }
-        let (content, finish_reason) = Self::answer(request);
-        let usage = Self::usage(request, &content);
+        let (content, tool_calls, finish_reason) = Self::answer(request);
+        let usage = UsageEstimate::of(request).usage(&format!("{content}{}", arguments_of(&tool_calls)));
         // One delta per word, keeping the spaces, so the deltas concatenate
         // to exactly the non-streamed answer.
         let mut deltas: Vec<String> = Vec::new();
@@ -136,6 +159,16 @@ impl Provider for BuiltinProvider {
         }
         let mut events: Vec<Result<StreamEvent, ProviderError>> =
             deltas.into_iter().map(|d| Ok(StreamEvent::Delta(d))).collect();
+        for (i, c) in tool_calls.into_iter().enumerate() {
+            let index = u32::try_from(i).unwrap_or(u32::MAX);
+            events.push(Ok(StreamEvent::ToolCallDelta {
+                index,
+                id: Some(c.id),
+                name: Some(c.name),
+                arguments: String::new(),
+            }));
+            events.push(Ok(StreamEvent::ToolCallDelta { index, id: None, name: None, arguments: c.arguments }));
+        }
         match self.config.failure {
             BuiltinFailure::MidStream => events.truncate(1),
             _ => events.push(Ok(StreamEvent::Done { finish_reason, usage })),
@@ -149,23 +182,22 @@ impl Provider for BuiltinProvider {
     }
 }
 
+fn arguments_of(calls: &[ToolCall]) -> String {
+    calls.iter().map(|c| c.arguments.as_str()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Message;
+    use crate::{Message, Usage};
 
     fn req(text: &str, max_tokens: Option<u32>) -> ChatRequest {
-        ChatRequest {
-            model: "echo".into(),
-            messages: vec![
-                Message { role: Role::System, content: "be brief".into() },
-                Message { role: Role::User, content: text.into() },
-            ],
-            max_tokens,
-            stop: vec![],
-            temperature: None,
-            top_p: None,
-        }
+        let mut r = ChatRequest::new(
+            "echo".into(),
+            vec![Message::text(Role::System, "be brief"), Message::text(Role::User, text)],
+        );
+        r.max_tokens = max_tokens;
+        r
     }
 
     #[tokio::test]
@@ -183,6 +215,7 @@ mod tests {
             match e.unwrap() {
                 StreamEvent::Delta(d) => text.push_str(&d),
                 StreamEvent::Done { usage, finish_reason } => done = Some((usage, finish_reason)),
+                StreamEvent::ToolCallDelta { .. } => panic!("no tools were offered"),
             }
         }
         assert_eq!(text, a.content);
@@ -195,6 +228,21 @@ mod tests {
         assert_eq!(r.content, "Echo: a ");
         assert_eq!(r.finish_reason, FinishReason::Length);
         assert_eq!(r.usage.output_tokens, 2);
+    }
+
+    #[tokio::test]
+    async fn tools_and_json_mode_are_deterministic() {
+        let mut r = req("what is the weather in Paris?", None);
+        r.tools = vec![crate::Tool { name: "weather".into(), description: None, parameters: serde_json::json!({}) }];
+        let a = BuiltinProvider::default().chat(&r).await.unwrap();
+        assert_eq!(a.finish_reason, FinishReason::ToolCalls);
+        assert_eq!(a.tool_calls[0].name, "weather");
+        assert_eq!(a.tool_calls[0].arguments, r#"{"input":"what is the weather in Paris?"}"#);
+        r.tool_choice = Some(ToolChoice::None);
+        assert!(BuiltinProvider::default().chat(&r).await.unwrap().tool_calls.is_empty());
+        let mut j = req("hi", None);
+        j.response_format = Some(crate::ResponseFormat::JsonObject);
+        assert_eq!(BuiltinProvider::default().chat(&j).await.unwrap().content, r#"{"echo":"hi"}"#);
     }
 
     #[tokio::test]

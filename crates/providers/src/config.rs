@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{BuiltinConfig, OpenAiConfig};
+use crate::{BuiltinConfig, HttpConfig};
 
 /// One provider's configuration, tagged by `kind`:
 ///
@@ -15,6 +15,14 @@ use crate::{BuiltinConfig, OpenAiConfig};
 /// kind = "openai_compatible"
 /// base_url = "https://api.openai.com/v1"
 /// # api_key: MODELROUTE_PROVIDERS__OPENAI__API_KEY
+///
+/// [providers.anthropic]
+/// kind = "anthropic"
+/// base_url = "https://api.anthropic.com/v1"
+///
+/// [providers.gemini]
+/// kind = "gemini"
+/// base_url = "https://generativelanguage.googleapis.com/v1beta"
 /// ```
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -22,7 +30,11 @@ pub enum ProviderConfig {
     /// The built-in deterministic provider.
     Builtin(BuiltinConfig),
     /// An OpenAI-compatible chat-completions API.
-    OpenaiCompatible(OpenAiConfig),
+    OpenaiCompatible(HttpConfig),
+    /// Anthropic Messages.
+    Anthropic(HttpConfig),
+    /// Google Gemini `generateContent`.
+    Gemini(HttpConfig),
 }
 
 /// The `[providers]` section: providers by name. Routes name them.

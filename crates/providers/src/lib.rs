@@ -6,11 +6,14 @@
 //!
 //! This crate knows no database and no server.
 
+pub mod anthropic;
 mod builtin;
 pub mod canonical;
 mod config;
 mod error;
+pub mod gemini;
 pub mod openai;
+mod transport;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -18,11 +21,17 @@ use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+pub use anthropic::AnthropicProvider;
 pub use builtin::{BuiltinConfig, BuiltinFailure, BuiltinProvider, count_tokens};
-pub use canonical::{ChatRequest, ChatResponse, ChatStream, FinishReason, Message, Role, StreamEvent, Usage};
+pub use canonical::{
+    ChatRequest, ChatResponse, ChatStream, FinishReason, IMAGE_TOKENS, Message, Part, ResponseFormat, Role,
+    StreamEvent, Tool, ToolCall, ToolChoice, Usage, UsageEstimate,
+};
 pub use config::{ProviderConfig, ProvidersConfig, default_providers};
 pub use error::{ProviderError, ProviderErrorKind};
-pub use openai::{OpenAiConfig, OpenAiProvider};
+pub use gemini::GeminiProvider;
+pub use openai::OpenAiProvider;
+pub use transport::{HttpConfig, SseParser, error_from_status};
 
 /// What every adapter does.
 pub trait Provider: Send + Sync {
@@ -41,6 +50,10 @@ pub enum ProviderClient {
     Builtin(BuiltinProvider),
     /// An OpenAI-compatible chat-completions API.
     OpenAiCompatible(Box<OpenAiProvider>),
+    /// Anthropic Messages.
+    Anthropic(Box<AnthropicProvider>),
+    /// Google Gemini.
+    Gemini(Box<GeminiProvider>),
 }
 
 impl Provider for ProviderClient {
@@ -48,6 +61,8 @@ impl Provider for ProviderClient {
         match self {
             Self::Builtin(p) => p.chat(request).await,
             Self::OpenAiCompatible(p) => p.chat(request).await,
+            Self::Anthropic(p) => p.chat(request).await,
+            Self::Gemini(p) => p.chat(request).await,
         }
     }
 
@@ -55,6 +70,8 @@ impl Provider for ProviderClient {
         match self {
             Self::Builtin(p) => p.chat_stream(request).await,
             Self::OpenAiCompatible(p) => p.chat_stream(request).await,
+            Self::Anthropic(p) => p.chat_stream(request).await,
+            Self::Gemini(p) => p.chat_stream(request).await,
         }
     }
 }
@@ -79,14 +96,23 @@ impl ProviderRegistry {
         for (name, c) in config {
             let limit = match c {
                 ProviderConfig::Builtin(b) => b.max_concurrency,
-                ProviderConfig::OpenaiCompatible(o) => o.max_concurrency,
+                ProviderConfig::OpenaiCompatible(h) | ProviderConfig::Anthropic(h) | ProviderConfig::Gemini(h) => {
+                    h.max_concurrency
+                }
             };
             let bulkhead = (limit > 0).then(|| Arc::new(Semaphore::new(limit)));
+            let named = |e: String| format!("providers.{name}: {e}");
             let client = match c {
                 ProviderConfig::Builtin(b) => ProviderClient::Builtin(BuiltinProvider::new(b.clone())),
-                ProviderConfig::OpenaiCompatible(o) => ProviderClient::OpenAiCompatible(Box::new(
-                    OpenAiProvider::new(o.clone()).map_err(|e| format!("providers.{name}: {e}"))?,
-                )),
+                ProviderConfig::OpenaiCompatible(h) => {
+                    ProviderClient::OpenAiCompatible(Box::new(OpenAiProvider::new(h.clone()).map_err(named)?))
+                }
+                ProviderConfig::Anthropic(h) => {
+                    ProviderClient::Anthropic(Box::new(AnthropicProvider::new(h.clone()).map_err(named)?))
+                }
+                ProviderConfig::Gemini(h) => {
+                    ProviderClient::Gemini(Box::new(GeminiProvider::new(h.clone()).map_err(named)?))
+                }
             };
             providers.insert(name.clone(), (Arc::new(client), bulkhead));
         }

@@ -12,14 +12,15 @@ use modelroute_routing::{Catalogue, CatalogueConfig, Health, ModelConfig, Reques
 fn catalogue(routes: usize) -> Catalogue {
     let routes = (0..routes)
         .map(|i| RouteConfig {
-            id: format!("route-{i}"),
-            provider: format!("provider-{}", i % 4),
-            upstream_model: "m".into(),
-            input_price: serde_json::from_value(serde_json::json!(format!("0.{}", 10 + i))).unwrap(),
-            output_price: serde_json::from_value(serde_json::json!(format!("0.{}", 40 + i))).unwrap(),
-            max_output_tokens: 4096,
             streaming: i % 3 != 1,
             weight: u32::try_from(i % 5).unwrap(),
+            ..RouteConfig::new(
+                format!("route-{i}"),
+                format!("provider-{}", i % 4),
+                "m",
+                serde_json::from_value(serde_json::json!(format!("0.{}", 10 + i))).unwrap(),
+                serde_json::from_value(serde_json::json!(format!("0.{}", 40 + i))).unwrap(),
+            )
         })
         .collect();
     let config = CatalogueConfig {
@@ -35,7 +36,7 @@ fn catalogue(routes: usize) -> Catalogue {
 
 fn bench(c: &mut Criterion) {
     let health = Health::default();
-    let profile = RequestProfile { input_tokens: 1_200, max_output_tokens: Some(512), stream: true };
+    let profile = RequestProfile::text(1_200, Some(512), true);
     for n in [1, 10] {
         let cat = catalogue(n);
         c.bench_function(&format!("plan, {n} routes"), |b| {

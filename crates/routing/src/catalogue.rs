@@ -65,6 +65,52 @@ pub struct RouteConfig {
     /// Relative preference among equally priced routes.
     #[serde(default = "one")]
     pub weight: u32,
+    /// This deployment's context window, when it differs from the model's
+    /// (a longer-context deployment is where a too-long prompt goes next).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_window: Option<u32>,
+    /// Whether it accepts tools (function calling).
+    #[serde(default = "yes")]
+    pub tools: bool,
+    /// Whether it accepts JSON mode / structured output.
+    #[serde(default = "yes")]
+    pub json_mode: bool,
+    /// Whether it accepts images.
+    #[serde(default = "yes")]
+    pub vision: bool,
+    /// A streamed call whose first token takes longer than this fails over
+    /// to the next route (default: `[routing.retry] first_token_timeout_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_token_timeout_ms: Option<u64>,
+}
+
+impl RouteConfig {
+    /// A route with the defaults of an omitted field for everything but
+    /// what identifies and prices it.
+    #[must_use]
+    pub fn new(
+        id: impl Into<String>,
+        provider: impl Into<String>,
+        upstream_model: impl Into<String>,
+        input_price: PricePerMTok,
+        output_price: PricePerMTok,
+    ) -> Self {
+        Self {
+            id: id.into(),
+            provider: provider.into(),
+            upstream_model: upstream_model.into(),
+            input_price,
+            output_price,
+            max_output_tokens: default_max_output(),
+            streaming: true,
+            weight: 1,
+            context_window: None,
+            tools: true,
+            json_mode: true,
+            vision: true,
+            first_token_timeout_ms: None,
+        }
+    }
 }
 
 const fn default_max_output() -> u32 {
@@ -81,14 +127,8 @@ impl Default for CatalogueConfig {
     /// The embedded default: two models served by the built-in provider.
     fn default() -> Self {
         let route = |id: &str, upstream: &str, input: &str, output: &str| RouteConfig {
-            id: id.to_owned(),
-            provider: "builtin".to_owned(),
-            upstream_model: upstream.to_owned(),
-            input_price: price(input),
-            output_price: price(output),
             max_output_tokens: 1024,
-            streaming: true,
-            weight: 1,
+            ..RouteConfig::new(id, "builtin", upstream, price(input), price(output))
         };
         Self {
             models: vec![
@@ -135,6 +175,16 @@ pub struct Route {
     pub streaming: bool,
     /// Preference weight.
     pub weight: u32,
+    /// Context window in tokens (the route's own, else the model's).
+    pub context_window: u32,
+    /// Tools support.
+    pub tools: bool,
+    /// JSON-mode support.
+    pub json_mode: bool,
+    /// Image support.
+    pub vision: bool,
+    /// Time-to-first-token limit override.
+    pub first_token_timeout_ms: Option<u64>,
 }
 
 /// A validated model.
@@ -204,6 +254,12 @@ impl Catalogue {
                 if r.max_output_tokens == 0 {
                     return bad(format!("{at}.max_output_tokens must be positive"));
                 }
+                if r.context_window == Some(0) {
+                    return bad(format!("{at}.context_window must be positive"));
+                }
+                if r.first_token_timeout_ms == Some(0) {
+                    return bad(format!("{at}.first_token_timeout_ms must be positive"));
+                }
                 routes.push(Arc::new(Route {
                     id: r.id.clone(),
                     public_id: public_route_id(&r.id),
@@ -214,6 +270,11 @@ impl Catalogue {
                     max_output_tokens: r.max_output_tokens,
                     streaming: r.streaming,
                     weight: r.weight,
+                    context_window: r.context_window.unwrap_or(m.context_window),
+                    tools: r.tools,
+                    json_mode: r.json_mode,
+                    vision: r.vision,
+                    first_token_timeout_ms: r.first_token_timeout_ms,
                 }));
             }
             let model = Model {

@@ -43,6 +43,9 @@ pub struct RetryConfig {
     pub max_retry_after_ms: u64,
     /// Every attempt and wait of one execution happens within this time.
     pub deadline_ms: u64,
+    /// A streamed call whose first token takes longer fails over to the
+    /// next route (a route may set its own).
+    pub first_token_timeout_ms: u64,
 }
 
 impl Default for RetryConfig {
@@ -53,6 +56,7 @@ impl Default for RetryConfig {
             max_backoff_ms: 2_000,
             max_retry_after_ms: 5_000,
             deadline_ms: 120_000,
+            first_token_timeout_ms: 60_000,
         }
     }
 }
@@ -95,6 +99,7 @@ mod tests {
             max_backoff_ms: 300,
             max_retry_after_ms: 1_000,
             deadline_ms: 10_000,
+            ..RetryConfig::default()
         };
         assert_eq!(r.backoff(0, 99, None), Some(Duration::from_millis(99)));
         assert_eq!(r.backoff(0, 101, None), Some(Duration::ZERO), "within [0, 100]");

@@ -17,6 +17,20 @@ pub struct RequestProfile {
     pub max_output_tokens: Option<u32>,
     /// Whether the answer is streamed.
     pub stream: bool,
+    /// Whether the request offers tools.
+    pub tools: bool,
+    /// Whether it asks for JSON mode or structured output.
+    pub json_mode: bool,
+    /// Whether it carries images.
+    pub images: bool,
+}
+
+impl RequestProfile {
+    /// A text request with no tools, JSON mode or images.
+    #[must_use]
+    pub const fn text(input_tokens: u64, max_output_tokens: Option<u32>, stream: bool) -> Self {
+        Self { input_tokens, max_output_tokens, stream, tools: false, json_mode: false, images: false }
+    }
 }
 
 /// An upper estimate of prompt tokens for holds: `ceil(bytes / 3)` per
@@ -98,10 +112,16 @@ impl Catalogue {
                 Some(CIRCUIT_OPEN.to_owned())
             } else if profile.stream && !route.streaming {
                 Some("does not support streaming".to_owned())
-            } else if profile.input_tokens.saturating_add(u64::from(max_out)) > u64::from(model.context_window) {
+            } else if profile.tools && !route.tools {
+                Some("does not support tools".to_owned())
+            } else if profile.json_mode && !route.json_mode {
+                Some("does not support JSON mode".to_owned())
+            } else if profile.images && !route.vision {
+                Some("does not support images".to_owned())
+            } else if profile.input_tokens.saturating_add(u64::from(max_out)) > u64::from(route.context_window) {
                 Some(format!(
                     "prompt (~{} tokens) plus max_tokens ({max_out}) exceeds the context window ({})",
-                    profile.input_tokens, model.context_window
+                    profile.input_tokens, route.context_window
                 ))
             } else {
                 None
@@ -165,14 +185,16 @@ mod tests {
 
     fn catalogue() -> Catalogue {
         let route = |id: &str, input: &str, output: &str, streaming: bool| RouteConfig {
-            id: id.into(),
-            provider: "p".into(),
-            upstream_model: "m".into(),
-            input_price: serde_json::from_str(&format!("\"{input}\"")).unwrap(),
-            output_price: serde_json::from_str(&format!("\"{output}\"")).unwrap(),
             max_output_tokens: 100,
             streaming,
-            weight: 1,
+            tools: id != "r-high",
+            ..RouteConfig::new(
+                id,
+                "p",
+                "m",
+                serde_json::from_str(&format!("\"{input}\"")).unwrap(),
+                serde_json::from_str(&format!("\"{output}\"")).unwrap(),
+            )
         };
         let config = CatalogueConfig {
             models: vec![ModelConfig {
@@ -191,7 +213,7 @@ mod tests {
 
     #[test]
     fn cheapest_first_with_evidence() {
-        let profile = RequestProfile { input_tokens: 100, max_output_tokens: None, stream: false };
+        let profile = RequestProfile::text(100, None, false);
         let plan = catalogue().plan("m", &profile, &Health::default(), Instant::now()).unwrap();
         let ids: Vec<&str> = plan.candidates.iter().map(|c| c.route.id.as_str()).collect();
         assert_eq!(ids, ["r-low", "r-mid", "r-high"]);
@@ -204,12 +226,16 @@ mod tests {
 
     #[test]
     fn exclusions_are_recorded() {
-        let profile = RequestProfile { input_tokens: 100, max_output_tokens: Some(50), stream: true };
+        let profile = RequestProfile::text(100, Some(50), true);
         let plan = catalogue().plan("m", &profile, &Health::default(), Instant::now()).unwrap();
         assert_eq!(plan.candidates.len(), 2);
         let excluded: Vec<_> = plan.decision.candidates.iter().filter_map(|c| c.excluded.as_deref()).collect();
         assert_eq!(excluded, ["does not support streaming"]);
-        let too_long = RequestProfile { input_tokens: 990, max_output_tokens: Some(50), stream: false };
+        let tools = RequestProfile { tools: true, ..RequestProfile::text(100, Some(50), true) };
+        let plan = catalogue().plan("m", &tools, &Health::default(), Instant::now()).unwrap();
+        let ids: Vec<&str> = plan.candidates.iter().map(|c| c.route.id.as_str()).collect();
+        assert_eq!(ids, ["r-mid"], "r-low cannot stream, r-high has no tools");
+        let too_long = RequestProfile::text(990, Some(50), false);
         assert!(matches!(
             catalogue().plan("m", &too_long, &Health::default(), Instant::now()),
             Err(RoutingError::NoRoute { .. })

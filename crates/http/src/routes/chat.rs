@@ -15,7 +15,7 @@ use crate::ApiError;
 use crate::auth::Caller;
 use crate::body::read_json;
 use crate::state::State;
-use crate::wire::{ChatCompletionRequest, usage};
+use crate::wire::{ChatCompletionRequest, assistant_message, usage};
 
 pub(crate) async fn completions(state: State, caller: Caller, payload: web::Payload) -> Result<HttpResponse, ApiError> {
     let exec_caller = caller.payer()?;
@@ -34,7 +34,7 @@ pub(crate) async fn completions(state: State, caller: Caller, payload: web::Payl
             "model": slug,
             "choices": [{
                 "index": 0,
-                "message": { "role": "assistant", "content": r.content, "refusal": null },
+                "message": assistant_message(r),
                 "logprobs": null,
                 "finish_reason": r.finish_reason.as_str(),
             }],
@@ -63,6 +63,17 @@ pub(crate) async fn completions(state: State, caller: Caller, payload: web::Payl
         }
         let frame = match events.recv().await? {
             StreamItem::Delta(text) => sse(&chunk(json!({ "content": text }), None)),
+            StreamItem::ToolCallDelta { index, id, name, arguments } => {
+                let mut call = json!({ "index": index, "function": { "arguments": arguments } });
+                if let (Some(obj), Some(id)) = (call.as_object_mut(), id) {
+                    obj.insert("id".into(), json!(id));
+                    obj.insert("type".into(), json!("function"));
+                }
+                if let (Some(f), Some(name)) = (call.get_mut("function").and_then(Value::as_object_mut), name) {
+                    f.insert("name".into(), json!(name));
+                }
+                sse(&chunk(json!({ "tool_calls": [call] }), None))
+            }
             StreamItem::Done { finish_reason, usage: u, .. } => {
                 let mut out = sse(&chunk(json!({}), Some(finish_reason.as_str()))).to_vec();
                 if include_usage {

@@ -15,7 +15,8 @@ use serde_json::{Value, json};
 use crate::auth::authenticate;
 use crate::body::read_json;
 use crate::state::State;
-use crate::wire_anthropic::{AnthropicError, MessagesRequest, error_type, stop_reason};
+use crate::wire_anthropic::{AnthropicError, MessagesRequest, content_blocks, error_type};
+use modelroute_providers::anthropic::stop_reason;
 
 pub(crate) async fn create(
     state: State,
@@ -36,69 +37,120 @@ pub(crate) async fn create(
             "type": "message",
             "role": "assistant",
             "model": slug,
-            "content": [{ "type": "text", "text": r.content }],
+            "content": content_blocks(r),
             "stop_reason": stop_reason(r.finish_reason),
             "stop_sequence": null,
             "usage": { "input_tokens": r.usage.input_tokens, "output_tokens": r.usage.output_tokens },
         })));
     }
     let execution = state.executor.start_stream(exec_caller, request).await?;
-    let start = [
-        event(
-            "message_start",
-            &json!({ "type": "message_start", "message": {
-            "id": execution.execution_id, "type": "message", "role": "assistant", "model": slug,
-            "content": [], "stop_reason": null, "stop_sequence": null,
-            "usage": { "input_tokens": 0, "output_tokens": 0 } } }),
-        ),
-        event(
-            "content_block_start",
-            &json!({ "type": "content_block_start", "index": 0, "content_block": { "type": "text", "text": "" } }),
-        ),
-    ]
-    .concat();
-    let frames = futures_util::stream::unfold((execution.events, false), |(mut events, finished)| async move {
-        if finished {
-            return None;
-        }
-        let (frame, done) = match events.recv().await? {
-            StreamItem::Delta(text) => (
-                event(
+    let start = event(
+        "message_start",
+        &json!({ "type": "message_start", "message": {
+        "id": execution.execution_id, "type": "message", "role": "assistant", "model": slug,
+        "content": [], "stop_reason": null, "stop_sequence": null,
+        "usage": { "input_tokens": 0, "output_tokens": 0 } } }),
+    );
+    let blocks = Blocks { next: 0, open: None };
+    let frames = futures_util::stream::unfold(
+        (execution.events, blocks, false),
+        |(mut events, mut blocks, finished)| async move {
+            if finished {
+                return None;
+            }
+            let mut out = Vec::new();
+            let done = match events.recv().await? {
+                StreamItem::Delta(text) => {
+                    let index = blocks.enter(Open::Text, &mut out, || json!({ "type": "text", "text": "" }));
+                    out.extend(event(
                     "content_block_delta",
-                    &json!({ "type": "content_block_delta", "index": 0, "delta": { "type": "text_delta", "text": text } }),
-                ),
-                false,
-            ),
-            StreamItem::Done { finish_reason, usage, .. } => {
-                let frames = [
-                    event("content_block_stop", &json!({ "type": "content_block_stop", "index": 0 })),
-                    event(
+                    &json!({ "type": "content_block_delta", "index": index, "delta": { "type": "text_delta", "text": text } }),
+                ));
+                    false
+                }
+                StreamItem::ToolCallDelta { index: call, id, name, arguments } => {
+                    let index = blocks.enter(Open::Tool(call), &mut out, || {
+                    json!({ "type": "tool_use", "id": id.unwrap_or_default(), "name": name.unwrap_or_default(), "input": {} })
+                });
+                    if !arguments.is_empty() {
+                        out.extend(event(
+                            "content_block_delta",
+                            &json!({ "type": "content_block_delta", "index": index,
+                                 "delta": { "type": "input_json_delta", "partial_json": arguments } }),
+                        ));
+                    }
+                    false
+                }
+                StreamItem::Done { finish_reason, usage, .. } => {
+                    if blocks.open.is_none() && blocks.next == 0 {
+                        blocks.enter(Open::Text, &mut out, || json!({ "type": "text", "text": "" }));
+                    }
+                    blocks.close(&mut out);
+                    out.extend(event(
                         "message_delta",
                         &json!({ "type": "message_delta",
-                        "delta": { "stop_reason": stop_reason(finish_reason), "stop_sequence": null },
-                        "usage": { "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens } }),
-                    ),
-                    event("message_stop", &json!({ "type": "message_stop" })),
-                ];
-                (frames.concat(), true)
-            }
-            StreamItem::Failed(e) => {
-                // No message_stop: a truncated answer must not look complete.
-                let code = e.code();
-                let message = if code.is_public() { e.to_string() } else { "internal error".to_owned() };
-                (
-                    event(
+                    "delta": { "stop_reason": stop_reason(finish_reason), "stop_sequence": null },
+                    "usage": { "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens } }),
+                    ));
+                    out.extend(event("message_stop", &json!({ "type": "message_stop" })));
+                    true
+                }
+                StreamItem::Failed(e) => {
+                    // No message_stop: a truncated answer must not look complete.
+                    let code = e.code();
+                    let message = if code.is_public() { e.to_string() } else { "internal error".to_owned() };
+                    out.extend(event(
                         "error",
                         &json!({ "type": "error", "error": { "type": error_type(code), "message": message } }),
-                    ),
-                    true,
-                )
-            }
-        };
-        Some((Ok::<_, Infallible>(Bytes::from(frame)), (events, done)))
-    });
+                    ));
+                    true
+                }
+            };
+            Some((Ok::<_, Infallible>(Bytes::from(out)), (events, blocks, done)))
+        },
+    );
     let body = futures_util::stream::once(async move { Ok::<_, Infallible>(Bytes::from(start)) }).chain(frames);
     Ok(event_stream(&execution.execution_id, body))
+}
+
+/// What the open content block holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Open {
+    Text,
+    Tool(u32),
+}
+
+/// The content blocks of a streamed message: one is open at a time.
+struct Blocks {
+    next: usize,
+    open: Option<(usize, Open)>,
+}
+
+impl Blocks {
+    /// The index of the block for `what`, opening it (and closing the
+    /// previous one) when it is not the open one.
+    fn enter(&mut self, what: Open, out: &mut Vec<u8>, start: impl FnOnce() -> Value) -> usize {
+        if let Some((index, open)) = self.open
+            && open == what
+        {
+            return index;
+        }
+        self.close(out);
+        let index = self.next;
+        self.next += 1;
+        self.open = Some((index, what));
+        out.extend(event(
+            "content_block_start",
+            &json!({ "type": "content_block_start", "index": index, "content_block": start() }),
+        ));
+        index
+    }
+
+    fn close(&mut self, out: &mut Vec<u8>) {
+        if let Some((index, _)) = self.open.take() {
+            out.extend(event("content_block_stop", &json!({ "type": "content_block_stop", "index": index })));
+        }
+    }
 }
 
 fn event(name: &str, data: &Value) -> Vec<u8> {
