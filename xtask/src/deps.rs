@@ -22,6 +22,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("modelroute-ledger", &["modelroute-types", "modelroute-db"]),
     ("modelroute-routing", &["modelroute-types"]),
     ("modelroute-providers", &["modelroute-types"]),
+    // Test-only (a dev-dependency): the provider stand-ins.
+    ("modelroute-testkit", &[]),
     (
         "modelroute-executions",
         &["modelroute-types", "modelroute-db", "modelroute-ledger", "modelroute-routing", "modelroute-providers"],
@@ -51,6 +53,7 @@ const FORBIDDEN: &[(&str, &[&str], &str)] = &[
     ("modelroute-providers", &["actix-web", "diesel"], "adapters know no database and no server"),
     ("modelroute-executions", &["actix-web"], "executions are usable without the server"),
     ("modelroute-telemetry", &["actix-web", "diesel"], "telemetry is a leaf"),
+    ("modelroute-testkit", &["actix-web", "diesel"], "the stand-ins are plain hyper servers"),
 ];
 
 pub(crate) fn check(root: &Path) -> Result<()> {
