@@ -238,7 +238,7 @@ impl<L: Ledger + 'static> Executor<L> {
     /// What a provider failure means, by the error-mapping rules.
     fn classify(&self, candidate: &Candidate, e: &ProviderError) -> Classification {
         let fallback = match e.kind {
-            ProviderErrorKind::Timeout => CanonicalError::Timeout,
+            ProviderErrorKind::Timeout | ProviderErrorKind::FirstTokenTimeout => CanonicalError::Timeout,
             ProviderErrorKind::RateLimited => CanonicalError::RateLimited,
             ProviderErrorKind::InvalidRequest => CanonicalError::InvalidRequest,
             ProviderErrorKind::Unavailable | ProviderErrorKind::StreamCut => CanonicalError::UpstreamError,
@@ -373,6 +373,9 @@ impl<L: Ledger + 'static> Executor<L> {
                     needs_context_above = Some(candidate.route.context_window);
                     continue 'routes;
                 }
+                if e.kind == ProviderErrorKind::FirstTokenTimeout && class.retryable {
+                    continue 'routes; // a slow route is left, not waited on twice
+                }
                 if !class.retryable {
                     break 'routes;
                 }
@@ -430,7 +433,7 @@ impl<L: Ledger + 'static> Executor<L> {
                     let first = match tokio::time::timeout(first_token, stream.next()).await {
                         Err(_) => {
                             return Err(ProviderError::new(
-                                ProviderErrorKind::Timeout,
+                                ProviderErrorKind::FirstTokenTimeout,
                                 "the upstream provider sent no first token in time",
                             ));
                         }

@@ -7,6 +7,9 @@ pub enum ProviderErrorKind {
     Unavailable,
     /// The provider did not answer in time.
     Timeout,
+    /// A stream's first token came later than the route's limit. The route
+    /// is left for the next one at once, without a same-route retry.
+    FirstTokenTimeout,
     /// The provider is rate limiting us.
     RateLimited,
     /// The provider refused the request as invalid.
@@ -60,7 +63,7 @@ impl ErrorCode for ProviderError {
     fn code(&self) -> Code {
         match self.kind {
             ProviderErrorKind::Unavailable | ProviderErrorKind::StreamCut => Code::UpstreamError,
-            ProviderErrorKind::Timeout => Code::UpstreamTimeout,
+            ProviderErrorKind::Timeout | ProviderErrorKind::FirstTokenTimeout => Code::UpstreamTimeout,
             ProviderErrorKind::RateLimited => Code::Overloaded,
             ProviderErrorKind::InvalidRequest => Code::InvalidRequest,
         }

@@ -100,7 +100,7 @@ async fn gather(client: &ProviderClient, r: &ChatRequest) -> Gathered {
 /// How the executor classifies an adapter's error (the same inputs).
 fn classify(e: &ProviderError) -> (CanonicalError, bool) {
     let fallback = match e.kind {
-        ProviderErrorKind::Timeout => CanonicalError::Timeout,
+        ProviderErrorKind::Timeout | ProviderErrorKind::FirstTokenTimeout => CanonicalError::Timeout,
         ProviderErrorKind::RateLimited => CanonicalError::RateLimited,
         ProviderErrorKind::InvalidRequest => CanonicalError::InvalidRequest,
         ProviderErrorKind::Unavailable | ProviderErrorKind::StreamCut => CanonicalError::UpstreamError,

@@ -1,0 +1,286 @@
+//! The server against the provider stand-ins of `modelroute-testkit`: both
+//! ingress formats reach every adapter (tools and streaming included), a
+//! late first token fails over before any byte is sent, a context-length
+//! refusal goes only to a larger window, and a content filter is final.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
+use hyper::{Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use modelroute_db::db_test;
+use modelroute_db::testing::TestDb;
+use modelroute_http::{Application, Services, Settings};
+use modelroute_providers::{HttpConfig, ProviderConfig};
+use modelroute_routing::{ModelConfig, RouteConfig};
+use modelroute_testkit::{StandIn, TEST_KEY, Wire};
+use modelroute_types::{Money, OrgId, Secret};
+use serde_json::{Value, json};
+
+struct TestApp {
+    port: u16,
+    key: String,
+    org: OrgId,
+    services: Services,
+    openai: StandIn,
+    anthropic: StandIn,
+    gemini: StandIn,
+    _db: TestDb,
+}
+
+fn route(id: &str, provider: &str, upstream: &str, price: &str) -> RouteConfig {
+    RouteConfig {
+        max_output_tokens: 256,
+        ..RouteConfig::new(
+            id,
+            provider,
+            upstream,
+            serde_json::from_value(json!(price)).unwrap(),
+            serde_json::from_value(json!(price)).unwrap(),
+        )
+    }
+}
+
+fn model(slug: &str, routes: Vec<RouteConfig>) -> ModelConfig {
+    ModelConfig { slug: slug.into(), description: String::new(), context_window: 8192, routes }
+}
+
+async fn spawn(db: TestDb) -> TestApp {
+    let (openai, anthropic, gemini) =
+        (StandIn::start(Wire::OpenAi).await, StandIn::start(Wire::Anthropic).await, StandIn::start(Wire::Gemini).await);
+    let mut settings = Settings { database: db.config(), ..Settings::default() };
+    settings.server.bind = "127.0.0.1:0".into();
+    settings.server.workers = 2;
+    settings.identity.server_secret = Secret::new("test-secret-0123456789abcdef-0123456789");
+    let http = |s: &StandIn| HttpConfig {
+        base_url: s.base_url(),
+        api_key: Secret::new(TEST_KEY),
+        timeout_ms: 5_000,
+        stream_idle_timeout_ms: 5_000,
+        max_concurrency: 64,
+    };
+    settings.providers.insert("oa".into(), ProviderConfig::OpenaiCompatible(http(&openai)));
+    settings.providers.insert("an".into(), ProviderConfig::Anthropic(http(&anthropic)));
+    settings.providers.insert("ge".into(), ProviderConfig::Gemini(http(&gemini)));
+    let slow = RouteConfig { first_token_timeout_ms: Some(300), ..route("slow-a", "an", "fault-slowfirst", "1") };
+    let wide = RouteConfig { context_window: Some(1_000_000), ..route("ctx-c", "ge", "m", "3") };
+    settings.catalogue.models = vec![
+        model("via/openai", vec![route("via-oa", "oa", "m", "1")]),
+        model("via/anthropic", vec![route("via-an", "an", "m", "1")]),
+        model("via/gemini", vec![route("via-ge", "ge", "m", "1")]),
+        model("slow/first", vec![slow, route("slow-b", "ge", "m", "2")]),
+        model(
+            "ctx/model",
+            vec![route("ctx-a", "oa", "fault-context", "1"), route("ctx-b", "an", "fault-context", "2"), wide],
+        ),
+        model("ctx/none", vec![route("ctxn-a", "oa", "fault-context", "1")]),
+        model("filter/gemini", vec![route("f-a", "ge", "fault-filter", "1"), route("f-b", "oa", "m", "2")]),
+    ];
+    let app = Application::build(settings).await.expect("server starts");
+    let boot = app.bootstrap.clone().unwrap();
+    let services = app.services.clone();
+    let port = app.port();
+    tokio::spawn(app.run_until_stopped());
+    TestApp { port, key: boot.token, org: boot.org.id, services, openai, anthropic, gemini, _db: db }
+}
+
+impl TestApp {
+    async fn post(&self, path: &str, body: &Value) -> (StatusCode, String) {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let req = Request::post(format!("http://127.0.0.1:{}{path}", self.port))
+            .header("authorization", format!("Bearer {}", self.key))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap();
+        let res = client.request(req).await.unwrap();
+        let status = res.status();
+        (status, String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap())
+    }
+
+    async fn execution(&self, id: &str) -> Value {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let req = Request::get(format!("http://127.0.0.1:{}/v1/executions/{id}", self.port))
+            .header("authorization", format!("Bearer {}", self.key))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let res = client.request(req).await.unwrap();
+        serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap()
+    }
+
+    fn public_route(&self, slug: &str, index: usize) -> String {
+        self.services.catalogue.model(slug).unwrap().routes[index].public_id.clone()
+    }
+
+    async fn available(&self) -> Money {
+        let b = self.services.balance(&self.org).await.unwrap();
+        assert_eq!(b.held, Money::ZERO, "a hold was left open");
+        b.available
+    }
+
+    /// Attempts of an execution: (route, outcome, error code).
+    async fn attempts(&self, id: &str) -> Vec<(String, String, Option<String>)> {
+        let e = self.execution(id).await;
+        e["decision"]["attempts"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no attempts in {e}"))
+            .iter()
+            .map(|a| {
+                (
+                    a["route"].as_str().unwrap().to_owned(),
+                    a["outcome"].as_str().unwrap().to_owned(),
+                    a["error_code"].as_str().map(str::to_owned),
+                )
+            })
+            .collect()
+    }
+}
+
+/// The JSON payloads of an SSE body.
+fn sse_data(body: &str) -> Vec<Value> {
+    body.split("\n\n")
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
+fn tools() -> Value {
+    json!([{ "type": "function", "function": { "name": "lookup", "description": "Looks up",
+             "parameters": { "type": "object", "properties": { "input": { "type": "string" } } } } }])
+}
+
+db_test!(async fn both_ingress_formats_reach_every_adapter_with_tools_and_streams(db) {
+    let app = spawn(db).await;
+    for slug in ["via/openai", "via/anthropic", "via/gemini"] {
+        // OpenAI in, any provider out.
+        let plain = json!({ "model": slug, "messages": [
+            { "role": "system", "content": "be brief" }, { "role": "user", "content": "Hello there" }] });
+        let (status, body) = app.post("/v1/chat/completions", &plain).await;
+        assert_eq!(status, StatusCode::OK, "{slug}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["choices"][0]["message"]["content"], "echo: Hello there [system: be brief]", "{slug}");
+        assert_eq!(v["usage"], json!({ "prompt_tokens": 4, "completion_tokens": 6, "total_tokens": 10 }), "{slug}");
+
+        let with_tools = json!({ "model": slug, "tools": tools(), "tool_choice": "required",
+            "messages": [{ "role": "user", "content": "find cats" }] });
+        let (status, body) = app.post("/v1/chat/completions", &with_tools).await;
+        assert_eq!(status, StatusCode::OK, "{slug}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["choices"][0]["finish_reason"], "tool_calls", "{slug}: {body}");
+        let call = &v["choices"][0]["message"]["tool_calls"][0];
+        assert_eq!(call["function"]["name"], "lookup");
+        let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(args, json!({ "input": "find cats" }), "{slug}");
+
+        // The tool's result goes back and is read.
+        let id = call["id"].as_str().unwrap();
+        let follow_up = json!({ "model": slug, "tools": tools(), "messages": [
+            { "role": "user", "content": "find cats" },
+            { "role": "assistant", "content": null, "tool_calls": [call] },
+            { "role": "tool", "tool_call_id": id, "content": "three cats" }] });
+        let (status, body) = app.post("/v1/chat/completions", &follow_up).await;
+        assert_eq!(status, StatusCode::OK, "{slug}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["choices"][0]["message"]["content"], "tool lookup said: three cats", "{slug}");
+
+        // Streamed tool call, OpenAI's chunks.
+        let mut streamed = with_tools.clone();
+        streamed["stream"] = json!(true);
+        let (status, body) = app.post("/v1/chat/completions", &streamed).await;
+        assert_eq!(status, StatusCode::OK, "{slug}: {body}");
+        let chunks = sse_data(&body);
+        let arguments: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str())
+            .collect();
+        assert_eq!(serde_json::from_str::<Value>(&arguments).unwrap(), json!({ "input": "find cats" }), "{slug}");
+        assert!(chunks.iter().any(|c| c["choices"][0]["finish_reason"] == "tool_calls"), "{slug}: {body}");
+        assert!(body.ends_with("data: [DONE]\n\n"));
+
+        // Anthropic in, any provider out, streamed with a tool.
+        let anthropic = json!({ "model": slug, "max_tokens": 100, "stream": true, "system": "be brief",
+            "tools": [{ "name": "lookup", "input_schema": { "type": "object" } }], "tool_choice": { "type": "any" },
+            "messages": [{ "role": "user", "content": "find dogs" }] });
+        let (status, body) = app.post("/v1/messages", &anthropic).await;
+        assert_eq!(status, StatusCode::OK, "{slug}: {body}");
+        let events = sse_data(&body);
+        let start = events.iter().find(|e| e["type"] == "content_block_start" && e["content_block"]["type"] == "tool_use");
+        assert_eq!(start.unwrap()["content_block"]["name"], "lookup", "{slug}: {body}");
+        let partial: String = events.iter().filter_map(|e| e["delta"]["partial_json"].as_str()).collect();
+        assert_eq!(serde_json::from_str::<Value>(&partial).unwrap(), json!({ "input": "find dogs" }), "{slug}");
+        let delta = events.iter().find(|e| e["type"] == "message_delta").unwrap();
+        assert_eq!(delta["delta"]["stop_reason"], "tool_use");
+        assert_eq!(events.last().unwrap()["type"], "message_stop");
+    }
+    let _no_hold_left = app.available().await;
+});
+
+db_test!(async fn a_late_first_token_fails_over_before_any_byte(db) {
+    let app = spawn(db).await;
+    let before = app.available().await;
+    let ask = json!({ "model": "slow/first", "stream": true, "messages": [{ "role": "user", "content": "Hello" }] });
+    let (status, body) = app.post("/v1/chat/completions", &ask).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let chunks = sse_data(&body);
+    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(text, "echo: Hello");
+    assert_eq!((app.anthropic.calls("fault-slowfirst"), app.gemini.calls("m")), (1, 1));
+    let id = chunks[0]["id"].as_str().unwrap();
+    let attempts = app.attempts(id).await;
+    assert_eq!(
+        attempts,
+        vec![
+            (app.public_route("slow/first", 0), "failed".into(), Some("timeout".into())),
+            (app.public_route("slow/first", 1), "succeeded".into(), None),
+        ]
+    );
+    // One settlement, at the serving route's price: 1 + 2 tokens at $2/M each.
+    let e = app.execution(id).await;
+    assert_eq!(e["cost"]["nano_usd"], 6_000);
+    assert_eq!(before.checked_sub(app.available().await).unwrap(), Money::from_units(6_000));
+});
+
+db_test!(async fn a_context_length_refusal_goes_only_to_a_larger_window(db) {
+    let app = spawn(db).await;
+    let ask = |model: &str| json!({ "model": model, "messages": [{ "role": "user", "content": "Hello" }] });
+    let (status, body) = app.post("/v1/chat/completions", &ask("ctx/model")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "echo: Hello");
+    assert_eq!(
+        (app.openai.calls("fault-context"), app.anthropic.calls("fault-context"), app.gemini.calls("m")),
+        (1, 0, 1),
+        "no retry of the refusing route, the same-size window skipped"
+    );
+    let attempts = app.attempts(v["id"].as_str().unwrap()).await;
+    let outcomes: Vec<(&str, Option<&str>)> = attempts.iter().map(|a| (a.1.as_str(), a.2.as_deref())).collect();
+    assert_eq!(
+        outcomes,
+        [("failed", Some("context_length_exceeded")), ("skipped", Some("context_too_small")), ("succeeded", None)]
+    );
+
+    // No larger window: the client learns why, once, and pays nothing.
+    let before = app.available().await;
+    let (status, body) = app.post("/v1/chat/completions", &ask("ctx/none")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], "context_length_exceeded");
+    assert!(v["error"]["message"].as_str().unwrap().contains("maximum context length"), "{body}");
+    assert_eq!(app.openai.calls("fault-context"), 2, "one call for this request");
+    assert_eq!(app.available().await, before);
+});
+
+db_test!(async fn a_content_filter_is_final_and_says_so(db) {
+    let app = spawn(db).await;
+    let before = app.available().await;
+    let ask = json!({ "model": "filter/gemini", "messages": [{ "role": "user", "content": "Hello" }] });
+    let (status, body) = app.post("/v1/chat/completions", &ask).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], "content_filtered");
+    assert!(v["error"]["message"].as_str().unwrap().contains("SAFETY"), "the reason is passed on: {body}");
+    assert_eq!((app.gemini.calls("fault-filter"), app.openai.calls("m")), (1, 0), "never retried elsewhere");
+    assert_eq!(app.available().await, before);
+});
