@@ -34,6 +34,8 @@ pub enum ExecutionError {
         canonical: CanonicalError,
         /// A client-safe message.
         message: String,
+        /// The status an error-mapping rule gives the client, if one does.
+        client_status: Option<u16>,
     },
     /// The route names a provider that is not configured (a config bug).
     #[error("route provider is not configured")]
@@ -81,6 +83,13 @@ impl ErrorCode for ExecutionError {
         match self {
             Self::InvalidRequest { param, .. } => Some(param),
             Self::Routing(e) => e.param(),
+            _ => None,
+        }
+    }
+
+    fn status_override(&self) -> Option<u16> {
+        match self {
+            Self::Upstream { client_status, .. } => *client_status,
             _ => None,
         }
     }

@@ -181,6 +181,7 @@ impl Admitted {
         ExecutionError::Upstream {
             canonical: CanonicalError::Overloaded,
             message: "every route of this model is at capacity or failing; retry shortly".into(),
+            client_status: None,
         }
     }
 
@@ -199,7 +200,8 @@ impl Admitted {
 
 /// The client-facing error for a classified failure. The provider's own
 /// message is passed on only when the client must change its request.
-fn upstream_error(canonical: CanonicalError, e: &ProviderError) -> ExecutionError {
+fn upstream_error(class: Classification, e: &ProviderError) -> ExecutionError {
+    let canonical = class.canonical;
     let message = match (canonical.client_needs_upstream_message(), &e.upstream_message) {
         (true, Some(m)) => format!("the model rejected the request: {m}"),
         (true, None) => e.message.clone(),
@@ -209,7 +211,7 @@ fn upstream_error(canonical: CanonicalError, e: &ProviderError) -> ExecutionErro
             _ => e.message.clone(),
         },
     };
-    ExecutionError::Upstream { canonical, message }
+    ExecutionError::Upstream { canonical, message, client_status: class.client_status }
 }
 
 /// The request as one route's provider receives it.
@@ -364,7 +366,7 @@ impl<L: Ledger + 'static> Executor<L> {
                     canonical = class.canonical.as_str(), status = ?e.status, upstream = ?e.upstream_message,
                     "route failed"
                 );
-                last_error = Some(upstream_error(class.canonical, &e));
+                last_error = Some(upstream_error(class, &e));
                 if tokio::time::Instant::now() >= deadline {
                     break 'routes;
                 }
@@ -490,7 +492,7 @@ impl<L: Ledger + 'static> Executor<L> {
                 Some(Err(e)) => {
                     let class = self.observe(&candidate, Some(&e)).unwrap_or_else(|| self.classify(&candidate, &e));
                     admitted.record_attempt(&candidate, Some(class.canonical));
-                    let e = upstream_error(class.canonical, &e);
+                    let e = upstream_error(class, &e);
                     self.fail(&admitted, &e).await;
                     let _ = tx.send(StreamItem::Failed(e)).await;
                     return;
@@ -504,7 +506,7 @@ impl<L: Ledger + 'static> Executor<L> {
                     );
                     let class = self.observe(&candidate, Some(&cut)).unwrap_or_else(|| self.classify(&candidate, &cut));
                     admitted.record_attempt(&candidate, Some(class.canonical));
-                    let e = upstream_error(class.canonical, &cut);
+                    let e = upstream_error(class, &cut);
                     self.fail(&admitted, &e).await;
                     let _ = tx.send(StreamItem::Failed(e)).await;
                     return;

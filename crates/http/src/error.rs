@@ -19,19 +19,21 @@ pub struct ApiError {
     code: Code,
     message: String,
     param: Option<String>,
+    /// A configured status that replaces the table's (error-mapping rules).
+    status: Option<StatusCode>,
 }
 
 impl ApiError {
     /// An error with an explicit code and message.
     #[must_use]
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), param: None }
+        Self { code, message: message.into(), param: None, status: None }
     }
 
     /// A 400 about one parameter.
     #[must_use]
     pub fn invalid_param(param: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { code: Code::InvalidRequest, message: message.into(), param: Some(param.into()) }
+        Self { code: Code::InvalidRequest, message: message.into(), param: Some(param.into()), status: None }
     }
 
     /// The code.
@@ -57,14 +59,15 @@ impl<E: ErrorCode> From<E> for ApiError {
     fn from(e: E) -> Self {
         let code = e.code();
         if code.is_public() {
-            return Self { code, message: e.to_string(), param: e.param().map(str::to_owned) };
+            let status = e.status_override().and_then(|s| StatusCode::from_u16(s).ok()).filter(|s| s.as_u16() >= 400);
+            return Self { code, message: e.to_string(), param: e.param().map(str::to_owned), status };
         }
         tracing::error!(code = code.as_str(), error = %e, "request failed");
         let message = match code {
             Code::DatabaseUnavailable => "the service is temporarily unavailable; retry shortly",
             _ => "internal error; quote the x-request-id header when reporting it",
         };
-        Self { code, message: message.to_owned(), param: None }
+        Self { code, message: message.to_owned(), param: None, status: None }
     }
 }
 
@@ -110,7 +113,7 @@ const fn openai_type(code: Code) -> &'static str {
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
-        status_of(self.code)
+        self.status.unwrap_or_else(|| status_of(self.code))
     }
 
     fn error_response(&self) -> HttpResponse {

@@ -320,7 +320,8 @@ db_test!(async fn a_flapping_primary_opens_its_breaker_then_returns(db) {
 
 db_test!(async fn error_mapping_is_configuration(db) {
     // An operator rule says this provider's 503 means the request itself is
-    // bad: no fallback, a 400, and the route's breaker is not charged.
+    // bad: no fallback, the status the rule names (422), and the route's
+    // breaker is not charged.
     let app = spawn_with(db, |s| {
         s.routing.error_rules = vec![modelroute_routing::ErrorRule {
             provider: Some("upstream-a".into()),
@@ -330,11 +331,12 @@ db_test!(async fn error_mapping_is_configuration(db) {
             canonical: modelroute_routing::CanonicalError::InvalidRequest,
             retryable: None,
             counts_against_breaker: None,
+            client_status: Some(422),
         }];
     })
     .await;
     let (status, body) = app.send("POST", "/v1/chat/completions", Some(ask("acme/chat", false))).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     let err: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(err["error"]["code"], "invalid_request");
     assert_eq!((app.calls("down"), app.calls("ok")), (1, 0), "no fallback for a non-retryable rule");

@@ -90,6 +90,10 @@ pub struct ErrorRule {
     /// Override: count against the route's breaker?
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counts_against_breaker: Option<bool>,
+    /// Override: the HTTP status the client gets (400–599) when this is
+    /// the failure that ends the execution.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_status: Option<u16>,
 }
 
 /// A provider's failure, as the adapter saw it.
@@ -116,6 +120,8 @@ pub struct Classification {
     pub retryable: bool,
     /// Count it against this route's breaker?
     pub counts_against_breaker: bool,
+    /// The status the client gets, when a rule sets one.
+    pub client_status: Option<u16>,
 }
 
 /// Operator rules, then the built-in ones.
@@ -139,6 +145,7 @@ fn rule(status: &[u16], code: Option<&str>, message: Option<&str>, canonical: Ca
         canonical,
         retryable: None,
         counts_against_breaker: None,
+        client_status: None,
     }
 }
 
@@ -194,6 +201,7 @@ impl ErrorRules {
             counts_against_breaker: matched
                 .and_then(|r| r.counts_against_breaker)
                 .unwrap_or_else(|| canonical.counts_against_breaker_by_default()),
+            client_status: matched.and_then(|r| r.client_status),
         }
     }
 }
@@ -343,6 +351,7 @@ mod tests {
             canonical: CanonicalError::Overloaded,
             retryable: Some(true),
             counts_against_breaker: Some(false),
+            client_status: Some(429),
         }]);
         let f = |provider, message| UpstreamFailure {
             provider,
@@ -353,6 +362,7 @@ mod tests {
         };
         let c = rules.classify(&f("flaky", "Scheduled MAINTENANCE window"));
         assert!(c.retryable && !c.counts_against_breaker);
+        assert_eq!(c.client_status, Some(429));
         let c = rules.classify(&f("other", "Scheduled maintenance window"));
         assert!(c.counts_against_breaker, "the rule is for one provider only");
     }
@@ -369,7 +379,12 @@ mod tests {
         let c = ErrorRules::default().classify(&f);
         assert_eq!(
             c,
-            Classification { canonical: CanonicalError::Timeout, retryable: true, counts_against_breaker: true }
+            Classification {
+                canonical: CanonicalError::Timeout,
+                retryable: true,
+                counts_against_breaker: true,
+                client_status: None
+            }
         );
     }
 }

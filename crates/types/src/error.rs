@@ -100,4 +100,10 @@ pub trait ErrorCode: std::error::Error {
     fn param(&self) -> Option<&str> {
         None
     }
+
+    /// An HTTP status that replaces the code's usual one: configuration
+    /// (an error-mapping rule's `client_status`) may say so.
+    fn status_override(&self) -> Option<u16> {
+        None
+    }
 }
