@@ -92,6 +92,16 @@ diesel::table! {
 }
 
 diesel::table! {
+    org_routing (org_id) {
+        org_id -> Text,
+        policy -> Text,
+        max_input_price -> Nullable<BigInt>,
+        max_output_price -> Nullable<BigInt>,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
     orgs (id) {
         id -> Text,
         name -> Text,
@@ -119,6 +129,7 @@ diesel::joinable!(ledger_entries -> orgs (org_id));
 diesel::joinable!(ledger_holds -> orgs (org_id));
 diesel::joinable!(ledger_postings -> ledger_accounts (account_id));
 diesel::joinable!(ledger_postings -> ledger_entries (entry_id));
+diesel::joinable!(org_routing -> orgs (org_id));
 diesel::joinable!(projects -> orgs (org_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
@@ -128,6 +139,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     ledger_entries,
     ledger_holds,
     ledger_postings,
+    org_routing,
     orgs,
     projects,
 );

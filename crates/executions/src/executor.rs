@@ -13,12 +13,13 @@ use modelroute_providers::{
     ProviderRegistry, StreamEvent, Usage, UsageEstimate,
 };
 use modelroute_routing::{
-    Candidate, CanonicalError, Catalogue, Classification, ErrorRules, Health, RequestProfile, RetryConfig,
+    Candidate, CanonicalError, Catalogue, Classification, ErrorRules, Health, Preferences, RequestProfile, RetryConfig,
     UpstreamFailure, estimate_input_tokens,
 };
 use modelroute_types::{ApiKeyId, ErrorCode, ExecutionId, Money, OrgId, ProjectId, time};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::preferences::{PreferenceStore, RequestPreferences};
 use crate::record::ExecutionRow;
 use crate::{Execution, ExecutionError, ExecutionStatus};
 
@@ -45,6 +46,8 @@ pub struct Caller {
     pub project_id: ProjectId,
     /// The API key used.
     pub api_key_id: ApiKeyId,
+    /// What this request asks of routing on top of the org's preferences.
+    pub preferences: RequestPreferences,
 }
 
 /// A finished non-streamed execution.
@@ -121,6 +124,7 @@ struct Inner<L> {
     health: Arc<Health>,
     rules: Arc<ErrorRules>,
     retry: RetryConfig,
+    preferences: PreferenceStore,
 }
 
 /// How many ranked routes the hold tries to cover, so that fallbacks can run
@@ -133,7 +137,7 @@ const HOLD_COVERS_ROUTES: usize = 3;
 const HOLD_TOKENS_PER_IMAGE: u64 = 1_600;
 
 /// What routing needs to know about `request`.
-fn profile(request: &ChatRequest, stream: bool) -> RequestProfile {
+fn profile(request: &ChatRequest, stream: bool, preferences: Preferences) -> RequestProfile {
     let texts = request.prompt_texts();
     let images = u64::try_from(request.image_count()).unwrap_or(u64::MAX);
     RequestProfile {
@@ -144,6 +148,7 @@ fn profile(request: &ChatRequest, stream: bool) -> RequestProfile {
         tools: !request.tools.is_empty(),
         json_mode: request.response_format.is_some(),
         images: images > 0,
+        preferences,
     }
 }
 
@@ -234,7 +239,18 @@ impl<L: Ledger + 'static> Executor<L> {
         rules: Arc<ErrorRules>,
         retry: RetryConfig,
     ) -> Self {
-        Self { inner: Arc::new(Inner { pool, ledger, catalogue, providers, health, rules, retry }) }
+        Self {
+            inner: Arc::new(Inner {
+                pool,
+                ledger,
+                catalogue,
+                providers,
+                health,
+                rules,
+                retry,
+                preferences: PreferenceStore::default(),
+            }),
+        }
     }
 
     /// What a provider failure means, by the error-mapping rules.
@@ -282,6 +298,22 @@ impl<L: Ledger + 'static> Executor<L> {
     #[must_use]
     pub fn catalogue(&self) -> &Catalogue {
         &self.inner.catalogue
+    }
+
+    /// The org's routing preferences (defaults when it set none).
+    ///
+    /// # Errors
+    /// The data layer failed.
+    pub async fn preferences(&self, org: &OrgId) -> Result<Preferences, ExecutionError> {
+        self.inner.preferences.get(&self.inner.pool, org).await
+    }
+
+    /// Replaces the org's routing preferences.
+    ///
+    /// # Errors
+    /// The data layer failed.
+    pub async fn set_preferences(&self, org: &OrgId, preferences: Preferences) -> Result<(), ExecutionError> {
+        self.inner.preferences.set(&self.inner.pool, org, preferences).await
     }
 
     /// Runs a chat request to completion. `request.model` is the public slug.
@@ -345,6 +377,7 @@ impl<L: Ledger + 'static> Executor<L> {
                 Duration::from_millis(candidate.route.first_token_timeout_ms.unwrap_or(retry.first_token_timeout_ms));
             for n in 0.. {
                 let Some(permit) = self.enter(admitted, &candidate) else { continue 'routes };
+                let started = Instant::now();
                 let outcome = match tokio::time::timeout_at(
                     deadline,
                     call(Arc::clone(&provider), upstream_request(request, &candidate), first_token),
@@ -355,7 +388,11 @@ impl<L: Ledger + 'static> Executor<L> {
                     Err(_) => Err(ProviderError::new(ProviderErrorKind::Timeout, "the request's deadline passed")),
                 };
                 let e = match outcome {
-                    Ok(value) => return Ok((candidate, value, permit)),
+                    Ok(value) => {
+                        // Time to the answer, or to a stream's first event.
+                        self.inner.health.record_latency(&candidate.route.id, started.elapsed());
+                        return Ok((candidate, value, permit));
+                    }
                     Err(e) => e,
                 };
                 drop(permit);
@@ -534,7 +571,8 @@ impl<L: Ledger + 'static> Executor<L> {
             });
         }
         let inner = &self.inner;
-        let profile = profile(request, stream);
+        let preferences = caller.preferences.apply_to(inner.preferences.get(&inner.pool, &caller.org_id).await?);
+        let profile = profile(request, stream, preferences);
         let plan = inner.catalogue.plan(&request.model, &profile, &inner.health, Instant::now())?;
         let first = plan.candidates.as_slice().first().ok_or(ExecutionError::ProviderMissing)?.clone();
         let id = ExecutionId::new();

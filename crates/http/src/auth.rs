@@ -22,13 +22,18 @@ impl Caller {
         Ok(&self.0)
     }
 
-    /// Who pays for an execution this caller starts (needs the execute scope).
-    pub(crate) fn payer(&self) -> Result<modelroute_executions::Caller, ApiError> {
+    /// Who pays for an execution this caller starts (needs the execute
+    /// scope), with what the request asks of routing.
+    pub(crate) fn payer(
+        &self,
+        preferences: Option<modelroute_executions::RequestPreferences>,
+    ) -> Result<modelroute_executions::Caller, ApiError> {
         let p = self.require(Scope::Execute)?;
         Ok(modelroute_executions::Caller {
             org_id: p.org_id.clone(),
             project_id: p.project_id.clone(),
             api_key_id: p.api_key_id.clone(),
+            preferences: preferences.unwrap_or_default(),
         })
     }
 }

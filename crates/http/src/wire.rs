@@ -37,6 +37,9 @@ pub(crate) struct ChatCompletionRequest {
     tool_choice: Option<InToolChoice>,
     #[serde(default)]
     response_format: Option<InResponseFormat>,
+    /// ModelRoute's own: routing policy and price ceilings for this request.
+    #[serde(default)]
+    pub(crate) routing: Option<modelroute_executions::RequestPreferences>,
 }
 
 #[derive(Debug, Deserialize)]

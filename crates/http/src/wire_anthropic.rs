@@ -30,6 +30,9 @@ pub(crate) struct MessagesRequest {
     tools: Vec<InTool>,
     #[serde(default)]
     tool_choice: Option<InToolChoice>,
+    /// ModelRoute's own: routing policy and price ceilings for this request.
+    #[serde(default)]
+    pub(crate) routing: Option<modelroute_executions::RequestPreferences>,
 }
 
 #[derive(Debug, Deserialize)]

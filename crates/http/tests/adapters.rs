@@ -13,7 +13,7 @@ use hyper_util::rt::TokioExecutor;
 use modelroute_db::db_test;
 use modelroute_db::testing::TestDb;
 use modelroute_http::{Application, Services, Settings};
-use modelroute_providers::{HttpConfig, ProviderConfig};
+use modelroute_providers::{BuiltinConfig, HttpConfig, ProviderConfig};
 use modelroute_routing::{ModelConfig, RouteConfig};
 use modelroute_testkit::{StandIn, TEST_KEY, Wire};
 use modelroute_types::{Money, OrgId, Secret};
@@ -64,6 +64,8 @@ async fn spawn(db: TestDb) -> TestApp {
     settings.providers.insert("oa".into(), ProviderConfig::OpenaiCompatible(http(&openai)));
     settings.providers.insert("an".into(), ProviderConfig::Anthropic(http(&anthropic)));
     settings.providers.insert("ge".into(), ProviderConfig::Gemini(http(&gemini)));
+    let slow = BuiltinConfig { latency_ms: 150, ..BuiltinConfig::default() };
+    settings.providers.insert("slow-builtin".into(), ProviderConfig::Builtin(slow));
     let slow = RouteConfig { first_token_timeout_ms: Some(300), ..route("slow-a", "an", "fault-slowfirst", "1") };
     let wide = RouteConfig { context_window: Some(1_000_000), ..route("ctx-c", "ge", "m", "3") };
     settings.catalogue.models = vec![
@@ -77,6 +79,7 @@ async fn spawn(db: TestDb) -> TestApp {
         ),
         model("ctx/none", vec![route("ctxn-a", "oa", "fault-context", "1")]),
         model("filter/gemini", vec![route("f-a", "ge", "fault-filter", "1"), route("f-b", "oa", "m", "2")]),
+        model("policy/m", vec![route("p-cheap", "slow-builtin", "echo", "1"), route("p-fast", "oa", "m", "2")]),
     ];
     let app = Application::build(settings).await.expect("server starts");
     let boot = app.bootstrap.clone().unwrap();
@@ -97,6 +100,27 @@ impl TestApp {
         let res = client.request(req).await.unwrap();
         let status = res.status();
         (status, String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap())
+    }
+
+    async fn put(&self, path: &str, body: &Value) -> (StatusCode, String) {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let req = Request::put(format!("http://127.0.0.1:{}{path}", self.port))
+            .header("authorization", format!("Bearer {}", self.key))
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap();
+        let res = client.request(req).await.unwrap();
+        let status = res.status();
+        (status, String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap())
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let req = Request::get(format!("http://127.0.0.1:{}{path}", self.port))
+            .header("authorization", format!("Bearer {}", self.key))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let res = client.request(req).await.unwrap();
+        serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap()
     }
 
     async fn execution(&self, id: &str) -> Value {
@@ -283,4 +307,58 @@ db_test!(async fn a_content_filter_is_final_and_says_so(db) {
     assert!(v["error"]["message"].as_str().unwrap().contains("SAFETY"), "the reason is passed on: {body}");
     assert_eq!((app.gemini.calls("fault-filter"), app.openai.calls("m")), (1, 0), "never retried elsewhere");
     assert_eq!(app.available().await, before);
+});
+
+db_test!(async fn org_policy_and_request_preferences_order_and_exclude_routes(db) {
+    let app = spawn(db).await;
+    let defaults = app.get("/v1/routing/preferences").await;
+    assert_eq!(defaults["policy"], "cheapest");
+    assert_eq!(defaults["max_output_price"], Value::Null);
+    let ask = |routing: Value| {
+        let mut a = json!({ "model": "policy/m", "messages": [{ "role": "user", "content": "Hello" }] });
+        if !routing.is_null() {
+            a["routing"] = routing;
+        }
+        a
+    };
+    let served_by = |body: &str| -> String {
+        let v: Value = serde_json::from_str(body).unwrap();
+        v["choices"][0]["message"]["content"].as_str().unwrap().to_owned()
+    };
+    // Cheapest (the default): the slow built-in route.
+    let (status, body) = app.post("/v1/chat/completions", &ask(Value::Null)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(served_by(&body), "Echo: Hello");
+    // One request asks for the fastest: the unobserved route is tried.
+    let (_, body) = app.post("/v1/chat/completions", &ask(json!({ "policy": "fastest" }))).await;
+    assert_eq!(served_by(&body), "echo: Hello");
+    // The org makes `fastest` its policy: observed latencies now decide.
+    let (status, body) = app.put("/v1/routing/preferences", &json!({ "policy": "fastest" })).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, body) = app.post("/v1/chat/completions", &ask(Value::Null)).await;
+    assert_eq!(served_by(&body), "echo: Hello");
+    let id = serde_json::from_str::<Value>(&body).unwrap()["id"].as_str().unwrap().to_owned();
+    let decision = &app.execution(&id).await["decision"];
+    assert_eq!(decision["policy"], "fastest");
+    let cheap = decision["candidates"].as_array().unwrap().iter().find(|c| c["rank"] == 2).unwrap().clone();
+    assert!(cheap["latency_ms"].as_u64().unwrap() >= 150, "the evidence shows the slow route's latency: {decision}");
+    // A ceiling excludes the dearer route; a request cannot raise it.
+    let capped = json!({ "policy": "fastest", "max_output_price": "1.50" });
+    let (status, body) = app.put("/v1/routing/preferences", &capped).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(app.get("/v1/routing/preferences").await["max_output_price"], "1.500000000");
+    let (_, body) = app.post("/v1/chat/completions", &ask(json!({ "max_output_price": "5" }))).await;
+    assert_eq!(served_by(&body), "Echo: Hello");
+    let id = serde_json::from_str::<Value>(&body).unwrap()["id"].as_str().unwrap().to_owned();
+    let decision = &app.execution(&id).await["decision"];
+    assert!(decision["candidates"].as_array().unwrap().iter().any(|c| c["excluded"] == "output price above the ceiling"));
+    // Bad preferences are a 400 that names the field, and change nothing.
+    let (status, body) = app.put("/v1/routing/preferences", &json!({ "policy": "random" })).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("policy"), "{body}");
+    let (status, body) = app.put("/v1/routing/preferences", &json!({ "max_input_price": 0.5 })).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "a float price is refused: {body}");
+    assert_eq!(app.get("/v1/routing/preferences").await["policy"], "fastest");
+    let (status, body) = app.post("/v1/chat/completions", &ask(json!({ "policy": "slowest" }))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 });

@@ -51,7 +51,13 @@ struct Breaker {
     opened_at: Option<Instant>,
     probes_started: usize,
     probes_succeeded: usize,
+    /// Exponentially weighted moving average of successful calls' latency
+    /// (time to first token when streamed, else to the whole answer), µs.
+    latency_us: Option<u64>,
 }
+
+/// Weight of the newest observation in the latency average, in percent.
+const LATENCY_EWMA_PERCENT: u64 = 30;
 
 impl Breaker {
     const fn new() -> Self {
@@ -61,6 +67,7 @@ impl Breaker {
             opened_at: None,
             probes_started: 0,
             probes_succeeded: 0,
+            latency_us: None,
         }
     }
 
@@ -129,6 +136,25 @@ impl Health {
                 BreakerState::Open | BreakerState::HalfOpen => false,
             }
         })
+    }
+
+    /// Records a successful call's latency into the route's moving average.
+    pub fn record_latency(&self, route: &str, latency: Duration) {
+        let sample = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.with(route, |b, _| {
+            b.latency_us = Some(b.latency_us.map_or(sample, |avg| {
+                // avg + (sample - avg) × 30%, in integers.
+                let weighted = u128::from(avg) * u128::from(100 - LATENCY_EWMA_PERCENT)
+                    + u128::from(sample) * u128::from(LATENCY_EWMA_PERCENT);
+                u64::try_from(weighted / 100).unwrap_or(u64::MAX)
+            }));
+        });
+    }
+
+    /// The route's observed latency (moving average), if it has served a call.
+    #[must_use]
+    pub fn latency(&self, route: &str) -> Option<Duration> {
+        self.with(route, |b, _| b.latency_us.map(Duration::from_micros))
     }
 
     /// Records a call's outcome. Only failures that say something about the

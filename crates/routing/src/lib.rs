@@ -13,7 +13,9 @@ pub use breaker::{BreakerConfig, BreakerState, Health};
 pub use catalogue::{Catalogue, CatalogueConfig, Model, ModelConfig, Route, RouteConfig};
 pub use error::RoutingError;
 pub use errors::{CanonicalError, Classification, ErrorRule, ErrorRules, UpstreamFailure};
-pub use plan::{Candidate, Decision, DecisionCandidate, RequestProfile, RoutePlan, estimate_input_tokens};
+pub use plan::{
+    Candidate, Decision, DecisionCandidate, Policy, Preferences, RequestProfile, RoutePlan, estimate_input_tokens,
+};
 
 /// The `[routing]` section.
 #[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]

@@ -1,10 +1,61 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use modelroute_types::Money;
-use serde::Serialize;
+use modelroute_types::{Money, PricePerMTok};
+use serde::{Deserialize, Serialize};
 
 use crate::{Catalogue, Health, Route, RoutingError};
+
+/// How candidates are ordered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    /// Lowest worst-case cost first.
+    #[default]
+    Cheapest,
+    /// Lowest observed latency first; a route not yet observed counts as
+    /// fastest, so that every route gets measured.
+    Fastest,
+    /// Lowest sum of cost and latency, each relative to the best candidate's.
+    Balanced,
+}
+
+impl Policy {
+    /// The wire name.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Cheapest => "cheapest",
+            Self::Fastest => "fastest",
+            Self::Balanced => "balanced",
+        }
+    }
+
+    const fn rule(self) -> &'static str {
+        match self {
+            Self::Cheapest => "lowest worst-case cost; ties broken by higher weight, then route id",
+            Self::Fastest => "lowest observed latency (unobserved first); ties broken by lower cost, then route id",
+            Self::Balanced => {
+                "lowest cost/cheapest + latency/fastest (unobserved count as fastest); ties broken by lower cost"
+            }
+        }
+    }
+}
+
+/// What the paying org (or the request) asks of routing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preferences {
+    /// The ordering.
+    #[serde(default)]
+    pub policy: Policy,
+    /// Routes dearer than this per million prompt tokens are excluded.
+    #[serde(default)]
+    pub max_input_price: Option<PricePerMTok>,
+    /// Routes dearer than this per million generated tokens are excluded.
+    #[serde(default)]
+    pub max_output_price: Option<PricePerMTok>,
+}
 
 const CIRCUIT_OPEN: &str = "circuit open (recent failures)";
 
@@ -23,13 +74,23 @@ pub struct RequestProfile {
     pub json_mode: bool,
     /// Whether it carries images.
     pub images: bool,
+    /// Policy and price ceilings.
+    pub preferences: Preferences,
 }
 
 impl RequestProfile {
     /// A text request with no tools, JSON mode or images.
     #[must_use]
     pub const fn text(input_tokens: u64, max_output_tokens: Option<u32>, stream: bool) -> Self {
-        Self { input_tokens, max_output_tokens, stream, tools: false, json_mode: false, images: false }
+        Self {
+            input_tokens,
+            max_output_tokens,
+            stream,
+            tools: false,
+            json_mode: false,
+            images: false,
+            preferences: Preferences { policy: Policy::Cheapest, max_input_price: None, max_output_price: None },
+        }
     }
 }
 
@@ -51,6 +112,8 @@ pub struct Candidate {
     pub max_output_tokens: u32,
     /// Prompt estimate × input price + output cap × output price.
     pub worst_case: Money,
+    /// The route's observed latency, if it has served calls.
+    pub latency: Option<std::time::Duration>,
 }
 
 /// The ranked candidates for one request, and the evidence.
@@ -69,7 +132,7 @@ pub struct Decision {
     /// The model slug.
     pub model: String,
     /// The policy applied.
-    pub policy: &'static str,
+    pub policy: Policy,
     /// The rule that ordered the candidates.
     pub rule: &'static str,
     /// Every route considered.
@@ -85,6 +148,8 @@ pub struct DecisionCandidate {
     pub rank: Option<usize>,
     /// Worst-case cost in nano-dollars, if eligible.
     pub worst_case: Option<Money>,
+    /// Observed latency in milliseconds (moving average), if eligible and observed.
+    pub latency_ms: Option<u64>,
     /// Why it was excluded, if it was.
     pub excluded: Option<String>,
 }
@@ -118,6 +183,10 @@ impl Catalogue {
                 Some("does not support JSON mode".to_owned())
             } else if profile.images && !route.vision {
                 Some("does not support images".to_owned())
+            } else if profile.preferences.max_input_price.is_some_and(|max| route.input_price > max) {
+                Some("input price above the ceiling".to_owned())
+            } else if profile.preferences.max_output_price.is_some_and(|max| route.output_price > max) {
+                Some("output price above the ceiling".to_owned())
             } else if profile.input_tokens.saturating_add(u64::from(max_out)) > u64::from(route.context_window) {
                 Some(format!(
                     "prompt (~{} tokens) plus max_tokens ({max_out}) exceeds the context window ({})",
@@ -136,15 +205,16 @@ impl Catalogue {
                 .zip(route.output_price.cost(u64::from(max_out)))
                 .and_then(|(a, b)| a.checked_add(b));
             match worst_case {
-                Some(worst_case) => {
-                    eligible.push(Candidate { route: Arc::clone(route), max_output_tokens: max_out, worst_case });
-                }
+                Some(worst_case) => eligible.push(Candidate {
+                    route: Arc::clone(route),
+                    max_output_tokens: max_out,
+                    worst_case,
+                    latency: health.latency(&route.id),
+                }),
                 None => excluded.push((route, "price overflow".to_owned())),
             }
         }
-        eligible.sort_by(|a, b| {
-            a.worst_case.cmp(&b.worst_case).then(b.route.weight.cmp(&a.route.weight)).then(a.route.id.cmp(&b.route.id))
-        });
+        rank(&mut eligible, profile.preferences.policy);
         let mut candidates: Vec<DecisionCandidate> = eligible
             .iter()
             .enumerate()
@@ -152,6 +222,7 @@ impl Catalogue {
                 route: c.route.public_id.clone(),
                 rank: Some(i + 1),
                 worst_case: Some(c.worst_case),
+                latency_ms: c.latency.map(|l| u64::try_from(l.as_millis()).unwrap_or(u64::MAX)),
                 excluded: None,
             })
             .collect();
@@ -159,6 +230,7 @@ impl Catalogue {
             route: r.public_id.clone(),
             rank: None,
             worst_case: None,
+            latency_ms: None,
             excluded: Some(why.clone()),
         }));
         if eligible.is_empty() && !excluded.is_empty() && excluded.iter().all(|(_, why)| why == CIRCUIT_OPEN) {
@@ -168,13 +240,40 @@ impl Catalogue {
             let reason = excluded.first().map_or_else(|| "no routes".to_owned(), |(_, why)| why.clone());
             return Err(RoutingError::NoRoute { model: slug.to_owned(), reason });
         }
-        let decision = Decision {
-            model: slug.to_owned(),
-            policy: "cheapest",
-            rule: "lowest worst-case cost; ties broken by higher weight, then route id",
-            candidates,
-        };
+        let policy = profile.preferences.policy;
+        let decision = Decision { model: slug.to_owned(), policy, rule: policy.rule(), candidates };
         Ok(RoutePlan { candidates: eligible, decision })
+    }
+}
+
+/// Orders eligible candidates by `policy`, best first. Deterministic: ties
+/// end on the route id.
+fn rank(eligible: &mut [Candidate], policy: Policy) {
+    let latency_us = |c: &Candidate| c.latency.map_or(0, |l| u64::try_from(l.as_micros()).unwrap_or(u64::MAX));
+    match policy {
+        Policy::Cheapest => eligible.sort_by(|a, b| {
+            a.worst_case.cmp(&b.worst_case).then(b.route.weight.cmp(&a.route.weight)).then(a.route.id.cmp(&b.route.id))
+        }),
+        Policy::Fastest => eligible.sort_by(|a, b| {
+            latency_us(a).cmp(&latency_us(b)).then(a.worst_case.cmp(&b.worst_case)).then(a.route.id.cmp(&b.route.id))
+        }),
+        Policy::Balanced => {
+            // Each candidate's cost and latency relative to the best of
+            // each (×1000, integers); unobserved latency counts as the best.
+            let min_cost = eligible.iter().map(|c| c.worst_case.units()).min().unwrap_or(0).max(1);
+            let min_latency = eligible.iter().filter_map(|c| c.latency).map(|l| l.as_micros()).min();
+            let score = |c: &Candidate| {
+                let cost = i128::from(c.worst_case.units().max(1)) * 1000 / i128::from(min_cost);
+                let latency = match (c.latency, min_latency) {
+                    (Some(l), Some(min)) if min > 0 => i128::try_from(l.as_micros() * 1000 / min).unwrap_or(i128::MAX),
+                    _ => 1000,
+                };
+                cost.saturating_add(latency)
+            };
+            eligible.sort_by(|a, b| {
+                score(a).cmp(&score(b)).then(a.worst_case.cmp(&b.worst_case)).then(a.route.id.cmp(&b.route.id))
+            });
+        }
     }
 }
 
@@ -244,6 +343,61 @@ mod tests {
             catalogue().plan("nope", &too_long, &Health::default(), Instant::now()),
             Err(RoutingError::ModelNotFound(_))
         ));
+    }
+
+    #[test]
+    fn policies_order_by_cost_latency_or_both_and_ceilings_exclude() {
+        let health = Health::default();
+        let ms = std::time::Duration::from_millis;
+        health.record_latency("r-low", ms(900));
+        health.record_latency("r-mid", ms(100));
+        health.record_latency("r-high", ms(200));
+        let order = |policy: Policy| {
+            let profile = RequestProfile {
+                preferences: Preferences { policy, ..Preferences::default() },
+                ..RequestProfile::text(100, None, false)
+            };
+            let plan = catalogue().plan("m", &profile, &health, Instant::now()).unwrap();
+            assert_eq!(plan.decision.policy, policy);
+            plan.candidates.iter().map(|c| c.route.id.clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(order(Policy::Cheapest), ["r-low", "r-mid", "r-high"]);
+        assert_eq!(order(Policy::Fastest), ["r-mid", "r-high", "r-low"]);
+        // Cost ×1000 relative to r-low (1000, 1500, 2000) plus latency
+        // relative to r-mid (9000, 1000, 2000): r-mid 2500, r-high 4000, r-low 10000.
+        assert_eq!(order(Policy::Balanced), ["r-mid", "r-high", "r-low"]);
+        // A route never observed is tried first under `fastest`.
+        let fresh = Health::default();
+        fresh.record_latency("r-low", ms(5));
+        let profile = RequestProfile {
+            preferences: Preferences { policy: Policy::Fastest, ..Preferences::default() },
+            ..RequestProfile::text(100, None, false)
+        };
+        let plan = catalogue().plan("m", &profile, &fresh, Instant::now()).unwrap();
+        assert_eq!(plan.candidates[0].route.id, "r-mid", "unobserved, then cheaper");
+        // A price ceiling excludes, with the reason.
+        let capped = RequestProfile {
+            preferences: Preferences {
+                max_output_price: Some(serde_json::from_str("\"1.5\"").unwrap()),
+                ..Preferences::default()
+            },
+            ..RequestProfile::text(100, None, false)
+        };
+        let plan = catalogue().plan("m", &capped, &Health::default(), Instant::now()).unwrap();
+        assert_eq!(plan.candidates.len(), 2);
+        assert!(
+            plan.decision.candidates.iter().any(|c| c.excluded.as_deref() == Some("output price above the ceiling"))
+        );
+    }
+
+    #[test]
+    fn latency_is_a_moving_average() {
+        let health = Health::default();
+        let ms = std::time::Duration::from_millis;
+        assert_eq!(health.latency("r"), None);
+        health.record_latency("r", ms(100));
+        health.record_latency("r", ms(200));
+        assert_eq!(health.latency("r"), Some(ms(130)), "100 + (200 - 100) × 30%");
     }
 
     #[test]

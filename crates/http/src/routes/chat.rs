@@ -18,8 +18,9 @@ use crate::state::State;
 use crate::wire::{ChatCompletionRequest, assistant_message, usage};
 
 pub(crate) async fn completions(state: State, caller: Caller, payload: web::Payload) -> Result<HttpResponse, ApiError> {
-    let exec_caller = caller.payer()?;
+    caller.require(modelroute_identity::Scope::Execute)?;
     let body: ChatCompletionRequest = read_json(payload, state.max_body_bytes).await?;
+    let exec_caller = caller.payer(body.routing)?;
     let stream = body.stream.unwrap_or(false);
     let include_usage = body.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let request = body.into_canonical()?;

@@ -24,8 +24,9 @@ pub(crate) async fn create(
     payload: web::Payload,
 ) -> Result<HttpResponse, AnthropicError> {
     let caller = authenticate(&req).await?;
-    let exec_caller = caller.payer()?;
+    caller.require(modelroute_identity::Scope::Execute)?;
     let body: MessagesRequest = read_json(payload, state.max_body_bytes).await?;
+    let exec_caller = caller.payer(body.routing)?;
     let stream = body.stream;
     let request = body.into_canonical()?;
     let slug = request.model.clone();

@@ -6,6 +6,7 @@ mod executions;
 mod health;
 mod messages;
 mod models;
+mod routing;
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, web};
@@ -25,7 +26,9 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/chat/completions", web::post().to(chat::completions))
                 .route("/messages", web::post().to(messages::create))
                 .route("/executions/{id}", web::get().to(executions::get))
-                .route("/billing/balance", web::get().to(billing::balance)),
+                .route("/billing/balance", web::get().to(billing::balance))
+                .route("/routing/preferences", web::get().to(routing::get))
+                .route("/routing/preferences", web::put().to(routing::put)),
         )
         .default_service(web::to(not_found));
 }

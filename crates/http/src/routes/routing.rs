@@ -1,0 +1,37 @@
+//! `GET`/`PUT /v1/routing/preferences`: the caller's org routing policy
+//! (`cheapest`, `fastest`, `balanced`) and price ceilings. A request may
+//! choose another policy or lower ceilings in its own `routing` field.
+
+use actix_web::{HttpResponse, web};
+use modelroute_identity::Scope;
+use modelroute_routing::Preferences;
+use serde_json::{Value, json};
+
+use crate::ApiError;
+use crate::auth::Caller;
+use crate::body::read_json;
+use crate::state::State;
+
+fn body(p: &Preferences) -> Value {
+    json!({
+        "object": "routing_preferences",
+        "policy": p.policy,
+        "max_input_price": p.max_input_price,
+        "max_output_price": p.max_output_price,
+    })
+}
+
+/// `GET /v1/routing/preferences`.
+pub(crate) async fn get(state: State, caller: Caller) -> Result<HttpResponse, ApiError> {
+    let principal = caller.require(Scope::Read)?;
+    let p = state.executor.preferences(&principal.org_id).await?;
+    Ok(HttpResponse::Ok().json(body(&p)))
+}
+
+/// `PUT /v1/routing/preferences` (manage scope): replaces them.
+pub(crate) async fn put(state: State, caller: Caller, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+    let principal = caller.require(Scope::Manage)?;
+    let p: Preferences = read_json(payload, state.max_body_bytes).await?;
+    state.executor.set_preferences(&principal.org_id, p).await?;
+    Ok(HttpResponse::Ok().json(body(&p)))
+}
