@@ -13,8 +13,8 @@ use modelroute_providers::{
     ProviderRegistry, StreamEvent, Usage, UsageEstimate,
 };
 use modelroute_routing::{
-    Candidate, CanonicalError, Catalogue, Classification, ErrorRules, Health, Preferences, RequestProfile, RetryConfig,
-    UpstreamFailure, estimate_input_tokens,
+    Candidate, CanonicalError, Catalogue, Classification, ErrorRules, Health, Preferences, RequestProfile, RetryBudget,
+    RetryConfig, UpstreamFailure, estimate_input_tokens,
 };
 use modelroute_types::{ApiKeyId, ErrorCode, ExecutionId, Money, OrgId, ProjectId, time};
 use tokio::sync::{mpsc, oneshot};
@@ -125,6 +125,7 @@ struct Inner<L> {
     rules: Arc<ErrorRules>,
     retry: RetryConfig,
     preferences: PreferenceStore,
+    budget: RetryBudget,
 }
 
 /// How many ranked routes the hold tries to cover, so that fallbacks can run
@@ -239,6 +240,7 @@ impl<L: Ledger + 'static> Executor<L> {
         rules: Arc<ErrorRules>,
         retry: RetryConfig,
     ) -> Self {
+        let budget = RetryBudget::new(retry.budget_percent, retry.budget_min_per_second);
         Self {
             inner: Arc::new(Inner {
                 pool,
@@ -249,6 +251,7 @@ impl<L: Ledger + 'static> Executor<L> {
                 rules,
                 retry,
                 preferences: PreferenceStore::default(),
+                budget,
             }),
         }
     }
@@ -419,7 +422,12 @@ impl<L: Ledger + 'static> Executor<L> {
                     break 'routes;
                 }
                 match retry.backoff(n, fastrand::u64(..), e.retry_after) {
-                    Some(wait) if tokio::time::Instant::now() + wait < deadline => tokio::time::sleep(wait).await,
+                    Some(wait)
+                        if tokio::time::Instant::now() + wait < deadline
+                            && self.inner.budget.try_withdraw(Instant::now()) =>
+                    {
+                        tokio::time::sleep(wait).await;
+                    }
                     _ => continue 'routes,
                 }
             }
@@ -574,6 +582,7 @@ impl<L: Ledger + 'static> Executor<L> {
         let preferences = caller.preferences.apply_to(inner.preferences.get(&inner.pool, &caller.org_id).await?);
         let profile = profile(request, stream, preferences);
         let plan = inner.catalogue.plan(&request.model, &profile, &inner.health, Instant::now())?;
+        inner.budget.deposit();
         let first = plan.candidates.as_slice().first().ok_or(ExecutionError::ProviderMissing)?.clone();
         let id = ExecutionId::new();
         // Hold enough for the first few routes when the balance allows, so a

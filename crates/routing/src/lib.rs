@@ -4,12 +4,14 @@
 //! testable without I/O.
 
 mod breaker;
+mod budget;
 mod catalogue;
 mod error;
 mod errors;
 mod plan;
 
 pub use breaker::{BreakerConfig, BreakerState, Health};
+pub use budget::RetryBudget;
 pub use catalogue::{Catalogue, CatalogueConfig, Model, ModelConfig, Route, RouteConfig};
 pub use error::RoutingError;
 pub use errors::{CanonicalError, Classification, ErrorRule, ErrorRules, UpstreamFailure};
@@ -48,6 +50,11 @@ pub struct RetryConfig {
     /// A streamed call whose first token takes longer fails over to the
     /// next route (a route may set its own).
     pub first_token_timeout_ms: u64,
+    /// Retry budget: same-route retries may add this percentage to the
+    /// calls the process makes…
+    pub budget_percent: u32,
+    /// …plus this many retries per second, always.
+    pub budget_min_per_second: u32,
 }
 
 impl Default for RetryConfig {
@@ -59,6 +66,8 @@ impl Default for RetryConfig {
             max_retry_after_ms: 5_000,
             deadline_ms: 120_000,
             first_token_timeout_ms: 60_000,
+            budget_percent: 20,
+            budget_min_per_second: 10,
         }
     }
 }
