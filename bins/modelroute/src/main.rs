@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use modelroute_http::{Application, Services, Settings};
+use modelroute_http::{Application, Reloader, Services, Settings};
 use modelroute_identity::Scopes;
 use modelroute_types::{Money, OrgId, ProjectId};
 
@@ -122,7 +122,7 @@ async fn main() -> Result<()> {
     let settings = Settings::load(cli.config.as_deref())?;
     modelroute_telemetry::init_logging(&settings.telemetry);
     match cli.command {
-        Command::Serve => serve(settings).await,
+        Command::Serve => serve(settings, cli.config).await,
         Command::Config => {
             print!("{}", settings.to_redacted_toml()?);
             Ok(())
@@ -138,7 +138,7 @@ async fn main() -> Result<()> {
     }
 }
 
-async fn serve(settings: Settings) -> Result<()> {
+async fn serve(settings: Settings, config: Option<PathBuf>) -> Result<()> {
     let app = Application::build(settings).await.context("starting the server")?;
     if let Some(b) = &app.bootstrap {
         println!("First start: created org {} and project {}.", b.org.id, b.project.id);
@@ -146,7 +146,31 @@ async fn serve(settings: Settings) -> Result<()> {
         println!("API key (shown once, store it now):\n\n    {}\n", b.token);
     }
     println!("ModelRoute listening on port {}", app.port());
+    tokio::spawn(reload_on_sighup(app.reloader(), config));
     app.run_until_stopped().await.context("running the server")
+}
+
+/// SIGHUP: reload the catalogue and the providers from the same sources
+/// (defaults, the config file, the environment). A bad file is reported and
+/// the running catalogue kept.
+async fn reload_on_sighup(reloader: Reloader, config: Option<PathBuf>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; catalogue reloads need a restart");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match Settings::load(config.as_deref()).map_err(anyhow::Error::from).and_then(|s| Ok(reloader.reload(&s)?))
+            {
+                Ok(models) => tracing::info!(models, "reloaded the catalogue and providers"),
+                Err(e) => tracing::error!(error = %e, "reload refused; the running catalogue stays"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (reloader, config);
 }
 
 async fn operate(settings: &Settings, command: Command) -> Result<()> {

@@ -1,4 +1,4 @@
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDateTime;
@@ -119,13 +119,20 @@ impl<L> Clone for Executor<L> {
 struct Inner<L> {
     pool: DbPool,
     ledger: L,
-    catalogue: Arc<Catalogue>,
-    providers: Arc<ProviderRegistry>,
+    /// Swapped whole on reload; an execution keeps the one it was admitted with.
+    table: RwLock<Arc<RouteTable>>,
     health: Arc<Health>,
     rules: Arc<ErrorRules>,
     retry: RetryConfig,
     preferences: PreferenceStore,
     budget: RetryBudget,
+}
+
+/// The catalogue and the providers its routes name: replaced together.
+#[derive(Debug)]
+struct RouteTable {
+    catalogue: Arc<Catalogue>,
+    providers: Arc<ProviderRegistry>,
 }
 
 /// How many ranked routes the hold tries to cover, so that fallbacks can run
@@ -155,6 +162,8 @@ fn profile(request: &ChatRequest, stream: bool, preferences: Preferences) -> Req
 
 /// An admitted execution: hold placed, record written.
 struct Admitted {
+    /// The providers as they were at admission (a reload does not pull them away).
+    providers: Arc<ProviderRegistry>,
     id: ExecutionId,
     created_at: NaiveDateTime,
     hold: Hold,
@@ -245,8 +254,7 @@ impl<L: Ledger + 'static> Executor<L> {
             inner: Arc::new(Inner {
                 pool,
                 ledger,
-                catalogue,
-                providers,
+                table: RwLock::new(Arc::new(RouteTable { catalogue, providers })),
                 health,
                 rules,
                 retry,
@@ -276,7 +284,7 @@ impl<L: Ledger + 'static> Executor<L> {
     /// A place in the route provider's bulkhead and its breaker's leave to
     /// call; a refusal is recorded as a skipped attempt.
     fn enter(&self, admitted: &mut Admitted, candidate: &Candidate) -> Option<Permit> {
-        let Some(permit) = self.inner.providers.try_enter(&candidate.route.provider) else {
+        let Some(permit) = admitted.providers.try_enter(&candidate.route.provider) else {
             admitted.record_skip(candidate, "bulkhead_full");
             return None;
         };
@@ -297,10 +305,22 @@ impl<L: Ledger + 'static> Executor<L> {
         class
     }
 
+    fn table(&self) -> Arc<RouteTable> {
+        Arc::clone(&self.inner.table.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
     /// The catalogue in use.
     #[must_use]
-    pub fn catalogue(&self) -> &Catalogue {
-        &self.inner.catalogue
+    pub fn catalogue(&self) -> Arc<Catalogue> {
+        Arc::clone(&self.table().catalogue)
+    }
+
+    /// Replaces the catalogue and the providers (a configuration reload).
+    /// Executions under way finish with what they were admitted with;
+    /// breakers and latency averages are kept for routes that stay.
+    pub fn reload(&self, catalogue: Arc<Catalogue>, providers: Arc<ProviderRegistry>) {
+        let table = Arc::new(RouteTable { catalogue, providers });
+        *self.inner.table.write().unwrap_or_else(std::sync::PoisonError::into_inner) = table;
     }
 
     /// The org's routing preferences (defaults when it set none).
@@ -371,7 +391,7 @@ impl<L: Ledger + 'static> Executor<L> {
         // After a context-length refusal, only routes with a larger window are worth trying.
         let mut needs_context_above: Option<u32> = None;
         'routes: for candidate in admitted.candidates.clone() {
-            let Some(provider) = self.inner.providers.get(&candidate.route.provider) else { continue };
+            let Some(provider) = admitted.providers.get(&candidate.route.provider) else { continue };
             if needs_context_above.is_some_and(|w| candidate.route.context_window <= w) {
                 admitted.record_skip(&candidate, "context_too_small");
                 continue;
@@ -581,7 +601,8 @@ impl<L: Ledger + 'static> Executor<L> {
         let inner = &self.inner;
         let preferences = caller.preferences.apply_to(inner.preferences.get(&inner.pool, &caller.org_id).await?);
         let profile = profile(request, stream, preferences);
-        let plan = inner.catalogue.plan(&request.model, &profile, &inner.health, Instant::now())?;
+        let table = self.table();
+        let plan = table.catalogue.plan(&request.model, &profile, &inner.health, Instant::now())?;
         inner.budget.deposit();
         let first = plan.candidates.as_slice().first().ok_or(ExecutionError::ProviderMissing)?.clone();
         let id = ExecutionId::new();
@@ -637,7 +658,7 @@ impl<L: Ledger + 'static> Executor<L> {
             return Err(e);
         }
         let decision = serde_json::to_value(&plan.decision).unwrap_or_default();
-        Ok(Admitted { id, created_at: now, hold, candidates, decision })
+        Ok(Admitted { providers: Arc::clone(&table.providers), id, created_at: now, hold, candidates, decision })
     }
 
     /// Settles the hold for `usage` at the route's prices and records the outcome.

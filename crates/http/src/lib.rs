@@ -20,4 +20,4 @@ mod wire_anthropic;
 pub use error::{ApiError, status_of};
 pub use operator::{BootstrapReport, Services};
 pub use settings::{BootstrapConfig, ServerConfig, Settings, SettingsError};
-pub use startup::{Application, StartupError};
+pub use startup::{Application, Reloader, StartupError};

@@ -65,6 +65,16 @@ pub struct BootstrapReport {
     pub credit: Money,
 }
 
+/// The validated catalogue and the providers its routes name.
+///
+/// # Errors
+/// A provider or catalogue entry that is invalid, named in the message.
+pub fn routes_of(settings: &Settings) -> Result<(Arc<Catalogue>, Arc<ProviderRegistry>), OperatorError> {
+    let providers = Arc::new(ProviderRegistry::from_config(&settings.providers).map_err(OperatorError::Providers)?);
+    let catalogue = Arc::new(Catalogue::from_config(&settings.catalogue, |p| providers.contains(p))?);
+    Ok((catalogue, providers))
+}
+
 impl Services {
     /// Connects, migrates (when configured), loads the server secret and
     /// validates the catalogue.
@@ -72,8 +82,7 @@ impl Services {
     /// # Errors
     /// Any of those failing.
     pub async fn connect(settings: &Settings) -> Result<Self, OperatorError> {
-        let providers = Arc::new(ProviderRegistry::from_config(&settings.providers).map_err(OperatorError::Providers)?);
-        let catalogue = Arc::new(Catalogue::from_config(&settings.catalogue, |p| providers.contains(p))?);
+        let (catalogue, providers) = routes_of(settings)?;
         let pool = DbPool::connect(&settings.database).await?;
         if settings.database.migrate_on_start {
             let applied = pool.migrate().await?;

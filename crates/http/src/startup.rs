@@ -8,9 +8,10 @@ use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use modelroute_executions::Executor;
+use modelroute_ledger::SqlLedger;
 use modelroute_routing::{ErrorRules, Health};
 
-use crate::operator::OperatorError;
+use crate::operator::{OperatorError, routes_of};
 use crate::state::AppState;
 use crate::{BootstrapReport, Services, Settings, request_id, routes};
 
@@ -36,6 +37,7 @@ pub struct Application {
     port: u16,
     server: Server,
     sweeper: tokio::task::JoinHandle<()>,
+    executor: Executor<SqlLedger>,
     /// Set when this start bootstrapped an empty database.
     pub bootstrap: Option<BootstrapReport>,
     /// The services, for callers that need them alongside the server (tests).
@@ -64,7 +66,7 @@ impl Application {
             pool: services.pool.clone(),
             identity: services.identity.clone(),
             ledger: services.ledger.clone(),
-            executor,
+            executor: executor.clone(),
             metrics: modelroute_telemetry::metrics_handle(),
             max_body_bytes: settings.server.max_body_bytes,
         });
@@ -85,7 +87,13 @@ impl Application {
         }
         let server = server.listen(listener).map_err(|source| StartupError::Bind { bind, source })?.run();
         let sweeper = tokio::spawn(sweep_holds(services.clone(), settings.ledger.sweep_interval_secs));
-        Ok(Self { port, server, sweeper, bootstrap, services })
+        Ok(Self { port, server, sweeper, executor, bootstrap, services })
+    }
+
+    /// A handle that swaps in a new catalogue and providers while serving.
+    #[must_use]
+    pub fn reloader(&self) -> Reloader {
+        Reloader { executor: self.executor.clone() }
     }
 
     /// The port the server listens on.
@@ -102,6 +110,28 @@ impl Application {
         let result = self.server.await;
         self.sweeper.abort();
         result
+    }
+}
+
+/// Reloads the catalogue and the providers of a running server (the binary
+/// calls it on SIGHUP). Other settings need a restart.
+#[derive(Debug, Clone)]
+pub struct Reloader {
+    executor: Executor<SqlLedger>,
+}
+
+impl Reloader {
+    /// Validates `settings`' catalogue and providers and, when both are
+    /// valid, swaps them in; returns the number of models. Requests under
+    /// way finish on the routes they were admitted with.
+    ///
+    /// # Errors
+    /// An invalid entry, named in the message; the running catalogue stays.
+    pub fn reload(&self, settings: &Settings) -> Result<usize, OperatorError> {
+        let (catalogue, providers) = routes_of(settings)?;
+        let models = catalogue.models().count();
+        self.executor.reload(catalogue, providers);
+        Ok(models)
     }
 }
 

@@ -12,7 +12,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use modelroute_db::db_test;
 use modelroute_db::testing::TestDb;
-use modelroute_http::{Application, Services, Settings};
+use modelroute_http::{Application, Reloader, Services, Settings};
 use modelroute_providers::{BuiltinConfig, HttpConfig, ProviderConfig};
 use modelroute_routing::{ModelConfig, RouteConfig};
 use modelroute_testkit::{StandIn, TEST_KEY, Wire};
@@ -27,6 +27,8 @@ struct TestApp {
     openai: StandIn,
     anthropic: StandIn,
     gemini: StandIn,
+    settings: Settings,
+    reloader: Reloader,
     _db: TestDb,
 }
 
@@ -81,12 +83,24 @@ async fn spawn(db: TestDb) -> TestApp {
         model("filter/gemini", vec![route("f-a", "ge", "fault-filter", "1"), route("f-b", "oa", "m", "2")]),
         model("policy/m", vec![route("p-cheap", "slow-builtin", "echo", "1"), route("p-fast", "oa", "m", "2")]),
     ];
-    let app = Application::build(settings).await.expect("server starts");
+    let app = Application::build(settings.clone()).await.expect("server starts");
     let boot = app.bootstrap.clone().unwrap();
     let services = app.services.clone();
     let port = app.port();
+    let reloader = app.reloader();
     tokio::spawn(app.run_until_stopped());
-    TestApp { port, key: boot.token, org: boot.org.id, services, openai, anthropic, gemini, _db: db }
+    TestApp {
+        port,
+        key: boot.token,
+        org: boot.org.id,
+        services,
+        openai,
+        anthropic,
+        gemini,
+        settings,
+        reloader,
+        _db: db,
+    }
 }
 
 impl TestApp {
@@ -361,4 +375,35 @@ db_test!(async fn org_policy_and_request_preferences_order_and_exclude_routes(db
     assert_eq!(app.get("/v1/routing/preferences").await["policy"], "fastest");
     let (status, body) = app.post("/v1/chat/completions", &ask(json!({ "policy": "slowest" }))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+});
+
+db_test!(async fn the_catalogue_reloads_while_serving_and_a_bad_one_is_refused(db) {
+    let app = spawn(db).await;
+    let ask = |model: &str| json!({ "model": model, "messages": [{ "role": "user", "content": "Hello" }] });
+    let (status, _) = app.post("/v1/chat/completions", &ask("via/openai")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!((app.openai.calls("m"), app.gemini.calls("m")), (1, 0));
+
+    // A new catalogue: via/openai now served by Gemini, and a new model.
+    let mut next = app.settings.clone();
+    next.catalogue.models[0].routes = vec![route("via-oa-moved", "ge", "m", "1")];
+    next.catalogue.models.push(model("new/model", vec![route("new-r", "an", "m", "1")]));
+    let models = app.reloader.reload(&next).unwrap();
+    assert_eq!(models, app.settings.catalogue.models.len() + 1);
+    let listed = app.get("/v1/models").await;
+    assert!(listed["data"].as_array().unwrap().iter().any(|m| m["id"] == "new/model"), "{listed}");
+    let (status, body) = app.post("/v1/chat/completions", &ask("via/openai")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!((app.openai.calls("m"), app.gemini.calls("m")), (1, 1), "the moved route serves");
+    let (status, body) = app.post("/v1/chat/completions", &ask("new/model")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // A catalogue naming an unknown provider is refused, by name; the running one stays.
+    let mut bad = next.clone();
+    bad.catalogue.models[0].routes[0].provider = "nope".into();
+    let e = app.reloader.reload(&bad).unwrap_err().to_string();
+    assert!(e.contains("models[0].routes[0].provider `nope`"), "{e}");
+    let (status, _) = app.post("/v1/chat/completions", &ask("new/model")).await;
+    assert_eq!(status, StatusCode::OK);
+    let _no_hold_left = app.available().await;
 });

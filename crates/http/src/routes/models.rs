@@ -25,6 +25,7 @@ pub(crate) async fn list(state: State, _caller: Caller) -> HttpResponse {
 
 /// `GET /v1/models/{slug}` (slugs may contain `/`).
 pub(crate) async fn get(state: State, _caller: Caller, slug: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let model = state.executor.catalogue().model(&slug).ok_or_else(|| RoutingError::ModelNotFound(slug.clone()))?;
+    let catalogue = state.executor.catalogue();
+    let model = catalogue.model(&slug).ok_or_else(|| RoutingError::ModelNotFound(slug.clone()))?;
     Ok(HttpResponse::Ok().json(model_json(model)))
 }
