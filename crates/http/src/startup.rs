@@ -78,6 +78,9 @@ impl Application {
         let mut server = HttpServer::new(move || {
             App::new().app_data(data.clone()).wrap(from_fn(request_id::middleware)).configure(routes::configure)
         })
+        // Streamed answers go out chunk by chunk: without TCP_NODELAY each
+        // small SSE frame can wait ~40 ms for the client's delayed ACK.
+        .tcp_nodelay(true)
         .client_request_timeout(Duration::from_millis(cfg.client_request_timeout_ms))
         .client_disconnect_timeout(Duration::from_secs(1))
         .keep_alive(Duration::from_secs(cfg.keep_alive_secs))

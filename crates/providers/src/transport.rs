@@ -72,13 +72,20 @@ impl Transport {
         }
         // The crypto provider is passed explicitly: rustls then never depends
         // on a process-wide default being installed.
+        // TCP_NODELAY: a request's head and body leave at once instead of
+        // waiting out Nagle's algorithm against the peer's delayed ACK
+        // (measured: ~40 ms added to every call without it).
+        let mut tcp = HttpConnector::new();
+        tcp.set_nodelay(true);
+        tcp.enforce_http(false);
+        tcp.set_keepalive(Some(Duration::from_secs(60)));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_webpki_roots(Arc::new(rustls::crypto::ring::default_provider()))
             .map_err(|e| format!("TLS: {e}"))?
             .https_or_http()
             .enable_http1()
             .enable_http2()
-            .build();
+            .wrap_connector(tcp);
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).build(https);
         Ok(Self { config, client })
     }

@@ -4,6 +4,7 @@ unmodified: only base_url and api_key change. Run by .ci/run:
     MR_BASE_URL=http://127.0.0.1:PORT/v1 MR_KEY=mr_... python openai_sdk.py
 """
 
+import json
 import os
 
 import openai
@@ -41,6 +42,40 @@ for chunk in stream:
 check("stream text", text == "Echo: Hello SDK", text)
 check("stream finish", finish == "stop", finish)
 check("stream usage", usage is not None and usage.completion_tokens > 0, usage)
+
+tools = [{"type": "function", "function": {"name": "lookup", "description": "Looks things up",
+          "parameters": {"type": "object", "properties": {"input": {"type": "string"}}}}}]
+ask = [{"role": "user", "content": "find cats"}]
+r = client.chat.completions.create(model="builtin/echo", messages=ask, tools=tools, tool_choice="required")
+call = r.choices[0].message.tool_calls[0] if r.choices[0].message.tool_calls else None
+check("tool call", call is not None and call.function.name == "lookup", r)
+check("tool call arguments", call is not None and json.loads(call.function.arguments) == {"input": "find cats"}, r)
+check("tool call finish", r.choices[0].finish_reason == "tool_calls", r)
+follow = ask + [r.choices[0].message.model_dump(exclude_none=True),
+                {"role": "tool", "tool_call_id": call.id, "content": "three cats"}]
+r = client.chat.completions.create(model="builtin/echo", messages=follow, tools=tools)
+check("tool result read", r.choices[0].message.content == "Echo: three cats", r)
+
+stream = client.chat.completions.create(model="builtin/echo", messages=ask, tools=tools, tool_choice="required", stream=True)
+name, arguments, finish = None, "", None
+for chunk in stream:
+    for c in chunk.choices[0].delta.tool_calls or []:
+        name = c.function.name or name
+        arguments += c.function.arguments or ""
+    finish = chunk.choices[0].finish_reason or finish
+check("stream tool call", name == "lookup" and json.loads(arguments) == {"input": "find cats"}, (name, arguments))
+check("stream tool finish", finish == "tool_calls", finish)
+
+r = client.chat.completions.create(model="builtin/echo", messages=messages, response_format={"type": "json_object"})
+check("json mode", json.loads(r.choices[0].message.content) == {"echo": "Hello SDK"}, r)
+
+image = [{"role": "user", "content": [{"type": "text", "text": "look"},
+          {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}]
+r = client.chat.completions.create(model="builtin/echo", messages=image)
+check("image input", r.choices[0].message.content == "Echo: look", r)
+
+r = client.chat.completions.create(model="builtin/echo", messages=messages, extra_body={"routing": {"policy": "fastest"}})
+check("routing preferences in extra_body", r.choices[0].message.content == "Echo: Hello SDK", r)
 
 try:
     client.chat.completions.create(model="no/such-model", messages=messages)
