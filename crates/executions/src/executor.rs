@@ -171,6 +171,8 @@ struct Admitted {
     candidates: Vec<Candidate>,
     /// The decision record; attempts are appended as they happen.
     decision: serde_json::Value,
+    /// The execution record's insert, until it has been awaited.
+    recording: Option<tokio::task::JoinHandle<Result<(), ExecutionError>>>,
 }
 
 /// One try of one route, as recorded in the decision.
@@ -360,6 +362,7 @@ impl<L: Ledger + 'static> Executor<L> {
                 provider.chat(&upstream).await
             })
             .await;
+        self.recorded(&mut admitted).await?;
         let (candidate, response, _permit) = match tried {
             Ok(ok) => ok,
             Err(e) => {
@@ -516,6 +519,10 @@ impl<L: Ledger + 'static> Executor<L> {
                 },
             )
             .await;
+        if let Err(e) = self.recorded(&mut admitted).await {
+            let _ = admitted_tx.send(Err(e));
+            return;
+        }
         let (candidate, stream, _permit) = match opened {
             Ok(opened) => opened,
             Err(e) => {
@@ -646,19 +653,41 @@ impl<L: Ledger + 'static> Executor<L> {
             started_at: Some(now),
             finished_at: None,
         };
-        let inserted: Result<usize, ExecutionError> = async {
-            Ok(db_run!(inner.pool, |conn| diesel::insert_into(executions::table).values(&row).execute(conn).await)?)
-        }
-        .await;
-        if let Err(e) = inserted {
-            // Leave nothing behind: give the money back.
-            if let Err(release) = inner.ledger.release(&hold.id).await {
-                tracing::error!(hold_id = %hold.id, error = %release, "releasing the hold of an unrecorded execution failed; the sweeper will");
+        // The record is written while the provider is called: the hold is
+        // already placed (the admission decision), and nothing reaches the
+        // client, and nothing is settled, before the record exists.
+        let pool = inner.pool.clone();
+        let recording = tokio::spawn(async move {
+            let inserted: Result<usize, ExecutionError> = async {
+                Ok(db_run!(pool, |conn| diesel::insert_into(executions::table).values(&row).execute(conn).await)?)
             }
-            return Err(e);
-        }
+            .await;
+            inserted.map(drop)
+        });
         let decision = serde_json::to_value(&plan.decision).unwrap_or_default();
-        Ok(Admitted { providers: Arc::clone(&table.providers), id, created_at: now, hold, candidates, decision })
+        Ok(Admitted {
+            providers: Arc::clone(&table.providers),
+            id,
+            created_at: now,
+            hold,
+            candidates,
+            decision,
+            recording: Some(recording),
+        })
+    }
+
+    /// Waits for the execution record. When it could not be written, the
+    /// hold is released and the execution ends with that error: nothing is
+    /// charged for an execution without a record.
+    async fn recorded(&self, admitted: &mut Admitted) -> Result<(), ExecutionError> {
+        let Some(recording) = admitted.recording.take() else { return Ok(()) };
+        let result = recording.await.map_err(|_| ExecutionError::TaskFailed).and_then(|r| r);
+        if result.is_err()
+            && let Err(release) = self.inner.ledger.release(&admitted.hold.id).await
+        {
+            tracing::error!(hold_id = %admitted.hold.id, error = %release, "releasing the hold of an unrecorded execution failed; the sweeper will");
+        }
+        result
     }
 
     /// Settles the hold for `usage` at the route's prices and records the outcome.
