@@ -110,10 +110,20 @@ impl Health {
     /// probe). Does not change any state: planning uses it.
     #[must_use]
     pub fn is_open(&self, route: &str, now: Instant) -> bool {
-        self.with(route, |b, c| match b.state {
-            BreakerState::Open => !b.open_period_over(c, now),
-            BreakerState::HalfOpen => b.probes_started >= c.half_open_probes,
-            BreakerState::Closed => false,
+        self.view(route, now).0
+    }
+
+    /// Whether the route is refusing calls now, and its observed latency:
+    /// both under one lock, for planning.
+    #[must_use]
+    pub fn view(&self, route: &str, now: Instant) -> (bool, Option<Duration>) {
+        self.with(route, |b, c| {
+            let open = match b.state {
+                BreakerState::Open => !b.open_period_over(c, now),
+                BreakerState::HalfOpen => b.probes_started >= c.half_open_probes,
+                BreakerState::Closed => false,
+            };
+            (open, b.latency_us.map(Duration::from_micros))
         })
     }
 

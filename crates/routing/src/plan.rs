@@ -173,7 +173,8 @@ impl Catalogue {
         let mut excluded = Vec::new();
         for route in &model.routes {
             let max_out = profile.max_output_tokens.unwrap_or(route.max_output_tokens);
-            let reason = if health.is_open(&route.id, now) {
+            let (open, latency) = health.view(&route.id, now);
+            let reason = if open {
                 Some(CIRCUIT_OPEN.to_owned())
             } else if profile.stream && !route.streaming {
                 Some("does not support streaming".to_owned())
@@ -209,7 +210,7 @@ impl Catalogue {
                     route: Arc::clone(route),
                     max_output_tokens: max_out,
                     worst_case,
-                    latency: health.latency(&route.id),
+                    latency,
                 }),
                 None => excluded.push((route, "price overflow".to_owned())),
             }
