@@ -28,6 +28,9 @@ enum Command {
     Serve,
     /// Print the effective configuration, secrets redacted.
     Config,
+    /// The catalogue as operators see it: each route's opaque id (what
+    /// customers see in routing evidence), provider, upstream model and prices.
+    Routes,
     /// Apply pending database migrations.
     Migrate,
     /// Organizations.
@@ -127,6 +130,28 @@ async fn main() -> Result<()> {
             print!("{}", settings.to_redacted_toml()?);
             Ok(())
         }
+        Command::Routes => {
+            let (catalogue, _) = modelroute_http::routes_of(&settings)?;
+            println!(
+                "{:<22} {:<28} {:<24} {:<16} {:<36} in/out USD per M tokens",
+                "public id", "model", "route", "provider", "upstream model"
+            );
+            for model in catalogue.models() {
+                for r in &model.routes {
+                    println!(
+                        "{:<22} {:<28} {:<24} {:<16} {:<36} {}/{}",
+                        r.public_id,
+                        model.slug,
+                        r.id,
+                        r.provider,
+                        r.upstream_model,
+                        r.input_price.per_million().to_usd_string(),
+                        r.output_price.per_million().to_usd_string()
+                    );
+                }
+            }
+            Ok(())
+        }
         Command::Migrate => {
             let mut settings = settings;
             settings.database.migrate_on_start = true;
@@ -209,7 +234,7 @@ async fn operate(settings: &Settings, command: Command) -> Result<()> {
         Command::Ledger(LedgerCommand::Sweep) => {
             println!("released {} expired hold(s)", services.sweep_holds().await?);
         }
-        Command::Serve | Command::Config | Command::Migrate => {}
+        Command::Serve | Command::Config | Command::Routes | Command::Migrate => {}
     }
     Ok(())
 }

@@ -18,6 +18,6 @@ mod wire;
 mod wire_anthropic;
 
 pub use error::{ApiError, status_of};
-pub use operator::{BootstrapReport, Services};
+pub use operator::{BootstrapReport, Services, routes_of};
 pub use settings::{BootstrapConfig, ServerConfig, Settings, SettingsError};
 pub use startup::{Application, Reloader, StartupError};

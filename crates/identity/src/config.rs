@@ -14,10 +14,18 @@ pub struct IdentityConfig {
     pub server_secret: Secret,
     /// Where the generated server secret lives when none is configured.
     pub server_secret_file: PathBuf,
+    /// How long a verified API key is trusted without a database read
+    /// (0 turns the cache off). A key revoked through another replica
+    /// stops working here within this time.
+    pub key_cache_ttl_secs: u64,
 }
 
 impl Default for IdentityConfig {
     fn default() -> Self {
-        Self { server_secret: Secret::default(), server_secret_file: PathBuf::from("data/server_secret") }
+        Self {
+            server_secret: Secret::default(),
+            server_secret_file: PathBuf::from("data/server_secret"),
+            key_cache_ttl_secs: 10,
+        }
     }
 }

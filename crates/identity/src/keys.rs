@@ -77,6 +77,13 @@ impl ApiKeyToken {
         &self.secret
     }
 
+    /// The same public id with another (well-formed) secret: a forgery, for tests.
+    #[cfg(test)]
+    pub(crate) fn with_other_secret(&self) -> Self {
+        let other = if self.secret.starts_with('A') { "B" } else { "A" };
+        Self { public_id: self.public_id.clone(), secret: other.repeat(SECRET_LEN) }
+    }
+
     /// The full token text. Show it once, at creation; never log it.
     #[must_use]
     pub fn reveal(&self) -> String {

@@ -2,6 +2,7 @@
 //! server secret that keys are MACed under. A library: no HTTP in here; the
 //! server's auth extractor calls [`Identity::authenticate`].
 
+mod cache;
 mod config;
 mod error;
 mod keys;

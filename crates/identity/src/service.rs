@@ -6,6 +6,10 @@ use modelroute_db::{DbPool, db_run, db_transaction};
 use modelroute_types::{ApiKeyId, OrgId, ProjectId, time};
 use serde::Serialize;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cache::KeyCache;
 use crate::{ApiKeyToken, IdentityError, Scope, Scopes, ServerSecret};
 
 /// `last_used_at` is written at most this often per key, so that using a key
@@ -176,13 +180,24 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 pub struct Identity {
     pool: DbPool,
     secret: ServerSecret,
+    keys: Arc<KeyCache>,
 }
 
+/// How long a verified key is cached unless configured otherwise.
+const DEFAULT_KEY_CACHE_TTL: Duration = Duration::from_secs(10);
+
 impl Identity {
-    /// Identity over `pool`, MACing keys under `secret`.
+    /// Identity over `pool`, MACing keys under `secret`, caching verified
+    /// keys for 10 seconds.
     #[must_use]
     pub fn new(pool: DbPool, secret: ServerSecret) -> Self {
-        Self { pool, secret }
+        Self { pool, secret, keys: Arc::new(KeyCache::new(DEFAULT_KEY_CACHE_TTL)) }
+    }
+
+    /// The same, caching verified keys for `ttl` (zero: no cache).
+    #[must_use]
+    pub fn with_key_cache_ttl(self, ttl: Duration) -> Self {
+        Self { keys: Arc::new(KeyCache::new(ttl)), ..self }
     }
 
     /// Creates an organization.
@@ -296,6 +311,33 @@ impl Identity {
     /// [`IdentityError::InvalidApiKey`] for any key that does not verify.
     pub async fn authenticate(&self, token: &str) -> Result<Principal, IdentityError> {
         let token = ApiKeyToken::parse(token)?;
+        if let Some(cached) = self.keys.get(token.public_id()) {
+            if !self.secret.verify(mac_input(&token).as_bytes(), &cached.tag) {
+                return Err(IdentityError::InvalidApiKey);
+            }
+            let now = time::now();
+            if cached.expires_at.is_some_and(|t| t <= now) {
+                return Err(IdentityError::InvalidApiKey);
+            }
+            if cached.last_used_at.is_none_or(|t| (now - t).num_seconds() >= LAST_USED_RESOLUTION_SECS) {
+                // Off the request path: a lost write only makes `last_used_at` a minute older.
+                self.keys.touched(token.public_id(), now);
+                let (pool, id) = (self.pool.clone(), cached.principal.api_key_id.clone());
+                tokio::spawn(async move {
+                    let written: Result<usize, IdentityError> = async {
+                        Ok(db_run!(pool, |conn| diesel::update(api_keys::table.find(id.as_str()))
+                            .set(api_keys::last_used_at.eq(now))
+                            .execute(conn)
+                            .await)?)
+                    }
+                    .await;
+                    if let Err(e) = written {
+                        tracing::warn!(error = %e, "recording a key's last use failed");
+                    }
+                });
+            }
+            return Ok(cached.principal);
+        }
         let row: Option<ApiKeyRow> = db_run!(self.pool, |conn| api_keys::table
             .filter(api_keys::public_id.eq(token.public_id()))
             .select(ApiKeyRow::as_select())
@@ -318,8 +360,13 @@ impl Identity {
                 .execute(conn)
                 .await)?;
         }
+        let public_id = row.public_id.clone();
+        let last_used_at = if stale { Some(now) } else { row.last_used_at };
         let key = row.into_key();
-        Ok(Principal { org_id: key.org_id, project_id: key.project_id, api_key_id: key.id, scopes: key.scopes })
+        let principal =
+            Principal { org_id: key.org_id, project_id: key.project_id, api_key_id: key.id, scopes: key.scopes };
+        self.keys.insert(&public_id, tag, principal.clone(), key.expires_at, last_used_at);
+        Ok(principal)
     }
 
     /// Revokes a key of `org_id`. Revoking twice is fine.
@@ -340,7 +387,11 @@ impl Identity {
                 .await?;
             Ok::<_, IdentityError>(usize::try_from(n).unwrap_or_default())
         })?;
-        if found == 0 { Err(IdentityError::NotFound("api key")) } else { Ok(()) }
+        if found == 0 {
+            return Err(IdentityError::NotFound("api key"));
+        }
+        self.keys.forget(id);
+        Ok(())
     }
 }
 
@@ -364,6 +415,26 @@ mod tests {
         assert_eq!(p.api_key_id, key.id);
         id.revoke_api_key(&org.id, &key.id).await.unwrap();
         assert!(matches!(id.authenticate(&token).await, Err(IdentityError::InvalidApiKey)));
+    });
+
+    db_test!(async fn cached_keys_still_check_the_secret_and_revocations_reach_other_replicas(db) {
+        let ttl = Duration::from_millis(300);
+        let here = identity(&db).with_key_cache_ttl(ttl);
+        let replica = identity(&db).with_key_cache_ttl(ttl);
+        let org = here.create_org("Acme").await.unwrap();
+        let project = here.create_project(&org.id, "default").await.unwrap();
+        let (key, token) = here.create_api_key(&project.id, "ci", &Scopes::all(), None).await.unwrap();
+        assert_eq!(here.authenticate(&token).await.unwrap().api_key_id, key.id);
+        assert_eq!(replica.authenticate(&token).await.unwrap().api_key_id, key.id);
+        // Same public id, another secret (checksum made valid): refused from the cache too.
+        let forged = ApiKeyToken::parse(&token).unwrap().with_other_secret().reveal();
+        assert!(matches!(here.authenticate(&forged).await, Err(IdentityError::InvalidApiKey)));
+        // Revoked here: refused here at once; the replica's cache holds it for at most the TTL.
+        here.revoke_api_key(&org.id, &key.id).await.unwrap();
+        assert!(matches!(here.authenticate(&token).await, Err(IdentityError::InvalidApiKey)));
+        assert!(replica.authenticate(&token).await.is_ok(), "cached on the replica");
+        tokio::time::sleep(ttl).await;
+        assert!(matches!(replica.authenticate(&token).await, Err(IdentityError::InvalidApiKey)));
     });
 
     db_test!(async fn another_servers_secret_does_not_verify(db) {

@@ -2,10 +2,10 @@
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Text};
+use diesel::sql_types::{BigInt, Bool, Nullable, Text, Timestamp};
 use diesel_async::RunQueryDsl;
 use modelroute_db::schema::{ledger_accounts, ledger_entries, ledger_holds, ledger_postings};
-use modelroute_db::{DbPool, db_run, db_transaction, is_unique_violation};
+use modelroute_db::{DbConn, DbPool, db_run, db_transaction, is_unique_violation};
 use modelroute_types::{EntryId, HoldId, Money, OrgId, time};
 use serde::Serialize;
 
@@ -186,6 +186,37 @@ struct CodeAmount {
     amount: i64,
 }
 
+/// What `ledger_hold()` (PostgreSQL) answers.
+#[derive(QueryableByName)]
+struct HoldOutcome {
+    #[diesel(sql_type = Text)]
+    outcome: String,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    available: Option<i64>,
+}
+
+/// What `ledger_resolve()` (PostgreSQL) answers.
+#[derive(QueryableByName)]
+struct ResolveOutcome {
+    #[diesel(sql_type = Nullable<Text>)]
+    status: Option<String>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    amount: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    charged: Option<i64>,
+    #[diesel(sql_type = Bool)]
+    resolved_now: bool,
+}
+
+/// The memo of a resolution entry.
+fn resolution_memo(status: HoldStatus, overage: i64) -> String {
+    if overage > 0 {
+        format!("{} overage {overage} nano-USD not charged", status.as_str())
+    } else {
+        status.as_str().to_owned()
+    }
+}
+
 #[derive(QueryableByName)]
 struct Count {
     #[diesel(sql_type = BigInt)]
@@ -274,7 +305,10 @@ impl SqlLedger {
         Ok(self.hold_row(id).await?.to_hold())
     }
 
-    async fn place_hold(&self, req: &HoldRequest) -> Result<HoldRow, LedgerError> {
+    /// Places a hold in one transaction; `None` when a hold with the
+    /// request's idempotency key already exists. On PostgreSQL it is one
+    /// round trip (`ledger_hold()`); on SQLite the same steps in Rust.
+    async fn place_hold(&self, req: &HoldRequest) -> Result<Option<HoldRow>, LedgerError> {
         if !req.amount.is_positive() {
             return Err(LedgerError::NonPositiveAmount(req.amount));
         }
@@ -306,14 +340,46 @@ impl SqlLedger {
             memo: &row.reference,
             created_at: now,
         };
+        if let DbConn::Postgres(mut conn) = self.pool.get().await? {
+            let out: HoldOutcome = diesel::sql_query(
+                "SELECT outcome, available FROM ledger_hold($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind::<Text, _>(&row.id)
+            .bind::<Text, _>(entry_id.as_str())
+            .bind::<Text, _>(&row.org_id)
+            .bind::<Text, _>(available.id.as_str())
+            .bind::<Text, _>(held.id.as_str())
+            .bind::<BigInt, _>(row.amount)
+            .bind::<Text, _>(&row.reference)
+            .bind::<Nullable<Text>, _>(row.idempotency_key.as_deref())
+            .bind::<Timestamp, _>(now)
+            .bind::<Timestamp, _>(row.expires_at)
+            .get_result(&mut *conn)
+            .await?;
+            return match out.outcome.as_str() {
+                "placed" => Ok(Some(row)),
+                "exists" => Ok(None),
+                _ => Err(LedgerError::InsufficientBalance {
+                    needed: req.amount,
+                    available: Money::from_units(out.available.unwrap_or(0)),
+                }),
+            };
+        }
         let postings: Postings = vec![(available, -req.amount.units()), (held, req.amount.units())];
         // The admission decision is the guarded debit inside `post_entry!`.
-        db_transaction!(self.pool, |conn| {
+        let placed: bool = db_transaction!(self.pool, |conn| {
+            if let Some(key) = &row.idempotency_key {
+                let exists: i64 =
+                    ledger_holds::table.filter(ledger_holds::idempotency_key.eq(key)).count().get_result(conn).await?;
+                if exists > 0 {
+                    return Ok(false);
+                }
+            }
             post_entry!(conn, &entry, &postings, now);
             diesel::insert_into(ledger_holds::table).values(&row).execute(conn).await?;
-            Ok::<_, LedgerError>(())
+            Ok::<_, LedgerError>(true)
         })?;
-        Ok(row)
+        Ok(placed.then_some(row))
     }
 
     /// Resolves a hold: charges `charge` (already capped) and releases the
@@ -326,6 +392,39 @@ impl SqlLedger {
     ) -> Result<Resolution, LedgerError> {
         if requested.is_some_and(|a| a.units() < 0) {
             return Err(LedgerError::NonPositiveAmount(requested.unwrap_or_default()));
+        }
+        if let DbConn::Postgres(mut conn) = self.pool.get().await? {
+            let entry_id = EntryId::new();
+            let out: ResolveOutcome = diesel::sql_query(
+                "SELECT status, amount, charged, resolved_now FROM ledger_resolve($1, $2, $3, $4, $5, $6)",
+            )
+            .bind::<Text, _>(id.as_str())
+            .bind::<Text, _>(status.as_str())
+            .bind::<Nullable<BigInt>, _>(requested.map(Money::units))
+            .bind::<Text, _>(entry_id.as_str())
+            .bind::<Text, _>(Account::platform(Kind::Revenue).id.as_str())
+            .bind::<Timestamp, _>(time::now())
+            .get_result(&mut *conn)
+            .await?;
+            drop(conn);
+            if out.status.is_none() {
+                return Err(LedgerError::HoldNotFound);
+            }
+            if !out.resolved_now {
+                return replay(&self.hold_row(id).await?, status);
+            }
+            let (amount, charge) = (out.amount.unwrap_or(0), out.charged.unwrap_or(0));
+            let overage = requested.map_or(0, Money::units).saturating_sub(amount);
+            if overage > 0 {
+                tracing::warn!(hold_id = %id, overage, "settlement above hold; overage not charged");
+            }
+            return Ok(Resolution {
+                hold_id: id.clone(),
+                status,
+                charged: Money::from_units(charge),
+                released: Money::from_units(amount - charge),
+                overage: Money::from_units(overage),
+            });
         }
         let row = self.hold_row(id).await?;
         if row.status != HoldStatus::Held.as_str() {
@@ -343,11 +442,7 @@ impl SqlLedger {
         ];
         let now = time::now();
         let entry_id = EntryId::new();
-        let memo = if overage > 0 {
-            format!("{} overage {} not charged", status.as_str(), Money::from_units(overage))
-        } else {
-            status.as_str().to_owned()
-        };
+        let memo = resolution_memo(status, overage);
         let entry = NewEntry {
             id: entry_id.as_str(),
             kind: status.as_str(),
@@ -460,13 +555,14 @@ fn replay(row: &HoldRow, wanted: HoldStatus) -> Result<Resolution, LedgerError> 
 
 impl Ledger for SqlLedger {
     async fn hold(&self, request: HoldRequest) -> Result<Hold, LedgerError> {
-        if let Some(key) = &request.idempotency_key
-            && let Some(existing) = self.hold_by_key(key).await?
-        {
-            return same_hold(&existing, &request);
-        }
         match self.place_hold(&request).await {
-            Ok(row) => Ok(row.to_hold()),
+            Ok(Some(row)) => Ok(row.to_hold()),
+            // The idempotency key was used: the first outcome, if the same request.
+            Ok(None) => {
+                let key = request.idempotency_key.as_deref().unwrap_or_default();
+                let existing = self.hold_by_key(key).await?.ok_or(LedgerError::HoldNotFound)?;
+                same_hold(&existing, &request)
+            }
             // A concurrent request with the same key won the insert.
             Err(LedgerError::Db(modelroute_db::DbError::Query(e))) if is_unique_violation(&e) => {
                 let key = request.idempotency_key.as_deref().unwrap_or_default();
