@@ -16,6 +16,9 @@ cd "$work"
 export MODELROUTE_SERVER__BIND=127.0.0.1:18099
 export MODELROUTE_BOOTSTRAP__STARTING_CREDIT=1000000
 export MODELROUTE_TELEMETRY__LOG_FILTER=warn
+# A load test measures the path, not the per-key rate limit.
+export MODELROUTE_IDENTITY__RATE_LIMITS__PER_KEY_PER_MINUTE=0
+export MODELROUTE_IDENTITY__RATE_LIMITS__PER_ORG_PER_MINUTE=0
 [ -n "$url" ] && export MODELROUTE_DATABASE__URL="$url"
 "$target/release/modelroute" serve > out.log 2> err.log &
 pid=$!

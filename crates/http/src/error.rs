@@ -21,19 +21,34 @@ pub struct ApiError {
     param: Option<String>,
     /// A configured status that replaces the table's (error-mapping rules).
     status: Option<StatusCode>,
+    /// Headers the answer carries (`Retry-After`, `X-RateLimit-*`).
+    headers: Vec<(&'static str, String)>,
 }
 
 impl ApiError {
     /// An error with an explicit code and message.
     #[must_use]
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), param: None, status: None }
+        Self { code, message: message.into(), param: None, status: None, headers: Vec::new() }
+    }
+
+    /// The same error, answered with `name: value` as well.
+    #[must_use]
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
     }
 
     /// A 400 about one parameter.
     #[must_use]
     pub fn invalid_param(param: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { code: Code::InvalidRequest, message: message.into(), param: Some(param.into()), status: None }
+        Self {
+            code: Code::InvalidRequest,
+            message: message.into(),
+            param: Some(param.into()),
+            status: None,
+            headers: Vec::new(),
+        }
     }
 
     /// The code.
@@ -60,14 +75,20 @@ impl<E: ErrorCode> From<E> for ApiError {
         let code = e.code();
         if code.is_public() {
             let status = e.status_override().and_then(|s| StatusCode::from_u16(s).ok()).filter(|s| s.as_u16() >= 400);
-            return Self { code, message: e.to_string(), param: e.param().map(str::to_owned), status };
+            return Self {
+                code,
+                message: e.to_string(),
+                param: e.param().map(str::to_owned),
+                status,
+                headers: Vec::new(),
+            };
         }
         tracing::error!(code = code.as_str(), error = %e, "request failed");
         let message = match code {
             Code::DatabaseUnavailable => "the service is temporarily unavailable; retry shortly",
             _ => "internal error; quote the x-request-id header when reporting it",
         };
-        Self { code, message: message.to_owned(), param: None, status: None }
+        Self { code, message: message.to_owned(), param: None, status: None, headers: Vec::new() }
     }
 }
 
@@ -90,6 +111,7 @@ pub const fn status_of(code: Code) -> StatusCode {
         Code::UpstreamError => StatusCode::BAD_GATEWAY,
         Code::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         Code::Overloaded | Code::DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -106,7 +128,7 @@ const fn openai_type(code: Code) -> &'static str {
         Code::PermissionDenied => "permission_error",
         Code::NotFound | Code::ModelNotFound => "not_found_error",
         Code::InsufficientBalance => "insufficient_quota",
-        Code::Overloaded => "rate_limit_error",
+        Code::Overloaded | Code::RateLimited => "rate_limit_error",
         _ => "api_error",
     }
 }
@@ -120,6 +142,11 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status_code());
         if matches!(self.code, Code::Overloaded | Code::DatabaseUnavailable) {
             response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+        }
+        for (name, value) in &self.headers {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                response.insert_header((*name, v));
+            }
         }
         if self.code == Code::InvalidApiKey {
             response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));

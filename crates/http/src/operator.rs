@@ -31,6 +31,9 @@ pub enum OperatorError {
     /// Provider settings.
     #[error("invalid provider configuration: {0}")]
     Providers(String),
+    /// Rate-limit settings.
+    #[error("invalid rate-limit configuration: {0}")]
+    RateLimits(String),
 }
 
 /// The domain services, connected and ready.

@@ -4,6 +4,7 @@
 
 use std::time::Instant;
 
+use actix_web::HttpMessage as _;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
@@ -32,6 +33,12 @@ pub(crate) async fn middleware(
     let mut res = next.call(req).instrument(span.clone()).await?;
     if let Ok(value) = HeaderValue::from_str(&id) {
         res.headers_mut().insert(HEADER, value);
+    }
+    let rate = res.request().extensions().get::<crate::auth::RateHeaders>().copied();
+    if let Some(rate) = rate {
+        let headers = res.headers_mut();
+        headers.insert(HeaderName::from_static("x-ratelimit-limit"), HeaderValue::from(rate.limit));
+        headers.insert(HeaderName::from_static("x-ratelimit-remaining"), HeaderValue::from(rate.remaining));
     }
     let status = res.status();
     let elapsed = started.elapsed();

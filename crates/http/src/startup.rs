@@ -8,6 +8,7 @@ use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use modelroute_executions::Executor;
+use modelroute_identity::RateLimiter;
 use modelroute_ledger::SqlLedger;
 use modelroute_routing::{ErrorRules, Health};
 
@@ -68,6 +69,11 @@ impl Application {
             ledger: services.ledger.clone(),
             executor: executor.clone(),
             metrics: modelroute_telemetry::metrics_handle(),
+            limiter: Arc::new(
+                RateLimiter::from_config(&settings.identity.rate_limits).map_err(OperatorError::RateLimits)?,
+            ),
+            per_key_per_minute: settings.identity.rate_limits.per_key_per_minute,
+            per_org_per_minute: settings.identity.rate_limits.per_org_per_minute,
             max_body_bytes: settings.server.max_body_bytes,
         });
         let bind = settings.server.bind.clone();

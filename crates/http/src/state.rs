@@ -3,7 +3,7 @@ use std::sync::Arc;
 use metrics_exporter_prometheus::PrometheusHandle;
 use modelroute_db::DbPool;
 use modelroute_executions::Executor;
-use modelroute_identity::Identity;
+use modelroute_identity::{Identity, RateLimiter};
 use modelroute_ledger::SqlLedger;
 
 /// What every handler can reach.
@@ -14,6 +14,9 @@ pub(crate) struct AppState {
     pub(crate) ledger: SqlLedger,
     pub(crate) executor: Executor<SqlLedger>,
     pub(crate) metrics: Option<PrometheusHandle>,
+    pub(crate) limiter: Arc<RateLimiter>,
+    pub(crate) per_key_per_minute: u32,
+    pub(crate) per_org_per_minute: u32,
     pub(crate) max_body_bytes: usize,
 }
 

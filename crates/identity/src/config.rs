@@ -18,6 +18,8 @@ pub struct IdentityConfig {
     /// (0 turns the cache off). A key revoked through another replica
     /// stops working here within this time.
     pub key_cache_ttl_secs: u64,
+    /// `[identity.rate_limits]`.
+    pub rate_limits: crate::RateLimitConfig,
 }
 
 impl Default for IdentityConfig {
@@ -26,6 +28,7 @@ impl Default for IdentityConfig {
             server_secret: Secret::default(),
             server_secret_file: PathBuf::from("data/server_secret"),
             key_cache_ttl_secs: 10,
+            rate_limits: crate::RateLimitConfig::default(),
         }
     }
 }

@@ -6,11 +6,15 @@ mod cache;
 mod config;
 mod error;
 mod keys;
+mod limits;
 mod secret;
 mod service;
 
 pub use config::IdentityConfig;
 pub use error::IdentityError;
 pub use keys::{ApiKeyToken, Scope, Scopes};
+pub use limits::{
+    Decision, LimitBackend, LimiterUnavailable, MemoryLimiter, RateLimitConfig, RateLimiter, RedisLimiter,
+};
 pub use secret::ServerSecret;
 pub use service::{ApiKey, Identity, Org, Principal, Project};

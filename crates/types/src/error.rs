@@ -40,6 +40,8 @@ pub enum Code {
     UpstreamTimeout,
     /// The upstream provider or the platform is overloaded; retry later.
     Overloaded,
+    /// The caller exceeded a rate limit; retry after the `Retry-After` header.
+    RateLimited,
     /// The database could not be reached.
     DatabaseUnavailable,
     /// Configuration is invalid.
@@ -69,6 +71,7 @@ impl Code {
             Self::UpstreamError => "upstream_error",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::Overloaded => "overloaded",
+            Self::RateLimited => "rate_limited",
             Self::DatabaseUnavailable => "database_unavailable",
             Self::InvalidConfig => "invalid_config",
             Self::Internal => "internal_error",
