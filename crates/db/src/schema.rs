@@ -38,6 +38,9 @@ diesel::table! {
         created_at -> Timestamp,
         started_at -> Nullable<Timestamp>,
         finished_at -> Nullable<Timestamp>,
+        input_price -> Nullable<BigInt>,
+        output_price -> Nullable<BigInt>,
+        price_version -> Nullable<Text>,
     }
 }
 

@@ -164,6 +164,8 @@ fn profile(request: &ChatRequest, stream: bool, preferences: Preferences) -> Req
 struct Admitted {
     /// The providers as they were at admission (a reload does not pull them away).
     providers: Arc<ProviderRegistry>,
+    /// The price table's version the routes were priced from.
+    price_version: String,
     id: ExecutionId,
     created_at: NaiveDateTime,
     hold: Hold,
@@ -309,6 +311,10 @@ impl<L: Ledger + 'static> Executor<L> {
 
     fn table(&self) -> Arc<RouteTable> {
         Arc::clone(&self.inner.table.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    pub(crate) fn pool(&self) -> &DbPool {
+        &self.inner.pool
     }
 
     /// The catalogue in use.
@@ -652,6 +658,9 @@ impl<L: Ledger + 'static> Executor<L> {
             created_at: now,
             started_at: Some(now),
             finished_at: None,
+            input_price: None,
+            output_price: None,
+            price_version: None,
         };
         // The record is written while the provider is called: the hold is
         // already placed (the admission decision), and nothing reaches the
@@ -666,6 +675,7 @@ impl<L: Ledger + 'static> Executor<L> {
         });
         let decision = serde_json::to_value(&plan.decision).unwrap_or_default();
         Ok(Admitted {
+            price_version: table.catalogue.price_version().to_owned(),
             providers: Arc::clone(&table.providers),
             id,
             created_at: now,
@@ -717,6 +727,9 @@ impl<L: Ledger + 'static> Executor<L> {
             executions::finished_at.eq(Some(time::now())),
             executions::route_id.eq(Some(route.public_id.as_str())),
             executions::decision.eq(Some(admitted.decision.to_string())),
+            executions::input_price.eq(Some(route.input_price.per_million().units())),
+            executions::output_price.eq(Some(route.output_price.per_million().units())),
+            executions::price_version.eq(Some(admitted.price_version.as_str())),
         );
         update_execution!(self.inner.pool, admitted.id.as_str(), update)?;
         Ok(resolution.charged)

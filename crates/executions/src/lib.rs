@@ -13,8 +13,10 @@ mod error;
 mod executor;
 mod preferences;
 mod record;
+mod usage;
 
 pub use error::ExecutionError;
 pub use executor::{Caller, Completed, Executor, StreamItem, StreamingExecution};
 pub use preferences::{CACHE_TTL as PREFERENCES_CACHE_TTL, RequestPreferences};
 pub use record::{Execution, ExecutionStatus};
+pub use usage::{UsageFilter, UsagePage, UsageRecord};

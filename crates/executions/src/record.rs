@@ -69,6 +69,9 @@ pub(crate) struct ExecutionRow {
     pub(crate) created_at: NaiveDateTime,
     pub(crate) started_at: Option<NaiveDateTime>,
     pub(crate) finished_at: Option<NaiveDateTime>,
+    pub(crate) input_price: Option<i64>,
+    pub(crate) output_price: Option<i64>,
+    pub(crate) price_version: Option<String>,
 }
 
 /// An execution as its org sees it. Routes appear by opaque id only.

@@ -403,3 +403,54 @@ db_test!(async fn anthropic_messages_streamed_and_not_with_anthropic_errors(db) 
     assert!(r.json()["error"]["message"].as_str().unwrap().contains("max_tokens"), "{}", r.body);
     app.assert_ledger_sound().await;
 });
+
+db_test!(async fn usage_records_page_filter_export_and_stay_in_their_org(db) {
+    let app = spawn(db, |_| {}).await;
+    let (before, _) = app.available().await;
+    for model in ["builtin/echo", "builtin/echo-large", "builtin/echo"] {
+        assert_eq!(app.chat(hello(model)).await.status, StatusCode::OK);
+    }
+    let first = app.get("/v1/usage?limit=2").await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    let first = first.json();
+    assert_eq!(first["data"].as_array().unwrap().len(), 2);
+    assert_eq!(first["has_more"], true);
+    let r = &first["data"][0];
+    assert_eq!(r["model"], "builtin/echo", "newest first");
+    assert!(r["price_version"].as_str().unwrap().starts_with("pv_"));
+    assert_eq!(r["input_price_per_mtok"], "0.100000000");
+    assert_eq!(r["output_price_per_mtok"], "0.400000000");
+    assert!(r["input_tokens"].as_u64().unwrap() > 0 && r["hold_id"].as_str().unwrap().starts_with("hold_"));
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let second = app.get(&format!("/v1/usage?limit=2&cursor={cursor}")).await.json();
+    assert_eq!(second["data"].as_array().unwrap().len(), 1);
+    assert_eq!(second["has_more"], false);
+    let large = app.get("/v1/usage?model=builtin/echo-large").await.json();
+    assert_eq!(large["data"].as_array().unwrap().len(), 1);
+    assert_eq!(large["data"][0]["input_price_per_mtok"], "1.000000000");
+    // The records add up to what the balance lost.
+    let all = app.get("/v1/usage").await.json();
+    let billed: i64 = all["data"].as_array().unwrap().iter().map(|r| r["cost"]["nano_usd"].as_i64().unwrap()).sum();
+    let (after, _) = app.available().await;
+    assert_eq!(before.units() - after.units(), billed);
+    // CSV: a header and the same three records.
+    let csv = app.get("/v1/usage.csv").await;
+    assert_eq!(csv.status, StatusCode::OK);
+    assert!(csv.headers["content-type"].to_str().unwrap().starts_with("text/csv"));
+    let lines: Vec<&str> = csv.body.lines().collect();
+    assert_eq!(lines.len(), 4, "{}", csv.body);
+    assert!(lines[0].starts_with("execution_id,created_at,project_id"));
+    assert!(lines[1].contains(",builtin/echo,") && lines[1].contains(",succeeded,"));
+    // A time range that ends before them, and bad filters.
+    assert_eq!(app.get("/v1/usage?to=2020-01-01T00:00:00Z").await.json()["data"].as_array().unwrap().len(), 0);
+    let bad = app.get("/v1/usage?from=yesterday").await;
+    assert_eq!((bad.status, bad.json()["error"]["param"].as_str()), (StatusCode::BAD_REQUEST, Some("from")));
+    assert_eq!(app.get("/v1/usage?limit=0").await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(app.get("/v1/usage?colour=red").await.status, StatusCode::BAD_REQUEST);
+    // Another org sees none of it.
+    let other = app.services.create_org("Other").await.unwrap();
+    let project = app.services.create_project(&other.id, "p").await.unwrap();
+    let (_, other_key) = app.services.create_key(&project.id, "k", &Scopes::all()).await.unwrap();
+    let theirs = app.send(Method::GET, "/v1/usage", Some(&other_key), None).await.json();
+    assert_eq!(theirs["data"].as_array().unwrap().len(), 0);
+});

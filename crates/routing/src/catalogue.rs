@@ -204,6 +204,7 @@ pub struct Model {
 #[derive(Clone, Debug, Default)]
 pub struct Catalogue {
     models: BTreeMap<String, Model>,
+    price_version: String,
 }
 
 fn valid_slug(s: &str) -> bool {
@@ -287,13 +288,37 @@ impl Catalogue {
                 return bad(format!("models[{i}].slug `{}` appears twice", m.slug));
             }
         }
-        Ok(Self { models })
+        // The price table's version: FNV-1a over every route's identity and
+        // prices, so a usage record says which prices it was billed at.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for m in models.values() {
+            for r in &m.routes {
+                let line = format!(
+                    "{}|{}|{}|{}\n",
+                    m.slug,
+                    r.id,
+                    r.input_price.per_million().units(),
+                    r.output_price.per_million().units()
+                );
+                for b in line.bytes() {
+                    h ^= u64::from(b);
+                    h = h.wrapping_mul(0x0100_0000_01b3);
+                }
+            }
+        }
+        Ok(Self { models, price_version: format!("pv_{h:016x}") })
     }
 
     /// A model by slug.
     #[must_use]
     pub fn model(&self, slug: &str) -> Option<&Model> {
         self.models.get(slug)
+    }
+
+    /// The version of the price table: changes whenever any route's price does.
+    #[must_use]
+    pub fn price_version(&self) -> &str {
+        &self.price_version
     }
 
     /// All models, by slug.

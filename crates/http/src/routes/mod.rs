@@ -7,6 +7,7 @@ mod health;
 mod messages;
 mod models;
 mod routing;
+mod usage;
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, web};
@@ -28,7 +29,9 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/executions/{id}", web::get().to(executions::get))
                 .route("/billing/balance", web::get().to(billing::balance))
                 .route("/routing/preferences", web::get().to(routing::get))
-                .route("/routing/preferences", web::put().to(routing::put)),
+                .route("/routing/preferences", web::put().to(routing::put))
+                .route("/usage", web::get().to(usage::list))
+                .route("/usage.csv", web::get().to(usage::csv)),
         )
         .default_service(web::to(not_found));
 }
