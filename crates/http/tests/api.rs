@@ -433,6 +433,14 @@ db_test!(async fn usage_records_page_filter_export_and_stay_in_their_org(db) {
     let billed: i64 = all["data"].as_array().unwrap().iter().map(|r| r["cost"]["nano_usd"].as_i64().unwrap()).sum();
     let (after, _) = app.available().await;
     assert_eq!(before.units() - after.units(), billed);
+    // The balance shows the journal behind it: the grant, then a hold and a settlement each.
+    let balance = app.get("/v1/billing/balance").await.json();
+    let journal = balance["recent_journal"].as_array().unwrap();
+    let kinds: Vec<&str> = journal.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["settled", "hold", "settled", "hold", "settled", "hold", "credit"]);
+    let sum: i64 = journal.iter().map(|e| e["available"]["nano_usd"].as_i64().unwrap()).sum();
+    assert_eq!(sum, balance["available"]["nano_usd"].as_i64().unwrap(), "the journal replays to the balance");
+    assert!(journal.iter().all(|e| e["held"]["nano_usd"].as_i64().unwrap() != 0 || e["kind"] == "credit"));
     // CSV: a header and the same three records.
     let csv = app.get("/v1/usage.csv").await;
     assert_eq!(csv.status, StatusCode::OK);

@@ -34,7 +34,7 @@ use serde::Serialize;
 
 pub use config::LedgerConfig;
 pub use error::LedgerError;
-pub use sql::{SqlLedger, VerifyReport};
+pub use sql::{JournalLine, SqlLedger, VerifyReport};
 
 /// The state of a hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -167,6 +167,25 @@ macro_rules! post_entry {
     }};
 }
 
+/// One journal entry as an org sees it: what it did to the org's balances.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct JournalLine {
+    /// The entry.
+    pub id: EntryId,
+    /// `hold`, `settled`, `released`, `expired`, `credit`.
+    pub kind: String,
+    /// The hold it belongs to, if any.
+    pub hold_id: Option<String>,
+    /// Its memo.
+    pub memo: String,
+    /// When it was posted.
+    pub created_at: NaiveDateTime,
+    /// The change to the available balance.
+    pub available: Money,
+    /// The change to the held balance.
+    pub held: Money,
+}
+
 /// What `verify` found.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct VerifyReport {
@@ -492,6 +511,56 @@ impl SqlLedger {
             Err(LedgerError::AlreadyResolved(_)) => replay(&self.hold_row(id).await?, status),
             Err(e) => Err(e),
         }
+    }
+
+    /// The org's most recent journal entries (newest first), each with its
+    /// effect on the org's available and held balances.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn recent_entries(&self, org: &OrgId, limit: usize) -> Result<Vec<JournalLine>, LedgerError> {
+        let limit = i64::try_from(limit.clamp(1, 200)).unwrap_or(200);
+        let entries: Vec<(String, String, Option<String>, String, NaiveDateTime)> =
+            db_run!(self.pool, |conn| ledger_entries::table
+                .filter(ledger_entries::org_id.eq(org.as_str()))
+                .order((ledger_entries::created_at.desc(), ledger_entries::id.desc()))
+                .limit(limit)
+                .select((
+                    ledger_entries::id,
+                    ledger_entries::kind,
+                    ledger_entries::hold_id,
+                    ledger_entries::memo,
+                    ledger_entries::created_at,
+                ))
+                .load(conn)
+                .await)?;
+        let ids: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
+        let available = Account::org(org, Kind::Available);
+        let held = Account::org(org, Kind::Held);
+        let accounts = [available.id.as_str(), held.id.as_str()];
+        let postings: Vec<(String, String, i64)> = db_run!(self.pool, |conn| ledger_postings::table
+            .filter(ledger_postings::entry_id.eq_any(&ids))
+            .filter(ledger_postings::account_id.eq_any(accounts))
+            .select((ledger_postings::entry_id, ledger_postings::account_id, ledger_postings::amount))
+            .load(conn)
+            .await)?;
+        let delta = |entry: &str, account: &str| {
+            Money::from_units(
+                postings.iter().filter(|(e, a, _)| e == entry && a == account).map(|(_, _, amount)| *amount).sum(),
+            )
+        };
+        Ok(entries
+            .into_iter()
+            .map(|(id, kind, hold_id, memo, created_at)| JournalLine {
+                available: delta(&id, available.id.as_str()),
+                held: delta(&id, held.id.as_str()),
+                id: EntryId::from_trusted(id),
+                kind,
+                hold_id,
+                memo,
+                created_at,
+            })
+            .collect())
     }
 
     /// Releases every open hold past its expiry; returns how many.
