@@ -17,6 +17,21 @@ diesel::table! {
 }
 
 diesel::table! {
+    audit_events (id) {
+        id -> Text,
+        org_id -> Nullable<Text>,
+        actor -> Text,
+        action -> Text,
+        target -> Nullable<Text>,
+        ip -> Nullable<Text>,
+        user_agent -> Nullable<Text>,
+        request_id -> Nullable<Text>,
+        details -> Nullable<Text>,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
     executions (id) {
         id -> Text,
         org_id -> Text,
@@ -123,6 +138,7 @@ diesel::table! {
 
 diesel::joinable!(api_keys -> projects (project_id));
 diesel::joinable!(api_keys -> orgs (org_id));
+diesel::joinable!(audit_events -> orgs (org_id));
 diesel::joinable!(executions -> ledger_holds (hold_id));
 diesel::joinable!(executions -> api_keys (api_key_id));
 diesel::joinable!(executions -> projects (project_id));
@@ -137,6 +153,7 @@ diesel::joinable!(projects -> orgs (org_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     api_keys,
+    audit_events,
     executions,
     ledger_accounts,
     ledger_entries,

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use modelroute_db::{DbError, DbPool};
-use modelroute_identity::{ApiKey, Identity, IdentityError, Org, Project, Scopes, ServerSecret};
+use modelroute_identity::{Actor, ApiKey, Identity, IdentityError, Org, Project, Scopes, ServerSecret};
 use modelroute_ledger::{Balance, CreditSource, Ledger as _, LedgerError, SqlLedger, VerifyReport};
 use modelroute_providers::ProviderRegistry;
 use modelroute_routing::{Catalogue, RoutingError};
@@ -110,6 +110,10 @@ impl Services {
     pub async fn create_org(&self, name: &str) -> Result<Org, OperatorError> {
         let org = self.identity.create_org(name).await?;
         self.ledger.open_org_accounts(&org.id).await?;
+        let details = serde_json::json!({ "name": org.name });
+        self.identity
+            .record(Some(&org.id), &Actor::operator(), "org.created", Some(org.id.as_str()), Some(details))
+            .await?;
         Ok(org)
     }
 
@@ -118,7 +122,12 @@ impl Services {
     /// # Errors
     /// Unknown org, invalid name, or a database failure.
     pub async fn create_project(&self, org: &OrgId, name: &str) -> Result<Project, OperatorError> {
-        Ok(self.identity.create_project(org, name).await?)
+        let project = self.identity.create_project(org, name).await?;
+        let details = serde_json::json!({ "name": project.name });
+        self.identity
+            .record(Some(org), &Actor::operator(), "project.created", Some(project.id.as_str()), Some(details))
+            .await?;
+        Ok(project)
     }
 
     /// Creates an API key; the returned token is shown once.
@@ -131,7 +140,12 @@ impl Services {
         name: &str,
         scopes: &Scopes,
     ) -> Result<(ApiKey, String), OperatorError> {
-        Ok(self.identity.create_api_key(project, name, scopes, None).await?)
+        let (key, token) = self.identity.create_api_key(project, name, scopes, None).await?;
+        let details = serde_json::json!({ "name": key.name, "prefix": key.prefix, "scopes": key.scopes.to_string() });
+        self.identity
+            .record(Some(&key.org_id), &Actor::operator(), "api_key.created", Some(key.id.as_str()), Some(details))
+            .await?;
+        Ok((key, token))
     }
 
     /// Grants credit to an org (manual-credits mode).
@@ -145,7 +159,12 @@ impl Services {
         idempotency_key: Option<String>,
     ) -> Result<EntryId, OperatorError> {
         self.identity.org(org).await?;
-        Ok(self.ledger.credit(org, amount, CreditSource::Grant, idempotency_key).await?)
+        let entry = self.ledger.credit(org, amount, CreditSource::Grant, idempotency_key).await?;
+        let details = serde_json::json!({ "nano_usd": amount.units(), "entry": entry });
+        self.identity
+            .record(Some(org), &Actor::operator(), "credits.granted", Some(entry.as_str()), Some(details))
+            .await?;
+        Ok(entry)
     }
 
     /// An org's balance.

@@ -18,6 +18,10 @@ fn acceptable(id: &str) -> bool {
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
+/// The request's id, for handlers (the audit log).
+#[derive(Clone, Debug)]
+pub(crate) struct RequestId(pub(crate) String);
+
 pub(crate) async fn middleware(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
@@ -28,6 +32,7 @@ pub(crate) async fn middleware(
         .and_then(|v| v.to_str().ok())
         .filter(|v| acceptable(v))
         .map_or_else(|| format!("req_{}", uuid::Uuid::now_v7().simple()), str::to_owned);
+    req.extensions_mut().insert(RequestId(id.clone()));
     let span = tracing::info_span!("http", request_id = %id, method = %req.method(), path = %req.path());
     let started = Instant::now();
     let mut res = next.call(req).instrument(span.clone()).await?;

@@ -462,3 +462,51 @@ db_test!(async fn usage_records_page_filter_export_and_stay_in_their_org(db) {
     let theirs = app.send(Method::GET, "/v1/usage", Some(&other_key), None).await.json();
     assert_eq!(theirs["data"].as_array().unwrap().len(), 0);
 });
+
+db_test!(async fn the_audit_log_records_who_did_what_and_cannot_be_rewritten(db) {
+    let app = spawn(db, |_| {}).await;
+    // The bootstrap was done by the operator.
+    let all = app.get("/v1/audit-events").await;
+    assert_eq!(all.status, StatusCode::OK, "{}", all.body);
+    let actions: Vec<String> =
+        all.json()["data"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(actions, ["credits.granted", "api_key.created", "project.created", "org.created"], "newest first");
+    // An administrative change through the API names the key, the address and the request.
+    let put = app
+        .send(Method::PUT, "/v1/routing/preferences", Some(&app.key.clone()), Some(json!({ "policy": "fastest" }).to_string()))
+        .await;
+    assert_eq!(put.status, StatusCode::OK, "{}", put.body);
+    let request_id = put.headers["x-request-id"].to_str().unwrap().to_owned();
+    let found = app.get("/v1/audit-events?action=routing.preferences_updated").await.json();
+    let events = found["data"].as_array().unwrap();
+    assert_eq!(events.len(), 1);
+    let e = &events[0];
+    assert!(e["actor"].as_str().unwrap().starts_with("key_"));
+    assert_eq!(e["ip"], "127.0.0.1");
+    assert_eq!(e["request_id"], request_id.as_str());
+    assert_eq!(e["details"]["policy"], "fastest");
+    // Pages and filters.
+    let page = app.get("/v1/audit-events?limit=2").await.json();
+    assert_eq!(page["data"].as_array().unwrap().len(), 2);
+    let next = page["next_cursor"].as_str().unwrap();
+    let rest = app.get(&format!("/v1/audit-events?cursor={next}")).await.json();
+    assert_eq!(rest["data"].as_array().unwrap().len(), 3);
+    assert_eq!(app.get("/v1/audit-events?from=nope").await.status, StatusCode::BAD_REQUEST);
+    // Another org sees none of it; a key without the manage scope sees nothing at all.
+    let other = app.services.create_org("Other").await.unwrap();
+    let project = app.services.create_project(&other.id, "p").await.unwrap();
+    let (_, other_key) = app.services.create_key(&project.id, "k", &Scopes::all()).await.unwrap();
+    let theirs = app.send(Method::GET, "/v1/audit-events", Some(&other_key), None).await.json();
+    let their_actions: Vec<&str> = theirs["data"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(their_actions, ["api_key.created", "project.created", "org.created"]);
+    let (_, reader) = app.services.create_key(&project.id, "r", &"read".parse().unwrap()).await.unwrap();
+    assert_eq!(app.send(Method::GET, "/v1/audit-events", Some(&reader), None).await.status, StatusCode::FORBIDDEN);
+    // Append-only, by the database itself.
+    for sql in ["UPDATE audit_events SET action = 'x'", "DELETE FROM audit_events"] {
+        let refused = match app.services.pool.get().await.unwrap() {
+            DbConn::Postgres(mut c) => diesel_async::SimpleAsyncConnection::batch_execute(&mut *c, sql).await,
+            DbConn::Sqlite(mut c) => diesel_async::SimpleAsyncConnection::batch_execute(&mut *c, sql).await,
+        };
+        assert!(refused.unwrap_err().to_string().contains("append-only"), "{sql}");
+    }
+});

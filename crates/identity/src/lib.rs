@@ -2,6 +2,7 @@
 //! server secret that keys are MACed under. A library: no HTTP in here; the
 //! server's auth extractor calls [`Identity::authenticate`].
 
+mod audit;
 mod cache;
 mod config;
 mod error;
@@ -10,6 +11,7 @@ mod limits;
 mod secret;
 mod service;
 
+pub use audit::{Actor, AuditEvent, AuditFilter};
 pub use config::IdentityConfig;
 pub use error::IdentityError;
 pub use keys::{ApiKeyToken, Scope, Scopes};

@@ -194,6 +194,10 @@ impl Identity {
         Self { pool, secret, keys: Arc::new(KeyCache::new(DEFAULT_KEY_CACHE_TTL)) }
     }
 
+    pub(crate) const fn pool(&self) -> &DbPool {
+        &self.pool
+    }
+
     /// The same, caching verified keys for `ttl` (zero: no cache).
     #[must_use]
     pub fn with_key_cache_ttl(self, ttl: Duration) -> Self {

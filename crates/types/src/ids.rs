@@ -134,6 +134,10 @@ define_id!(
     /// A ledger account.
     AccountId, "acct", "ledger account"
 );
+define_id!(
+    /// An audit event.
+    AuditEventId, "aud", "audit event"
+);
 
 #[cfg(test)]
 mod tests {

@@ -10,6 +10,6 @@ mod secret;
 pub mod time;
 
 pub use error::{Code, ErrorCode};
-pub use ids::{AccountId, ApiKeyId, EntryId, ExecutionId, HoldId, IdError, OrgId, ProjectId};
+pub use ids::{AccountId, ApiKeyId, AuditEventId, EntryId, ExecutionId, HoldId, IdError, OrgId, ProjectId};
 pub use money::{Money, MoneyError, PricePerMTok, UNITS_PER_USD, deserialize_usd};
 pub use secret::Secret;

@@ -1,5 +1,6 @@
 //! One file per resource; handlers stay thin.
 
+mod audit;
 mod billing;
 mod chat;
 mod executions;
@@ -30,6 +31,7 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/billing/balance", web::get().to(billing::balance))
                 .route("/routing/preferences", web::get().to(routing::get))
                 .route("/routing/preferences", web::put().to(routing::put))
+                .route("/audit-events", web::get().to(audit::list))
                 .route("/usage", web::get().to(usage::list))
                 .route("/usage.csv", web::get().to(usage::csv)),
         )

@@ -2,7 +2,7 @@
 //! (`cheapest`, `fastest`, `balanced`) and price ceilings. A request may
 //! choose another policy or lower ceilings in its own `routing` field.
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use modelroute_identity::Scope;
 use modelroute_routing::Preferences;
 use serde_json::{Value, json};
@@ -29,9 +29,16 @@ pub(crate) async fn get(state: State, caller: Caller) -> Result<HttpResponse, Ap
 }
 
 /// `PUT /v1/routing/preferences` (manage scope): replaces them.
-pub(crate) async fn put(state: State, caller: Caller, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn put(
+    state: State,
+    caller: Caller,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
     let principal = caller.require(Scope::Manage)?;
     let p: Preferences = read_json(payload, state.max_body_bytes).await?;
     state.executor.set_preferences(&principal.org_id, p).await?;
+    let actor = super::audit::actor(&caller, &req);
+    state.identity.record(Some(&principal.org_id), &actor, "routing.preferences_updated", None, Some(body(&p))).await?;
     Ok(HttpResponse::Ok().json(body(&p)))
 }

@@ -1,0 +1,26 @@
+-- The audit log: append-only records of authentication and administrative
+-- events — who (an API key, or the operator CLI), in which org, what, on
+-- what, when, from where (IP, user agent) and under which request id.
+CREATE TABLE audit_events (
+    id TEXT PRIMARY KEY NOT NULL,
+    org_id TEXT REFERENCES orgs (id),
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT,
+    ip TEXT,
+    user_agent TEXT,
+    request_id TEXT,
+    details TEXT,
+    created_at TIMESTAMP NOT NULL
+);
+CREATE INDEX audit_events_org_idx ON audit_events (org_id, id);
+
+-- Append-only, enforced by the database itself.
+CREATE TRIGGER audit_events_no_update BEFORE UPDATE ON audit_events
+BEGIN
+    SELECT RAISE(ABORT, 'audit_events is append-only');
+END;
+CREATE TRIGGER audit_events_no_delete BEFORE DELETE ON audit_events
+BEGIN
+    SELECT RAISE(ABORT, 'audit_events is append-only');
+END;
