@@ -82,6 +82,7 @@ async fn spawn(db: TestDb) -> TestApp {
         model("ctx/none", vec![route("ctxn-a", "oa", "fault-context", "1")]),
         model("filter/gemini", vec![route("f-a", "ge", "fault-filter", "1"), route("f-b", "oa", "m", "2")]),
         model("policy/m", vec![route("p-cheap", "slow-builtin", "echo", "1"), route("p-fast", "oa", "m", "2")]),
+        model("busy/m", vec![route("busy-a", "oa", "fault-ratelimit-bare", "1"), route("busy-b", "an", "m", "2")]),
     ];
     let app = Application::build(settings.clone()).await.expect("server starts");
     let boot = app.bootstrap.clone().unwrap();
@@ -406,4 +407,21 @@ db_test!(async fn the_catalogue_reloads_while_serving_and_a_bad_one_is_refused(d
     let (status, _) = app.post("/v1/chat/completions", &ask("new/model")).await;
     assert_eq!(status, StatusCode::OK);
     let _no_hold_left = app.available().await;
+});
+
+db_test!(async fn a_persistent_429_without_retry_after_is_backed_off_then_failed_over(db) {
+    let app = spawn(db).await;
+    let before = app.available().await;
+    let ask = json!({ "model": "busy/m", "messages": [{ "role": "user", "content": "Hello" }] });
+    let (status, body) = app.post("/v1/chat/completions", &ask).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "echo: Hello");
+    // Tried twice (the default attempts per route, with backoff), then the next route.
+    assert_eq!((app.openai.calls("fault-ratelimit-bare"), app.anthropic.calls("m")), (2, 1));
+    let attempts = app.attempts(v["id"].as_str().unwrap()).await;
+    let outcomes: Vec<(&str, Option<&str>)> = attempts.iter().map(|a| (a.1.as_str(), a.2.as_deref())).collect();
+    assert_eq!(outcomes, [("failed", Some("rate_limited")), ("failed", Some("rate_limited")), ("succeeded", None)]);
+    // One settlement, at the serving route's price: 1 + 2 tokens at $2/M each.
+    assert_eq!(before.checked_sub(app.available().await).unwrap(), Money::from_units(6_000));
 });
