@@ -510,3 +510,46 @@ db_test!(async fn the_audit_log_records_who_did_what_and_cannot_be_rewritten(db)
         assert!(refused.unwrap_err().to_string().contains("append-only"), "{sql}");
     }
 });
+
+db_test!(async fn keys_are_listed_created_once_and_revoked_within_their_org(db) {
+    let app = spawn(db, |_| {}).await;
+    let listed = app.get("/v1/keys").await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+    let listed = listed.json();
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1);
+    assert!(!listed.to_string().contains("token") && !listed.to_string().contains("hmac"), "{listed}");
+    let project = listed["data"][0]["project_id"].as_str().unwrap().to_owned();
+    let create = |body: Value| app.send(Method::POST, "/v1/keys", Some(&app.key), Some(body.to_string()));
+    let created = create(json!({ "project_id": project, "name": "reader", "scopes": ["read"] })).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let created = created.json();
+    let token = created["token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with(created["prefix"].as_str().unwrap()));
+    // It reads, but may not execute.
+    assert_eq!(app.send(Method::GET, "/v1/billing/balance", Some(&token), None).await.status, StatusCode::OK);
+    let denied = app.send(Method::POST, "/v1/chat/completions", Some(&token), Some(hello("builtin/echo").to_string())).await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+    assert_eq!(app.get("/v1/keys").await.json()["data"].as_array().unwrap().len(), 2);
+    // Bad input names the field and writes nothing.
+    let bad = create(json!({ "project_id": project, "name": "x", "scopes": ["root"] })).await;
+    assert_eq!((bad.status, bad.json()["error"]["param"].as_str()), (StatusCode::BAD_REQUEST, Some("scopes")));
+    let past = create(json!({ "project_id": project, "name": "x", "scopes": ["read"], "expires_at": "2020-01-01T00:00:00Z" })).await;
+    assert_eq!(past.status, StatusCode::BAD_REQUEST);
+    assert_eq!(app.get("/v1/keys").await.json()["data"].as_array().unwrap().len(), 2);
+    // Another org can neither use our project nor touch our keys: 404, not 403.
+    let other = app.services.create_org("Other").await.unwrap();
+    let their_project = app.services.create_project(&other.id, "p").await.unwrap();
+    let (_, theirs) = app.services.create_key(&their_project.id, "k", &Scopes::all()).await.unwrap();
+    let body = json!({ "project_id": project, "name": "sneaky", "scopes": ["read"] }).to_string();
+    assert_eq!(app.send(Method::POST, "/v1/keys", Some(&theirs), Some(body)).await.status, StatusCode::NOT_FOUND);
+    let id = created["id"].as_str().unwrap();
+    let path = format!("/v1/keys/{id}");
+    assert_eq!(app.send(Method::DELETE, &path, Some(&theirs), None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.send(Method::GET, "/v1/keys", Some(&theirs), None).await.json()["data"].as_array().unwrap().len(), 1);
+    // Revoked: refused at once, and audited.
+    assert_eq!(app.send(Method::DELETE, &path, Some(&app.key), None).await.status, StatusCode::OK);
+    assert_eq!(app.send(Method::GET, "/v1/billing/balance", Some(&token), None).await.status, StatusCode::UNAUTHORIZED);
+    let audit = app.get("/v1/audit-events?action=api_key.revoked").await.json();
+    assert_eq!(audit["data"][0]["target"], id);
+    assert!(audit["data"][0]["actor"].as_str().unwrap().starts_with("key_"));
+});

@@ -267,6 +267,20 @@ impl Identity {
         row.map(Project::from).ok_or(IdentityError::NotFound("project"))
     }
 
+    /// The API keys of `org`, newest first (records only: secrets are not stored).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn list_api_keys(&self, org: &OrgId) -> Result<Vec<ApiKey>, IdentityError> {
+        let rows: Vec<ApiKeyRow> = db_run!(self.pool, |conn| api_keys::table
+            .filter(api_keys::org_id.eq(org.as_str()))
+            .order(api_keys::id.desc())
+            .select(ApiKeyRow::as_select())
+            .load(conn)
+            .await)?;
+        Ok(rows.into_iter().map(ApiKeyRow::into_key).collect())
+    }
+
     /// Creates an API key in a project. Returns the record and the token,
     /// which exists nowhere else: show it once.
     ///

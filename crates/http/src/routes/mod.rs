@@ -5,6 +5,7 @@ mod billing;
 mod chat;
 mod executions;
 mod health;
+mod keys;
 mod messages;
 mod models;
 mod routing;
@@ -32,6 +33,9 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/routing/preferences", web::get().to(routing::get))
                 .route("/routing/preferences", web::put().to(routing::put))
                 .route("/audit-events", web::get().to(audit::list))
+                .route("/keys", web::get().to(keys::list))
+                .route("/keys", web::post().to(keys::create))
+                .route("/keys/{id}", web::delete().to(keys::revoke))
                 .route("/usage", web::get().to(usage::list))
                 .route("/usage.csv", web::get().to(usage::csv)),
         )

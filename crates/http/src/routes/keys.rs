@@ -1,0 +1,105 @@
+//! `/v1/keys` (manage scope): the caller's org API keys — list, create
+//! (the token is in the answer once and nowhere else), revoke. Another
+//! org's key or project answers 404, never 403, so ids do not leak.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::DateTime;
+use modelroute_identity::{ApiKey, Scope, Scopes};
+use modelroute_types::{ApiKeyId, Code, ProjectId, time};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::ApiError;
+use crate::auth::Caller;
+use crate::body::read_json;
+use crate::state::State;
+
+fn key_json(k: &ApiKey) -> Value {
+    json!({
+        "object": "api_key",
+        "id": k.id,
+        "project_id": k.project_id,
+        "name": k.name,
+        "prefix": k.prefix,
+        "scopes": k.scopes.iter().map(Scope::as_str).collect::<Vec<_>>(),
+        "created_at": k.created_at.and_utc().to_rfc3339(),
+        "expires_at": k.expires_at.map(|t| t.and_utc().to_rfc3339()),
+        "revoked_at": k.revoked_at.map(|t| t.and_utc().to_rfc3339()),
+        "last_used_at": k.last_used_at.map(|t| t.and_utc().to_rfc3339()),
+    })
+}
+
+/// `GET /v1/keys`.
+pub(crate) async fn list(state: State, caller: Caller) -> Result<HttpResponse, ApiError> {
+    let principal = caller.require(Scope::Manage)?;
+    let keys = state.identity.list_api_keys(&principal.org_id).await?;
+    Ok(HttpResponse::Ok().json(json!({ "object": "list", "data": keys.iter().map(key_json).collect::<Vec<_>>() })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateKey {
+    project_id: ProjectId,
+    name: String,
+    scopes: Vec<String>,
+    #[serde(default)]
+    expires_at: Option<String>,
+}
+
+/// `POST /v1/keys`: `{"project_id", "name", "scopes": ["execute", "read"], "expires_at"?}`.
+pub(crate) async fn create(
+    state: State,
+    caller: Caller,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let principal = caller.require(Scope::Manage)?;
+    let body: CreateKey = read_json(payload, state.max_body_bytes).await?;
+    let project = state.identity.project(&body.project_id).await?;
+    if project.org_id != principal.org_id {
+        return Err(ApiError::new(Code::NotFound, "project not found"));
+    }
+    let scopes: Scopes = body
+        .scopes
+        .join(" ")
+        .parse()
+        .map_err(|_| ApiError::invalid_param("scopes", "scopes are execute, read and manage"))?;
+    let expires_at = body
+        .expires_at
+        .map(|t| {
+            DateTime::parse_from_rfc3339(&t)
+                .map(|t| t.naive_utc())
+                .ok()
+                .filter(|t| *t > time::now())
+                .ok_or_else(|| ApiError::invalid_param("expires_at", "an RFC 3339 time in the future"))
+        })
+        .transpose()?;
+    let (key, token) = state.identity.create_api_key(&project.id, &body.name, &scopes, expires_at).await?;
+    let actor = super::audit::actor(&caller, &req);
+    let details = json!({ "name": key.name, "prefix": key.prefix, "scopes": key.scopes.to_string() });
+    state
+        .identity
+        .record(Some(&principal.org_id), &actor, "api_key.created", Some(key.id.as_str()), Some(details))
+        .await?;
+    let mut answer = key_json(&key);
+    if let Some(obj) = answer.as_object_mut() {
+        obj.insert("token".into(), json!(token));
+    }
+    Ok(HttpResponse::Created().json(answer))
+}
+
+/// `DELETE /v1/keys/{id}`: revokes the key (at once on this replica, within
+/// `key_cache_ttl_secs` on others). Revoking twice is fine.
+pub(crate) async fn revoke(
+    state: State,
+    caller: Caller,
+    req: HttpRequest,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let principal = caller.require(Scope::Manage)?;
+    let id: ApiKeyId = id.parse().map_err(|_| ApiError::new(Code::NotFound, "api key not found"))?;
+    state.identity.revoke_api_key(&principal.org_id, &id).await?;
+    let actor = super::audit::actor(&caller, &req);
+    state.identity.record(Some(&principal.org_id), &actor, "api_key.revoked", Some(id.as_str()), None).await?;
+    Ok(HttpResponse::Ok().json(json!({ "object": "api_key", "id": id, "revoked": true })))
+}
