@@ -9,6 +9,7 @@ mod auth;
 mod body;
 mod error;
 pub mod operator;
+mod query;
 mod request_id;
 mod routes;
 pub mod settings;

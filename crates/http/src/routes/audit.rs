@@ -2,8 +2,7 @@
 //! first. Filters: `action`, `from`, `to` (RFC 3339); `limit` (1–500,
 //! default 100) and `cursor` (the `next_cursor` of the previous page).
 
-use actix_web::{HttpMessage as _, HttpRequest, HttpResponse, web};
-use chrono::DateTime;
+use actix_web::{HttpMessage as _, HttpRequest, HttpResponse};
 use modelroute_identity::{Actor, AuditFilter, Scope};
 use modelroute_types::AuditEventId;
 use serde::Deserialize;
@@ -11,6 +10,7 @@ use serde_json::json;
 
 use crate::ApiError;
 use crate::auth::Caller;
+use crate::query;
 use crate::request_id::RequestId;
 use crate::state::State;
 
@@ -39,25 +39,15 @@ pub(crate) fn actor(caller: &Caller, req: &HttpRequest) -> Actor {
 /// `GET /v1/audit-events`.
 pub(crate) async fn list(state: State, caller: Caller, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let principal = caller.require(Scope::Manage)?;
-    let q = web::Query::<AuditQuery>::from_query(req.query_string())
-        .map_err(|e| ApiError::invalid_param("query", e.to_string()))?
-        .into_inner();
-    let time = |param: &'static str, v: Option<String>| {
-        v.map(|v| {
-            DateTime::parse_from_rfc3339(&v)
-                .map(|t| t.naive_utc())
-                .map_err(|_| ApiError::invalid_param(param, format!("`{v}` is not an RFC 3339 time")))
-        })
-        .transpose()
-    };
+    let q: AuditQuery = query::parse(&req)?;
     if q.limit.is_some_and(|l| !(1..=500).contains(&l)) {
         return Err(ApiError::invalid_param("limit", "limit must be between 1 and 500"));
     }
     let limit = q.limit.unwrap_or(100);
     let filter = AuditFilter {
         action: q.action,
-        from: time("from", q.from)?,
-        to: time("to", q.to)?,
+        from: query::time("from", q.from)?,
+        to: query::time("to", q.to)?,
         limit,
         cursor: q
             .cursor

@@ -3,7 +3,6 @@
 //! org's key or project answers 404, never 403, so ids do not leak.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use chrono::DateTime;
 use modelroute_identity::{ApiKey, Scope, Scopes};
 use modelroute_types::{ApiKeyId, Code, ProjectId, time};
 use serde::Deserialize;
@@ -12,6 +11,7 @@ use serde_json::{Value, json};
 use crate::ApiError;
 use crate::auth::Caller;
 use crate::body::read_json;
+use crate::query;
 use crate::state::State;
 
 fn key_json(k: &ApiKey) -> Value {
@@ -64,16 +64,10 @@ pub(crate) async fn create(
         .join(" ")
         .parse()
         .map_err(|_| ApiError::invalid_param("scopes", "scopes are execute, read and manage"))?;
-    let expires_at = body
-        .expires_at
-        .map(|t| {
-            DateTime::parse_from_rfc3339(&t)
-                .map(|t| t.naive_utc())
-                .ok()
-                .filter(|t| *t > time::now())
-                .ok_or_else(|| ApiError::invalid_param("expires_at", "an RFC 3339 time in the future"))
-        })
-        .transpose()?;
+    let expires_at = query::time("expires_at", body.expires_at)?;
+    if expires_at.is_some_and(|t| t <= time::now()) {
+        return Err(ApiError::invalid_param("expires_at", "expires_at must be in the future"));
+    }
     let (key, token) = state.identity.create_api_key(&project.id, &body.name, &scopes, expires_at).await?;
     let actor = super::audit::actor(&caller, &req);
     let details = json!({ "name": key.name, "prefix": key.prefix, "scopes": key.scopes.to_string() });

@@ -3,8 +3,7 @@
 //! (RFC 3339), `project_id`, `model`; `limit` (1–1000, default 100) and
 //! `cursor` for JSON pages.
 
-use actix_web::{HttpRequest, HttpResponse, web};
-use chrono::{DateTime, NaiveDateTime};
+use actix_web::{HttpRequest, HttpResponse};
 use modelroute_executions::{UsageFilter, UsageRecord};
 use modelroute_identity::Scope;
 use modelroute_types::{ExecutionId, ProjectId};
@@ -13,6 +12,7 @@ use serde_json::{Value, json};
 
 use crate::ApiError;
 use crate::auth::Caller;
+use crate::query;
 use crate::state::State;
 use crate::wire::money;
 
@@ -30,20 +30,8 @@ struct UsageQuery {
 /// CSV exports stop here; narrow the time range for more.
 const CSV_MAX_ROWS: usize = 100_000;
 
-fn time(param: &'static str, value: Option<String>) -> Result<Option<NaiveDateTime>, ApiError> {
-    value
-        .map(|v| {
-            DateTime::parse_from_rfc3339(&v).map(|t| t.naive_utc()).map_err(|_| {
-                ApiError::invalid_param(param, format!("`{v}` is not an RFC 3339 time like 2026-11-01T00:00:00Z"))
-            })
-        })
-        .transpose()
-}
-
 fn filter(req: &HttpRequest) -> Result<UsageFilter, ApiError> {
-    let q = web::Query::<UsageQuery>::from_query(req.query_string())
-        .map_err(|e| ApiError::invalid_param("query", e.to_string()))?
-        .into_inner();
+    let q: UsageQuery = query::parse(req)?;
     if q.limit.is_some_and(|l| !(1..=1000).contains(&l)) {
         return Err(ApiError::invalid_param("limit", "limit must be between 1 and 1000"));
     }
@@ -56,8 +44,8 @@ fn filter(req: &HttpRequest) -> Result<UsageFilter, ApiError> {
         .map(|c| c.parse::<ExecutionId>().map_err(|_| ApiError::invalid_param("cursor", "not a cursor from this API")))
         .transpose()?;
     Ok(UsageFilter {
-        from: time("from", q.from)?,
-        to: time("to", q.to)?,
+        from: query::time("from", q.from)?,
+        to: query::time("to", q.to)?,
         project_id,
         model: q.model,
         limit: q.limit.unwrap_or(100),
