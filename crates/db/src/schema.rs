@@ -13,6 +13,8 @@ diesel::table! {
         expires_at -> Nullable<Timestamp>,
         revoked_at -> Nullable<Timestamp>,
         last_used_at -> Nullable<Timestamp>,
+        previous_secret_hmac -> Nullable<Text>,
+        previous_valid_until -> Nullable<Timestamp>,
     }
 }
 
@@ -28,6 +30,21 @@ diesel::table! {
         request_id -> Nullable<Text>,
         details -> Nullable<Text>,
         created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    email_outbox (id) {
+        id -> Text,
+        to_address -> Text,
+        kind -> Text,
+        subject -> Text,
+        body -> Text,
+        created_at -> Timestamp,
+        attempts -> Integer,
+        next_attempt_at -> Timestamp,
+        sent_at -> Nullable<Timestamp>,
+        last_error -> Nullable<Text>,
     }
 }
 
@@ -56,6 +73,21 @@ diesel::table! {
         input_price -> Nullable<BigInt>,
         output_price -> Nullable<BigInt>,
         price_version -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    invitations (id) {
+        id -> Text,
+        org_id -> Text,
+        email -> Text,
+        role -> Text,
+        token_hash -> Text,
+        invited_by -> Text,
+        created_at -> Timestamp,
+        expires_at -> Timestamp,
+        accepted_at -> Nullable<Timestamp>,
+        revoked_at -> Nullable<Timestamp>,
     }
 }
 
@@ -110,6 +142,23 @@ diesel::table! {
 }
 
 diesel::table! {
+    login_failures (id) {
+        id -> Text,
+        email -> Text,
+        failed_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    memberships (org_id, user_id) {
+        org_id -> Text,
+        user_id -> Text,
+        role -> Text,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
     org_routing (org_id) {
         org_id -> Text,
         policy -> Text,
@@ -136,6 +185,52 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    sessions (id) {
+        id -> Text,
+        token_hash -> Text,
+        user_id -> Text,
+        created_at -> Timestamp,
+        last_seen_at -> Timestamp,
+        expires_at -> Timestamp,
+        ip -> Nullable<Text>,
+        user_agent -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    user_identities (issuer, subject) {
+        issuer -> Text,
+        subject -> Text,
+        user_id -> Text,
+        email -> Nullable<Text>,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    user_tokens (token_hash) {
+        token_hash -> Text,
+        user_id -> Text,
+        purpose -> Text,
+        created_at -> Timestamp,
+        expires_at -> Timestamp,
+        used_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    users (id) {
+        id -> Text,
+        email -> Text,
+        name -> Text,
+        password_hash -> Nullable<Text>,
+        email_verified_at -> Nullable<Timestamp>,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(api_keys -> projects (project_id));
 diesel::joinable!(api_keys -> orgs (org_id));
 diesel::joinable!(audit_events -> orgs (org_id));
@@ -143,23 +238,38 @@ diesel::joinable!(executions -> ledger_holds (hold_id));
 diesel::joinable!(executions -> api_keys (api_key_id));
 diesel::joinable!(executions -> projects (project_id));
 diesel::joinable!(executions -> orgs (org_id));
+diesel::joinable!(invitations -> users (invited_by));
+diesel::joinable!(invitations -> orgs (org_id));
 diesel::joinable!(ledger_accounts -> orgs (org_id));
 diesel::joinable!(ledger_entries -> orgs (org_id));
 diesel::joinable!(ledger_holds -> orgs (org_id));
 diesel::joinable!(ledger_postings -> ledger_accounts (account_id));
 diesel::joinable!(ledger_postings -> ledger_entries (entry_id));
+diesel::joinable!(memberships -> users (user_id));
+diesel::joinable!(memberships -> orgs (org_id));
 diesel::joinable!(org_routing -> orgs (org_id));
 diesel::joinable!(projects -> orgs (org_id));
+diesel::joinable!(sessions -> users (user_id));
+diesel::joinable!(user_identities -> users (user_id));
+diesel::joinable!(user_tokens -> users (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     api_keys,
     audit_events,
+    email_outbox,
     executions,
+    invitations,
     ledger_accounts,
     ledger_entries,
     ledger_holds,
     ledger_postings,
+    login_failures,
+    memberships,
     org_routing,
     orgs,
     projects,
+    sessions,
+    user_identities,
+    user_tokens,
+    users,
 );

@@ -101,9 +101,9 @@ pub const fn status_of(code: Code) -> StatusCode {
         | Code::Canceled
         | Code::ContextLengthExceeded
         | Code::ContentFiltered => StatusCode::BAD_REQUEST,
-        Code::InvalidApiKey => StatusCode::UNAUTHORIZED,
+        Code::InvalidApiKey | Code::Unauthenticated => StatusCode::UNAUTHORIZED,
         Code::InsufficientBalance => StatusCode::PAYMENT_REQUIRED,
-        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::PermissionDenied | Code::CsrfFailed => StatusCode::FORBIDDEN,
         Code::NotFound | Code::ModelNotFound => StatusCode::NOT_FOUND,
         Code::Conflict => StatusCode::CONFLICT,
         Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -124,8 +124,8 @@ const fn openai_type(code: Code) -> &'static str {
         | Code::PayloadTooLarge
         | Code::IdempotencyConflict
         | Code::Conflict => "invalid_request_error",
-        Code::InvalidApiKey => "authentication_error",
-        Code::PermissionDenied => "permission_error",
+        Code::InvalidApiKey | Code::Unauthenticated => "authentication_error",
+        Code::PermissionDenied | Code::CsrfFailed => "permission_error",
         Code::NotFound | Code::ModelNotFound => "not_found_error",
         Code::InsufficientBalance => "insufficient_quota",
         Code::Overloaded | Code::RateLimited => "rate_limit_error",

@@ -20,6 +20,37 @@ pub struct IdentityConfig {
     pub key_cache_ttl_secs: u64,
     /// `[identity.rate_limits]`.
     pub rate_limits: crate::RateLimitConfig,
+    /// The address browsers reach the server at (`https://api.example.com`):
+    /// links in emails point here and cookie-authenticated requests must
+    /// come from this origin.
+    pub public_url: String,
+    /// A browser session ends after this many minutes without a request.
+    pub session_idle_minutes: u32,
+    /// A browser session ends this many hours after login, however busy.
+    pub session_absolute_hours: u32,
+    /// Failed logins per account per hour before the account refuses
+    /// password logins from browsers it does not know (see docs/AUTH.md).
+    pub max_failed_logins_per_hour: u32,
+    /// `[identity.email]`.
+    pub email: EmailConfig,
+}
+
+/// The `[identity.email]` section: transactional email.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmailConfig {
+    /// The `From:` address.
+    pub from: String,
+    /// The SMTP server, e.g. `smtps://user:pass@smtp.example.com:465` or
+    /// `smtp://mail:25?tls=required`. Empty (the embedded default): emails
+    /// stay in the outbox table and a log line says so.
+    pub smtp_url: Secret,
+}
+
+impl Default for EmailConfig {
+    fn default() -> Self {
+        Self { from: "ModelRoute <no-reply@localhost>".into(), smtp_url: Secret::default() }
+    }
 }
 
 impl Default for IdentityConfig {
@@ -29,6 +60,11 @@ impl Default for IdentityConfig {
             server_secret_file: PathBuf::from("data/server_secret"),
             key_cache_ttl_secs: 10,
             rate_limits: crate::RateLimitConfig::default(),
+            public_url: "http://localhost:8080".into(),
+            session_idle_minutes: 12 * 60,
+            session_absolute_hours: 7 * 24,
+            max_failed_logins_per_hour: 100,
+            email: EmailConfig::default(),
         }
     }
 }

@@ -23,6 +23,32 @@ pub enum IdentityError {
     /// The named record does not exist (or belongs to another tenant).
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// The email and password do not match an account (one answer for an
+    /// unknown email and a wrong password), or no valid session.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    /// The password was right but the email address is not verified yet.
+    #[error("verify your email address first: a new link has been sent")]
+    EmailNotVerified,
+    /// Too many failed logins for this email in the last hour.
+    #[error("too many failed logins for this account; retry in {retry_after_secs} s or reset the password")]
+    LoginLocked {
+        /// When the oldest failure of the window expires.
+        retry_after_secs: u64,
+    },
+    /// A single-use link's token is unknown, used or expired.
+    #[error("this link is invalid, already used or expired")]
+    InvalidToken,
+    /// The caller's role in the org does not allow the operation.
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// The operation would break a rule about the current state (the last
+    /// owner leaving, a duplicate, …).
+    #[error("{0}")]
+    Conflict(String),
+    /// An unexpected failure (random source, hashing task, mail transport).
+    #[error("internal error: {0}")]
+    Internal(String),
     /// The server secret is missing, too short, or its file is unreadable.
     #[error("server secret: {0}")]
     ServerSecret(String),
@@ -41,9 +67,13 @@ impl ErrorCode for IdentityError {
     fn code(&self) -> Code {
         match self {
             Self::InvalidApiKey => Code::InvalidApiKey,
-            Self::MissingScope(_) => Code::PermissionDenied,
-            Self::InvalidInput { .. } => Code::InvalidRequest,
+            Self::MissingScope(_) | Self::EmailNotVerified | Self::Forbidden(_) => Code::PermissionDenied,
+            Self::InvalidInput { .. } | Self::InvalidToken => Code::InvalidRequest,
             Self::NotFound(_) => Code::NotFound,
+            Self::Unauthenticated(_) => Code::Unauthenticated,
+            Self::LoginLocked { .. } => Code::RateLimited,
+            Self::Conflict(_) => Code::Conflict,
+            Self::Internal(_) => Code::Internal,
             Self::ServerSecret(_) => Code::InvalidConfig,
             Self::Db(e) => e.code(),
         }
@@ -52,6 +82,7 @@ impl ErrorCode for IdentityError {
     fn param(&self) -> Option<&str> {
         match self {
             Self::InvalidInput { field, .. } => Some(field),
+            Self::InvalidToken => Some("token"),
             _ => None,
         }
     }

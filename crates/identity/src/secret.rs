@@ -69,6 +69,18 @@ impl ServerSecret {
     }
 }
 
+/// A new single-use token (sessions, email links, invitations): 256 random
+/// bits as 64 hex characters. Only its [`token_hash`] is stored.
+pub(crate) fn new_token() -> Result<String, IdentityError> {
+    random_hex(32)
+}
+
+/// The stored form of a token: SHA-256, hex. A fast hash is enough for
+/// 256-bit random tokens (nothing to brute-force), unlike passwords.
+pub(crate) fn token_hash(token: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// `n` random bytes as lowercase hex.
 pub(crate) fn random_hex(n: usize) -> Result<String, IdentityError> {
     let mut bytes = vec![0u8; n];

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cache::KeyCache;
-use crate::{ApiKeyToken, IdentityError, Scope, Scopes, ServerSecret};
+use crate::mail::Smtp;
+use crate::{ApiKeyToken, IdentityConfig, IdentityError, Scope, Scopes, ServerSecret};
 
 /// `last_used_at` is written at most this often per key, so that using a key
 /// does not cost a write per request.
@@ -181,6 +182,9 @@ pub struct Identity {
     pool: DbPool,
     secret: ServerSecret,
     keys: Arc<KeyCache>,
+    settings: Arc<IdentityConfig>,
+    smtp: Arc<Smtp>,
+    mail_queued: Arc<tokio::sync::Notify>,
 }
 
 /// How long a verified key is cached unless configured otherwise.
@@ -191,11 +195,47 @@ impl Identity {
     /// keys for 10 seconds.
     #[must_use]
     pub fn new(pool: DbPool, secret: ServerSecret) -> Self {
-        Self { pool, secret, keys: Arc::new(KeyCache::new(DEFAULT_KEY_CACHE_TTL)) }
+        Self {
+            pool,
+            secret,
+            keys: Arc::new(KeyCache::new(DEFAULT_KEY_CACHE_TTL)),
+            settings: Arc::new(IdentityConfig::default()),
+            smtp: Arc::new(Smtp { from: crate::EmailConfig::default().from, transport: None }),
+            mail_queued: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    /// The same, configured by `[identity]`: key cache, sessions, lock,
+    /// public URL, email.
+    ///
+    /// # Errors
+    /// An invalid `[identity.email]` section.
+    pub fn with_config(self, config: &IdentityConfig) -> Result<Self, IdentityError> {
+        Ok(Self {
+            smtp: Arc::new(Smtp::from_config(&config.email)?),
+            settings: Arc::new(config.clone()),
+            ..self.with_key_cache_ttl(Duration::from_secs(config.key_cache_ttl_secs))
+        })
     }
 
     pub(crate) const fn pool(&self) -> &DbPool {
         &self.pool
+    }
+
+    pub(crate) fn settings(&self) -> &IdentityConfig {
+        &self.settings
+    }
+
+    pub(crate) fn smtp(&self) -> &Smtp {
+        &self.smtp
+    }
+
+    pub(crate) fn mail_queued(&self) -> &tokio::sync::Notify {
+        &self.mail_queued
+    }
+
+    pub(crate) const fn server_secret(&self) -> &ServerSecret {
+        &self.secret
     }
 
     /// The same, caching verified keys for `ttl` (zero: no cache).

@@ -12,6 +12,11 @@ pub enum Code {
     InvalidRequest,
     /// No credentials, or credentials that do not verify.
     InvalidApiKey,
+    /// Not signed in, or the email and password do not match.
+    Unauthenticated,
+    /// A cookie-authenticated request without a valid CSRF token or from
+    /// another origin.
+    CsrfFailed,
     /// Valid credentials without the scope the operation needs.
     PermissionDenied,
     /// The named resource does not exist (or belongs to another tenant).
@@ -57,6 +62,8 @@ impl Code {
         match self {
             Self::InvalidRequest => "invalid_request",
             Self::InvalidApiKey => "invalid_api_key",
+            Self::Unauthenticated => "unauthenticated",
+            Self::CsrfFailed => "csrf_failed",
             Self::PermissionDenied => "permission_denied",
             Self::NotFound => "not_found",
             Self::ModelNotFound => "model_not_found",

@@ -138,6 +138,22 @@ define_id!(
     /// An audit event.
     AuditEventId, "aud", "audit event"
 );
+define_id!(
+    /// A user account (a person who signs in).
+    UserId, "usr", "user"
+);
+define_id!(
+    /// A browser session (not its token, which only the cookie holds).
+    SessionId, "sess", "session"
+);
+define_id!(
+    /// An invitation to join an organization.
+    InvitationId, "inv", "invitation"
+);
+define_id!(
+    /// An email in the outbox.
+    EmailId, "mail", "email"
+);
 
 #[cfg(test)]
 mod tests {

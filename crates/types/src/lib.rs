@@ -10,6 +10,9 @@ mod secret;
 pub mod time;
 
 pub use error::{Code, ErrorCode};
-pub use ids::{AccountId, ApiKeyId, AuditEventId, EntryId, ExecutionId, HoldId, IdError, OrgId, ProjectId};
+pub use ids::{
+    AccountId, ApiKeyId, AuditEventId, EmailId, EntryId, ExecutionId, HoldId, IdError, InvitationId, OrgId, ProjectId,
+    SessionId, UserId,
+};
 pub use money::{Money, MoneyError, PricePerMTok, UNITS_PER_USD, deserialize_usd};
 pub use secret::Secret;

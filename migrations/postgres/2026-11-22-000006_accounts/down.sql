@@ -1,0 +1,10 @@
+ALTER TABLE api_keys DROP COLUMN previous_valid_until;
+ALTER TABLE api_keys DROP COLUMN previous_secret_hmac;
+DROP TABLE email_outbox;
+DROP TABLE login_failures;
+DROP TABLE user_tokens;
+DROP TABLE sessions;
+DROP TABLE invitations;
+DROP TABLE memberships;
+DROP TABLE user_identities;
+DROP TABLE users;
