@@ -12,6 +12,7 @@ pub mod operator;
 mod query;
 mod request_id;
 mod routes;
+mod session;
 pub mod settings;
 mod startup;
 mod state;

@@ -97,8 +97,7 @@ impl Services {
         if generated_secret {
             tracing::info!(path = %settings.identity.server_secret_file.display(), "generated a server secret");
         }
-        let identity = Identity::new(pool.clone(), secret)
-            .with_key_cache_ttl(std::time::Duration::from_secs(settings.identity.key_cache_ttl_secs));
+        let identity = Identity::new(pool.clone(), secret).with_config(&settings.identity)?;
         let ledger = SqlLedger::open(pool.clone(), settings.ledger.clone()).await?;
         Ok(Self { pool, identity, ledger, catalogue, providers, generated_secret })
     }

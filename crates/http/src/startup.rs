@@ -38,6 +38,7 @@ pub struct Application {
     port: u16,
     server: Server,
     sweeper: tokio::task::JoinHandle<()>,
+    mailer: tokio::task::JoinHandle<()>,
     executor: Executor<SqlLedger>,
     /// Set when this start bootstrapped an empty database.
     pub bootstrap: Option<BootstrapReport>,
@@ -74,6 +75,8 @@ impl Application {
             ),
             per_key_per_minute: settings.identity.rate_limits.per_key_per_minute,
             per_org_per_minute: settings.identity.rate_limits.per_org_per_minute,
+            per_ip_auth_per_minute: settings.identity.rate_limits.per_ip_auth_per_minute,
+            public_origin: crate::session::origin_of(&settings.identity.public_url),
             max_body_bytes: settings.server.max_body_bytes,
         });
         let bind = settings.server.bind.clone();
@@ -96,7 +99,8 @@ impl Application {
         }
         let server = server.listen(listener).map_err(|source| StartupError::Bind { bind, source })?.run();
         let sweeper = tokio::spawn(sweep_holds(services.clone(), settings.ledger.sweep_interval_secs));
-        Ok(Self { port, server, sweeper, executor, bootstrap, services })
+        let mailer = tokio::spawn(services.identity.clone().run_mail_delivery());
+        Ok(Self { port, server, sweeper, mailer, executor, bootstrap, services })
     }
 
     /// A handle that swaps in a new catalogue and providers while serving.
@@ -118,6 +122,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
         self.sweeper.abort();
+        self.mailer.abort();
         result
     }
 }

@@ -17,6 +17,10 @@ pub(crate) struct AppState {
     pub(crate) limiter: Arc<RateLimiter>,
     pub(crate) per_key_per_minute: u32,
     pub(crate) per_org_per_minute: u32,
+    pub(crate) per_ip_auth_per_minute: u32,
+    /// `scheme://host[:port]` of `[identity] public_url`: the one origin
+    /// cookie-authenticated writes may come from.
+    pub(crate) public_origin: String,
     pub(crate) max_body_bytes: usize,
 }
 

@@ -32,6 +32,9 @@ pub struct RateLimitConfig {
     pub per_key_per_minute: u32,
     /// Requests per minute per org, all keys together (0: unlimited).
     pub per_org_per_minute: u32,
+    /// Requests per minute per client IP to the sign-up, login and
+    /// password-reset endpoints (0: unlimited).
+    pub per_ip_auth_per_minute: u32,
 }
 
 impl Default for RateLimitConfig {
@@ -43,6 +46,7 @@ impl Default for RateLimitConfig {
             fail_open: true,
             per_key_per_minute: 600,
             per_org_per_minute: 3_000,
+            per_ip_auth_per_minute: 20,
         }
     }
 }

@@ -13,11 +13,11 @@ const RECENT_ENTRIES: usize = 20;
 
 /// `GET /v1/billing/balance`: the caller's org balance and its recent journal.
 pub(crate) async fn balance(state: State, caller: Caller) -> Result<HttpResponse, ApiError> {
-    let principal = caller.require(Scope::Read)?;
-    let b = state.ledger.balance(&principal.org_id).await?;
+    let org = caller.require(Scope::Read)?;
+    let b = state.ledger.balance(org).await?;
     let journal: Vec<_> = state
         .ledger
-        .recent_entries(&principal.org_id, RECENT_ENTRIES)
+        .recent_entries(org, RECENT_ENTRIES)
         .await?
         .into_iter()
         .map(|e| {

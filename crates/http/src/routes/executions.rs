@@ -12,9 +12,9 @@ use crate::wire::money;
 /// `GET /v1/executions/{id}`: an execution of the caller's org. Another
 /// org's execution, or a malformed id, is a 404 like an unknown one.
 pub(crate) async fn get(state: State, caller: Caller, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let principal = caller.require(Scope::Read)?;
+    let org = caller.require(Scope::Read)?;
     let id: ExecutionId = id.parse().map_err(|_| ExecutionError::NotFound)?;
-    let e = state.executor.get(&principal.org_id, &id).await?;
+    let e = state.executor.get(org, &id).await?;
     Ok(HttpResponse::Ok().json(view(&e)))
 }
 

@@ -31,8 +31,8 @@ fn key_json(k: &ApiKey) -> Value {
 
 /// `GET /v1/keys`.
 pub(crate) async fn list(state: State, caller: Caller) -> Result<HttpResponse, ApiError> {
-    let principal = caller.require(Scope::Manage)?;
-    let keys = state.identity.list_api_keys(&principal.org_id).await?;
+    let org = caller.require(Scope::Manage)?;
+    let keys = state.identity.list_api_keys(org).await?;
     Ok(HttpResponse::Ok().json(json!({ "object": "list", "data": keys.iter().map(key_json).collect::<Vec<_>>() })))
 }
 
@@ -53,10 +53,10 @@ pub(crate) async fn create(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let principal = caller.require(Scope::Manage)?;
+    let org = caller.require(Scope::Manage)?;
     let body: CreateKey = read_json(payload, state.max_body_bytes).await?;
     let project = state.identity.project(&body.project_id).await?;
-    if project.org_id != principal.org_id {
+    if project.org_id != *org {
         return Err(ApiError::new(Code::NotFound, "project not found"));
     }
     let scopes: Scopes = body
@@ -71,10 +71,7 @@ pub(crate) async fn create(
     let (key, token) = state.identity.create_api_key(&project.id, &body.name, &scopes, expires_at).await?;
     let actor = super::audit::actor(&caller, &req);
     let details = json!({ "name": key.name, "prefix": key.prefix, "scopes": key.scopes.to_string() });
-    state
-        .identity
-        .record(Some(&principal.org_id), &actor, "api_key.created", Some(key.id.as_str()), Some(details))
-        .await?;
+    state.identity.record(Some(org), &actor, "api_key.created", Some(key.id.as_str()), Some(details)).await?;
     let mut answer = key_json(&key);
     if let Some(obj) = answer.as_object_mut() {
         obj.insert("token".into(), json!(token));
@@ -90,10 +87,10 @@ pub(crate) async fn revoke(
     req: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let principal = caller.require(Scope::Manage)?;
+    let org = caller.require(Scope::Manage)?;
     let id: ApiKeyId = id.parse().map_err(|_| ApiError::new(Code::NotFound, "api key not found"))?;
-    state.identity.revoke_api_key(&principal.org_id, &id).await?;
+    state.identity.revoke_api_key(org, &id).await?;
     let actor = super::audit::actor(&caller, &req);
-    state.identity.record(Some(&principal.org_id), &actor, "api_key.revoked", Some(id.as_str()), None).await?;
+    state.identity.record(Some(org), &actor, "api_key.revoked", Some(id.as_str()), None).await?;
     Ok(HttpResponse::Ok().json(json!({ "object": "api_key", "id": id, "revoked": true })))
 }

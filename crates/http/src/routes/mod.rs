@@ -1,5 +1,6 @@
 //! One file per resource; handlers stay thin.
 
+mod accounts;
 mod audit;
 mod billing;
 mod chat;
@@ -8,6 +9,7 @@ mod health;
 mod keys;
 mod messages;
 mod models;
+mod orgs;
 mod routing;
 mod usage;
 
@@ -37,7 +39,28 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/keys", web::post().to(keys::create))
                 .route("/keys/{id}", web::delete().to(keys::revoke))
                 .route("/usage", web::get().to(usage::list))
-                .route("/usage.csv", web::get().to(usage::csv)),
+                .route("/usage.csv", web::get().to(usage::csv))
+                .route("/auth/signup", web::post().to(accounts::sign_up))
+                .route("/auth/verify-email", web::post().to(accounts::verify_email))
+                .route("/auth/login", web::post().to(accounts::login))
+                .route("/auth/logout", web::post().to(accounts::logout))
+                .route("/auth/logout-all", web::post().to(accounts::logout_all))
+                .route("/auth/session", web::get().to(accounts::session))
+                .route("/auth/password-reset", web::post().to(accounts::request_reset))
+                .route("/auth/password-reset/confirm", web::post().to(accounts::confirm_reset))
+                .route("/auth/password", web::post().to(accounts::change_password))
+                .route("/orgs", web::get().to(orgs::list))
+                .route("/orgs", web::post().to(orgs::create))
+                .route("/orgs/{org}", web::get().to(orgs::get))
+                .route("/orgs/{org}/members", web::get().to(orgs::members))
+                .route("/orgs/{org}/members/{user}", web::patch().to(orgs::set_role))
+                .route("/orgs/{org}/members/{user}", web::delete().to(orgs::remove_member))
+                .route("/orgs/{org}/invitations", web::get().to(orgs::invitations))
+                .route("/orgs/{org}/invitations", web::post().to(orgs::invite))
+                .route("/orgs/{org}/projects", web::get().to(orgs::projects))
+                .route("/orgs/{org}/projects", web::post().to(orgs::create_project))
+                .route("/projects/{id}", web::get().to(orgs::project))
+                .route("/invitations/accept", web::post().to(orgs::accept)),
         )
         .default_service(web::to(not_found));
 }

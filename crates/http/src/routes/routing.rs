@@ -23,8 +23,8 @@ fn body(p: &Preferences) -> Value {
 
 /// `GET /v1/routing/preferences`.
 pub(crate) async fn get(state: State, caller: Caller) -> Result<HttpResponse, ApiError> {
-    let principal = caller.require(Scope::Read)?;
-    let p = state.executor.preferences(&principal.org_id).await?;
+    let org = caller.require(Scope::Read)?;
+    let p = state.executor.preferences(org).await?;
     Ok(HttpResponse::Ok().json(body(&p)))
 }
 
@@ -35,10 +35,10 @@ pub(crate) async fn put(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let principal = caller.require(Scope::Manage)?;
+    let org = caller.require(Scope::Manage)?;
     let p: Preferences = read_json(payload, state.max_body_bytes).await?;
-    state.executor.set_preferences(&principal.org_id, p).await?;
+    state.executor.set_preferences(org, p).await?;
     let actor = super::audit::actor(&caller, &req);
-    state.identity.record(Some(&principal.org_id), &actor, "routing.preferences_updated", None, Some(body(&p))).await?;
+    state.identity.record(Some(org), &actor, "routing.preferences_updated", None, Some(body(&p))).await?;
     Ok(HttpResponse::Ok().json(body(&p)))
 }

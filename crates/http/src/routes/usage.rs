@@ -75,8 +75,8 @@ fn record_json(r: &UsageRecord) -> Value {
 
 /// `GET /v1/usage`.
 pub(crate) async fn list(state: State, caller: Caller, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let principal = caller.require(Scope::Read)?;
-    let page = state.executor.usage(&principal.org_id, &filter(&req)?).await?;
+    let org = caller.require(Scope::Read)?;
+    let page = state.executor.usage(org, &filter(&req)?).await?;
     Ok(HttpResponse::Ok().json(json!({
         "object": "list",
         "data": page.records.iter().map(record_json).collect::<Vec<_>>(),
@@ -92,7 +92,7 @@ fn field(s: &str) -> String {
 
 /// `GET /v1/usage.csv`.
 pub(crate) async fn csv(state: State, caller: Caller, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let principal = caller.require(Scope::Read)?;
+    let org = caller.require(Scope::Read)?;
     let mut filter = filter(&req)?;
     filter.limit = 1000;
     let mut out = String::from(
@@ -101,7 +101,7 @@ pub(crate) async fn csv(state: State, caller: Caller, req: HttpRequest) -> Resul
     );
     let mut rows = 0;
     loop {
-        let page = state.executor.usage(&principal.org_id, &filter).await?;
+        let page = state.executor.usage(org, &filter).await?;
         for r in &page.records {
             let price = |p: Option<modelroute_types::PricePerMTok>| {
                 p.map(|p| p.per_million().to_usd_string()).unwrap_or_default()

@@ -1,0 +1,208 @@
+//! `/v1/auth/…`: sign-up, email verification, login and logout, the
+//! session, password reset and change. Sign-up, login and the reset
+//! request are limited per client IP and answer the same for known and
+//! unknown emails.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use modelroute_identity::{Membership, User};
+use modelroute_types::time;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::ApiError;
+use crate::body::read_json;
+use crate::session::{DEVICE_COOKIE, SESSION_COOKIE, SignedIn, actor, cookie, set_cookie};
+use crate::state::State;
+
+/// A device cookie lives a year.
+const DEVICE_COOKIE_SECS: i64 = 365 * 24 * 3600;
+
+/// The per-IP limit of the auth endpoints.
+async fn limit_ip(state: &State, req: &HttpRequest) -> Result<(), ApiError> {
+    let ip = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+    crate::auth::check_limit(state, &format!("auth-ip:{ip}"), state.per_ip_auth_per_minute, "this address").await?;
+    Ok(())
+}
+
+fn user_json(user: &User) -> Value {
+    json!({
+        "object": "user",
+        "id": user.id,
+        "email": user.email,
+        "name": user.name,
+        "email_verified": user.email_verified_at.is_some(),
+        "created_at": time::rfc3339(user.created_at),
+    })
+}
+
+pub(crate) fn membership_json(m: &Membership) -> Value {
+    json!({ "object": "organization", "id": m.org.id, "name": m.org.name, "role": m.role })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SignUp {
+    email: String,
+    password: String,
+    #[serde(default)]
+    name: String,
+}
+
+/// `POST /v1/auth/signup`: 202 whether or not the address has an account.
+pub(crate) async fn sign_up(state: State, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+    limit_ip(&state, &req).await?;
+    let b: SignUp = read_json(payload, state.max_body_bytes).await?;
+    state.identity.sign_up(&b.email, &b.password, &b.name, &actor("anonymous", &req)).await?;
+    Ok(HttpResponse::Accepted().json(json!({
+        "status": "verification_sent",
+        "message": "if this address can be used, a verification link is on its way to it",
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TokenBody {
+    token: String,
+}
+
+/// `POST /v1/auth/verify-email`.
+pub(crate) async fn verify_email(
+    state: State,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let b: TokenBody = read_json(payload, state.max_body_bytes).await?;
+    let user = state.identity.verify_email(&b.token, &actor("anonymous", &req)).await?;
+    Ok(HttpResponse::Ok().json(user_json(&user)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Credentials {
+    email: String,
+    password: String,
+}
+
+/// `POST /v1/auth/login`: sets the session and device cookies and answers
+/// the CSRF token.
+pub(crate) async fn login(state: State, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+    limit_ip(&state, &req).await?;
+    let b: Credentials = read_json(payload, state.max_body_bytes).await?;
+    let device = cookie(&req, DEVICE_COOKIE);
+    let login = match state.identity.login(&b.email, &b.password, device.as_deref(), &actor("anonymous", &req)).await {
+        Err(e @ modelroute_identity::IdentityError::LoginLocked { retry_after_secs }) => {
+            return Err(ApiError::from(e).with_header("retry-after", retry_after_secs.to_string()));
+        }
+        other => other?,
+    };
+    let memberships = state.identity.memberships(&login.user.id).await?;
+    let max_age = (login.session.expires_at - time::now()).num_seconds();
+    Ok(HttpResponse::Ok()
+        .append_header(("set-cookie", set_cookie(SESSION_COOKIE, &login.session.token, max_age)))
+        .append_header(("set-cookie", set_cookie(DEVICE_COOKIE, &login.device, DEVICE_COOKIE_SECS)))
+        .insert_header(("cache-control", "no-store"))
+        .json(json!({
+            "object": "session",
+            "user": user_json(&login.user),
+            "organizations": memberships.iter().map(membership_json).collect::<Vec<_>>(),
+            "csrf_token": login.session.csrf_token,
+            "expires_at": time::rfc3339(login.session.expires_at),
+        })))
+}
+
+/// `GET /v1/auth/session`: who is signed in, their orgs, the CSRF token.
+pub(crate) async fn session(state: State, signed_in: SignedIn) -> Result<HttpResponse, ApiError> {
+    let s = signed_in.0;
+    let user = state.identity.user(&s.user_id).await?;
+    let memberships = state.identity.memberships(&s.user_id).await?;
+    Ok(HttpResponse::Ok().insert_header(("cache-control", "no-store")).json(json!({
+        "object": "session",
+        "user": user_json(&user),
+        "organizations": memberships.iter().map(membership_json).collect::<Vec<_>>(),
+        "csrf_token": state.identity.csrf_token(&s.id),
+        "expires_at": time::rfc3339(s.expires_at),
+    })))
+}
+
+fn clear_session_cookie() -> String {
+    set_cookie(SESSION_COOKIE, "", 0)
+}
+
+/// `POST /v1/auth/logout`.
+pub(crate) async fn logout(state: State, req: HttpRequest, signed_in: SignedIn) -> Result<HttpResponse, ApiError> {
+    let s = signed_in.0;
+    state.identity.end_session(&s, &actor(s.user_id.as_str(), &req)).await?;
+    Ok(HttpResponse::NoContent().append_header(("set-cookie", clear_session_cookie())).finish())
+}
+
+/// `POST /v1/auth/logout-all`: ends every session of the user.
+pub(crate) async fn logout_all(state: State, req: HttpRequest, signed_in: SignedIn) -> Result<HttpResponse, ApiError> {
+    let s = signed_in.0;
+    state.identity.end_all_sessions(&s.user_id, &actor(s.user_id.as_str(), &req)).await?;
+    Ok(HttpResponse::NoContent().append_header(("set-cookie", clear_session_cookie())).finish())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ResetRequest {
+    email: String,
+}
+
+/// `POST /v1/auth/password-reset`: 202 whether or not the address has an
+/// account.
+pub(crate) async fn request_reset(
+    state: State,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    limit_ip(&state, &req).await?;
+    let b: ResetRequest = read_json(payload, state.max_body_bytes).await?;
+    state.identity.request_password_reset(&b.email, &actor("anonymous", &req))?;
+    Ok(HttpResponse::Accepted().json(json!({
+        "status": "reset_sent",
+        "message": "if this address has an account, a reset link is on its way to it",
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ResetConfirm {
+    token: String,
+    password: String,
+}
+
+/// `POST /v1/auth/password-reset/confirm`: sets the new password and ends
+/// every session.
+pub(crate) async fn confirm_reset(
+    state: State,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    limit_ip(&state, &req).await?;
+    let b: ResetConfirm = read_json(payload, state.max_body_bytes).await?;
+    state.identity.reset_password(&b.token, &b.password, &actor("anonymous", &req)).await?;
+    Ok(HttpResponse::NoContent().append_header(("set-cookie", clear_session_cookie())).finish())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PasswordChange {
+    current_password: String,
+    password: String,
+}
+
+/// `POST /v1/auth/password`: changes the password; other sessions end.
+pub(crate) async fn change_password(
+    state: State,
+    req: HttpRequest,
+    signed_in: SignedIn,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let s = signed_in.0;
+    let b: PasswordChange = read_json(payload, state.max_body_bytes).await?;
+    state
+        .identity
+        .change_password(&s.user_id, &s.id, &b.current_password, &b.password, &actor(s.user_id.as_str(), &req))
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
+}

@@ -1,0 +1,253 @@
+//! `/v1/orgs/…`, `/v1/projects/…`, `/v1/invitations/accept`: orgs,
+//! members, invitations and projects. An org the caller does not belong to
+//! (a key of another org, a user who is not a member) is a 404.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use modelroute_identity::{Invitation, Member, Project, Role, Scope};
+use modelroute_types::{Code, ProjectId, UserId, time};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::accounts::membership_json;
+use crate::ApiError;
+use crate::auth::{Caller, Who, authenticate_for};
+use crate::body::read_json;
+use crate::session::{SignedIn, actor};
+use crate::state::State;
+
+fn member_json(m: &Member) -> Value {
+    json!({
+        "object": "member",
+        "user_id": m.user_id,
+        "email": m.email,
+        "name": m.name,
+        "role": m.role,
+        "joined_at": time::rfc3339(m.joined_at),
+    })
+}
+
+fn invitation_json(i: &Invitation) -> Value {
+    json!({
+        "object": "invitation",
+        "id": i.id,
+        "org_id": i.org_id,
+        "email": i.email,
+        "role": i.role,
+        "created_at": time::rfc3339(i.created_at),
+        "expires_at": time::rfc3339(i.expires_at),
+        "accepted_at": i.accepted_at.map(time::rfc3339),
+    })
+}
+
+fn project_json(p: &Project) -> Value {
+    json!({ "object": "project", "id": p.id, "org_id": p.org_id, "name": p.name, "created_at": time::rfc3339(p.created_at) })
+}
+
+/// The caller for the org the path names.
+async fn in_org(req: &HttpRequest, org: &str) -> Result<Caller, ApiError> {
+    authenticate_for(req, Some(org.to_owned())).await
+}
+
+/// The signed-in user behind a caller: managing members needs a person.
+fn person(caller: &Caller) -> Result<&UserId, ApiError> {
+    match &caller.who {
+        Who::User { session, .. } => Ok(&session.user_id),
+        Who::Key(_) => Err(ApiError::new(Code::PermissionDenied, "managing members needs a signed-in owner or admin")),
+    }
+}
+
+/// `GET /v1/orgs`: the signed-in user's orgs with their role.
+pub(crate) async fn list(state: State, signed_in: SignedIn) -> Result<HttpResponse, ApiError> {
+    let orgs = state.identity.memberships(&signed_in.0.user_id).await?;
+    Ok(HttpResponse::Ok()
+        .json(json!({ "object": "list", "data": orgs.iter().map(membership_json).collect::<Vec<_>>() })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NameBody {
+    name: String,
+}
+
+/// `POST /v1/orgs`: a new org with the caller as owner and a `default` project.
+pub(crate) async fn create(
+    state: State,
+    req: HttpRequest,
+    signed_in: SignedIn,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let b: NameBody = read_json(payload, state.max_body_bytes).await?;
+    let user = &signed_in.0.user_id;
+    let org = state.identity.create_org_for(user, &b.name, &actor(user.as_str(), &req)).await?;
+    state.ledger.open_org_accounts(&org.id).await?;
+    Ok(HttpResponse::Created()
+        .json(json!({ "object": "organization", "id": org.id, "name": org.name, "role": Role::Owner })))
+}
+
+/// `GET /v1/orgs/{org}`.
+pub(crate) async fn get(state: State, req: HttpRequest, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let caller = in_org(&req, &path).await?;
+    let org = state.identity.org(caller.require(Scope::Read)?).await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "object": "organization",
+        "id": org.id,
+        "name": org.name,
+        "role": caller.role(),
+        "created_at": time::rfc3339(org.created_at),
+    })))
+}
+
+/// `GET /v1/orgs/{org}/members`.
+pub(crate) async fn members(state: State, req: HttpRequest, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let caller = in_org(&req, &path).await?;
+    let members = state.identity.members(caller.require(Scope::Read)?).await?;
+    Ok(HttpResponse::Ok()
+        .json(json!({ "object": "list", "data": members.iter().map(member_json).collect::<Vec<_>>() })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RoleBody {
+    role: Role,
+}
+
+fn user_id(s: &str) -> Result<UserId, ApiError> {
+    s.parse().map_err(|_| ApiError::new(Code::NotFound, "member not found"))
+}
+
+/// `PATCH /v1/orgs/{org}/members/{user}`: `{"role": "owner" | "admin" | "member"}`.
+pub(crate) async fn set_role(
+    state: State,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (org, target) = path.into_inner();
+    let caller = in_org(&req, &org).await?;
+    let org = caller.require(Scope::Manage)?;
+    person(&caller)?;
+    let b: RoleBody = read_json(payload, state.max_body_bytes).await?;
+    let target = user_id(&target)?;
+    state.identity.set_role(org, caller.role(), &target, b.role, &actor(&caller.who(), &req)).await?;
+    Ok(HttpResponse::Ok().json(json!({ "object": "member", "user_id": target, "role": b.role })))
+}
+
+/// `DELETE /v1/orgs/{org}/members/{user}`: removes a member; anyone may
+/// remove themselves (leave), except the last owner.
+pub(crate) async fn remove_member(
+    state: State,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (org, target) = path.into_inner();
+    let caller = in_org(&req, &org).await?;
+    let by = person(&caller)?.clone();
+    let target = user_id(&target)?;
+    if target != by {
+        caller.require(Scope::Manage)?;
+    }
+    let org = caller.org_id.clone();
+    state.identity.remove_member(&org, &by, caller.role(), &target, &actor(&caller.who(), &req)).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// `GET /v1/orgs/{org}/invitations`.
+pub(crate) async fn invitations(
+    state: State,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = in_org(&req, &path).await?;
+    let list = state.identity.invitations(caller.require(Scope::Manage)?).await?;
+    Ok(HttpResponse::Ok()
+        .json(json!({ "object": "list", "data": list.iter().map(invitation_json).collect::<Vec<_>>() })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct InviteBody {
+    email: String,
+    #[serde(default = "member")]
+    role: Role,
+}
+
+const fn member() -> Role {
+    Role::Member
+}
+
+/// `POST /v1/orgs/{org}/invitations`: `{"email", "role"?}`; the link goes by email.
+pub(crate) async fn invite(
+    state: State,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let caller = in_org(&req, &path).await?;
+    let org = caller.require(Scope::Manage)?;
+    let by = person(&caller)?;
+    let b: InviteBody = read_json(payload, state.max_body_bytes).await?;
+    let inv = state.identity.invite(org, by, caller.role(), &b.email, b.role, &actor(&caller.who(), &req)).await?;
+    Ok(HttpResponse::Created().json(invitation_json(&inv)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TokenBody {
+    token: String,
+}
+
+/// `POST /v1/invitations/accept`: `{"token"}`, as the invited (signed-in,
+/// verified) user.
+pub(crate) async fn accept(
+    state: State,
+    req: HttpRequest,
+    signed_in: SignedIn,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let b: TokenBody = read_json(payload, state.max_body_bytes).await?;
+    let user = &signed_in.0.user_id;
+    let m = state.identity.accept_invitation(&b.token, user, &actor(user.as_str(), &req)).await?;
+    Ok(HttpResponse::Ok().json(membership_json(&m)))
+}
+
+/// `GET /v1/orgs/{org}/projects`.
+pub(crate) async fn projects(
+    state: State,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = in_org(&req, &path).await?;
+    let list = state.identity.projects(caller.require(Scope::Read)?).await?;
+    Ok(HttpResponse::Ok().json(json!({ "object": "list", "data": list.iter().map(project_json).collect::<Vec<_>>() })))
+}
+
+/// `POST /v1/orgs/{org}/projects`: `{"name"}`.
+pub(crate) async fn create_project(
+    state: State,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let caller = in_org(&req, &path).await?;
+    let org = caller.require(Scope::Manage)?.clone();
+    let b: NameBody = read_json(payload, state.max_body_bytes).await?;
+    let project = state.identity.create_project(&org, &b.name).await?;
+    let details = json!({ "name": project.name });
+    state
+        .identity
+        .record(Some(&org), &actor(&caller.who(), &req), "project.created", Some(project.id.as_str()), Some(details))
+        .await?;
+    Ok(HttpResponse::Created().json(project_json(&project)))
+}
+
+/// `GET /v1/projects/{id}`: a project of the caller's org.
+pub(crate) async fn project(state: State, caller: Caller, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let org = caller.require(Scope::Read)?;
+    let not_found = || ApiError::new(Code::NotFound, "project not found");
+    let id: ProjectId = path.parse().map_err(|_| not_found())?;
+    let project = state.identity.project(&id).await?;
+    if project.org_id != *org {
+        return Err(not_found());
+    }
+    Ok(HttpResponse::Ok().json(project_json(&project)))
+}
