@@ -9,7 +9,23 @@ use serde::de::DeserializeOwned;
 
 use crate::ApiError;
 
-pub(crate) async fn read_json<T: DeserializeOwned>(mut payload: web::Payload, limit: usize) -> Result<T, ApiError> {
+pub(crate) async fn read_json<T: DeserializeOwned>(payload: web::Payload, limit: usize) -> Result<T, ApiError> {
+    read_json_or(payload, limit, None).await
+}
+
+/// The same, with `T::default()` for an empty body (all fields optional).
+pub(crate) async fn read_json_or_default<T: DeserializeOwned + Default>(
+    payload: web::Payload,
+    limit: usize,
+) -> Result<T, ApiError> {
+    read_json_or(payload, limit, Some(T::default())).await
+}
+
+async fn read_json_or<T: DeserializeOwned>(
+    mut payload: web::Payload,
+    limit: usize,
+    if_empty: Option<T>,
+) -> Result<T, ApiError> {
     let mut body = BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk =
@@ -20,6 +36,9 @@ pub(crate) async fn read_json<T: DeserializeOwned>(mut payload: web::Payload, li
         body.extend_from_slice(&chunk);
     }
     if body.is_empty() {
+        if let Some(default) = if_empty {
+            return Ok(default);
+        }
         return Err(ApiError::new(Code::InvalidRequest, "the request body is empty; send a JSON object"));
     }
     let de = &mut serde_json::Deserializer::from_slice(&body);

@@ -339,3 +339,31 @@ db_test!(async fn the_brute_force_lock_answers_429_and_spares_the_owners_browser
     let r = app.call(Method::POST, "/v1/auth/login", &[("cookie", device)], Some(json!({ "email": "ada@example.com", "password": PASSWORD }))).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.json);
 });
+
+db_test!(async fn a_key_rotates_with_a_grace_period(db) {
+    let app = spawn(db, |_| {}).await;
+    let projects = app.with_key(&app.key, Method::GET, &format!("/v1/orgs/{}/projects", app.org), None).await;
+    let project = projects.json["data"][0]["id"].as_str().unwrap().to_owned();
+    let r = app.with_key(&app.key, Method::POST, "/v1/keys", Some(json!({ "project_id": project, "name": "ci", "scopes": ["read"] }))).await;
+    let (id, first) = (r.json["id"].as_str().unwrap().to_owned(), r.json["token"].as_str().unwrap().to_owned());
+    assert_eq!(app.with_key(&first, Method::GET, "/v1/billing/balance", None).await.status, StatusCode::OK);
+    // Rotate with the default grace (an empty body): both secrets work.
+    let r = app.with_key(&app.key, Method::POST, &format!("/v1/keys/{id}/rotate"), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    let second = r.json["token"].as_str().unwrap().to_owned();
+    assert_eq!(r.json["id"], id.as_str());
+    assert!(r.json["previous_secret_valid_until"].is_string());
+    assert_eq!(app.with_key(&second, Method::GET, "/v1/billing/balance", None).await.status, StatusCode::OK);
+    assert_eq!(app.with_key(&first, Method::GET, "/v1/billing/balance", None).await.status, StatusCode::OK);
+    // Rotate again with no grace: the second secret stops at once, the first too (it is two rotations old).
+    let r = app.with_key(&app.key, Method::POST, &format!("/v1/keys/{id}/rotate"), Some(json!({ "grace_period_secs": 0 }))).await;
+    let third = r.json["token"].as_str().unwrap().to_owned();
+    for old in [&first, &second] {
+        assert_eq!(app.with_key(old, Method::GET, "/v1/billing/balance", None).await.status, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(app.with_key(&third, Method::GET, "/v1/billing/balance", None).await.status, StatusCode::OK);
+    let r = app.with_key(&app.key, Method::POST, &format!("/v1/keys/{id}/rotate"), Some(json!({ "grace_period_secs": 9_999_999 }))).await;
+    assert_eq!((r.status, r.json["error"]["param"].as_str()), (StatusCode::BAD_REQUEST, Some("grace_period_secs")));
+    let events = app.with_key(&app.key, Method::GET, "/v1/audit-events?action=api_key.rotated", None).await;
+    assert_eq!(events.json["data"].as_array().unwrap().len(), 2);
+});

@@ -19,6 +19,8 @@ use crate::Principal;
 pub(crate) struct CachedKey {
     /// The stored HMAC of the key's secret.
     pub(crate) tag: Vec<u8>,
+    /// After a rotation: the previous secret's HMAC and until when it works.
+    pub(crate) previous: Option<(Vec<u8>, NaiveDateTime)>,
     /// What the key grants.
     pub(crate) principal: Principal,
     /// When the key expires, if ever.
@@ -60,6 +62,7 @@ impl KeyCache {
         &self,
         public_id: &str,
         tag: Vec<u8>,
+        previous: Option<(Vec<u8>, NaiveDateTime)>,
         principal: Principal,
         expires_at: Option<NaiveDateTime>,
         last_used_at: Option<NaiveDateTime>,
@@ -71,7 +74,7 @@ impl KeyCache {
         if entries.len() >= MAX_ENTRIES {
             entries.clear();
         }
-        let entry = CachedKey { tag, principal, expires_at, last_used_at, cached_at: Instant::now() };
+        let entry = CachedKey { tag, previous, principal, expires_at, last_used_at, cached_at: Instant::now() };
         entries.insert(public_id.to_owned(), entry);
     }
 

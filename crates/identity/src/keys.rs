@@ -67,6 +67,14 @@ impl ApiKeyToken {
         Ok(Self { public_id: public_id.to_owned(), secret: secret.to_owned() })
     }
 
+    /// A new secret for an existing public id (rotation).
+    ///
+    /// # Errors
+    /// The system random source failing.
+    pub fn with_public_id(public_id: &str) -> Result<Self, IdentityError> {
+        Ok(Self { public_id: public_id.to_owned(), secret: random_base62(SECRET_LEN)? })
+    }
+
     /// The public part, stored in clear and shown in listings (`mr_XXXXXXXXXXXX`).
     #[must_use]
     pub fn public_id(&self) -> &str {

@@ -120,6 +120,8 @@ struct ApiKeyRow {
     expires_at: Option<NaiveDateTime>,
     revoked_at: Option<NaiveDateTime>,
     last_used_at: Option<NaiveDateTime>,
+    previous_secret_hmac: Option<String>,
+    previous_valid_until: Option<NaiveDateTime>,
 }
 
 impl From<OrgRow> for Org {
@@ -186,6 +188,9 @@ pub struct Identity {
     smtp: Arc<Smtp>,
     mail_queued: Arc<tokio::sync::Notify>,
 }
+
+/// The longest grace period of a rotated key's old secret.
+const MAX_ROTATION_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// How long a verified key is cached unless configured otherwise.
 const DEFAULT_KEY_CACHE_TTL: Duration = Duration::from_secs(10);
@@ -354,25 +359,35 @@ impl Identity {
             expires_at,
             revoked_at: None,
             last_used_at: None,
+            previous_secret_hmac: None,
+            previous_valid_until: None,
         };
         db_run!(self.pool, |conn| diesel::insert_into(api_keys::table).values(&row).execute(conn).await)?;
         tracing::info!(key_prefix = %format!("mr_{}", row.public_id), org_id = %row.org_id, "api key created");
         Ok((row.into_key(), token.reveal()))
     }
 
+    /// Whether the presented token matches the current secret, or the
+    /// previous one within its grace period (constant-time compares).
+    fn secret_matches(&self, token: &ApiKeyToken, tag: &[u8], previous: Option<&(Vec<u8>, NaiveDateTime)>) -> bool {
+        let input = mac_input(token);
+        self.secret.verify(input.as_bytes(), tag)
+            || previous.is_some_and(|(old, until)| *until > time::now() && self.secret.verify(input.as_bytes(), old))
+    }
+
     /// Verifies a presented token and returns who it belongs to.
     ///
     /// Malformed tokens fail before any database access. The stored MAC is
-    /// compared in constant time.
+    /// compared in constant time. A cached key whose MAC does not match is
+    /// looked up again (it may have been rotated through another replica).
     ///
     /// # Errors
     /// [`IdentityError::InvalidApiKey`] for any key that does not verify.
     pub async fn authenticate(&self, token: &str) -> Result<Principal, IdentityError> {
         let token = ApiKeyToken::parse(token)?;
-        if let Some(cached) = self.keys.get(token.public_id()) {
-            if !self.secret.verify(mac_input(&token).as_bytes(), &cached.tag) {
-                return Err(IdentityError::InvalidApiKey);
-            }
+        if let Some(cached) =
+            self.keys.get(token.public_id()).filter(|c| self.secret_matches(&token, &c.tag, c.previous.as_ref()))
+        {
             let now = time::now();
             if cached.expires_at.is_some_and(|t| t <= now) {
                 return Err(IdentityError::InvalidApiKey);
@@ -404,7 +419,8 @@ impl Identity {
             .optional())?;
         let row = row.ok_or(IdentityError::InvalidApiKey)?;
         let tag = unhex(&row.secret_hmac).ok_or(IdentityError::InvalidApiKey)?;
-        if !self.secret.verify(mac_input(&token).as_bytes(), &tag) {
+        let previous = row.previous_secret_hmac.as_deref().and_then(unhex).zip(row.previous_valid_until);
+        if !self.secret_matches(&token, &tag, previous.as_ref()) {
             return Err(IdentityError::InvalidApiKey);
         }
         let now = time::now();
@@ -423,8 +439,59 @@ impl Identity {
         let key = row.into_key();
         let principal =
             Principal { org_id: key.org_id, project_id: key.project_id, api_key_id: key.id, scopes: key.scopes };
-        self.keys.insert(&public_id, tag, principal.clone(), key.expires_at, last_used_at);
+        self.keys.insert(&public_id, tag, previous, principal.clone(), key.expires_at, last_used_at);
         Ok(principal)
+    }
+
+    /// Rotates a key of `org_id`: a new secret under the same key id and
+    /// scopes; the old secret keeps working for `grace` (at most 7 days),
+    /// on every replica (a replica whose cache holds the old MAC looks the
+    /// key up again when the new secret does not match it). Returns the
+    /// record and the new token, shown once.
+    ///
+    /// # Errors
+    /// [`IdentityError::NotFound`] for another org's key or a revoked one;
+    /// a grace period over 7 days.
+    pub async fn rotate_api_key(
+        &self,
+        org_id: &OrgId,
+        id: &ApiKeyId,
+        grace: Duration,
+    ) -> Result<(ApiKey, String), IdentityError> {
+        if grace > MAX_ROTATION_GRACE {
+            return Err(IdentityError::InvalidInput {
+                field: "grace_period_secs",
+                message: "must be at most 604800 (7 days)".into(),
+            });
+        }
+        let row: Option<ApiKeyRow> = db_run!(self.pool, |conn| api_keys::table
+            .filter(api_keys::id.eq(id.as_str()).and(api_keys::org_id.eq(org_id.as_str())))
+            .filter(api_keys::revoked_at.is_null())
+            .select(ApiKeyRow::as_select())
+            .first(conn)
+            .await
+            .optional())?;
+        let row = row.ok_or(IdentityError::NotFound("api key"))?;
+        let token = ApiKeyToken::with_public_id(&row.public_id)?;
+        let new_mac = hex(self.secret.mac(mac_input(&token).as_bytes()).as_ref());
+        let until = time::now() + chrono::Duration::from_std(grace).unwrap_or_default();
+        // Conditional on the MAC read above: two concurrent rotations cannot both win.
+        let changed = db_run!(self.pool, |conn| diesel::update(
+            api_keys::table.find(&row.id).filter(api_keys::secret_hmac.eq(&row.secret_hmac))
+        )
+        .set((
+            api_keys::secret_hmac.eq(&new_mac),
+            api_keys::previous_secret_hmac.eq(Some(&row.secret_hmac)),
+            api_keys::previous_valid_until.eq(Some(until)),
+        ))
+        .execute(conn)
+        .await)?;
+        if changed != 1 {
+            return Err(IdentityError::Conflict("the key was rotated concurrently; try again".into()));
+        }
+        self.keys.forget(id);
+        tracing::info!(key_prefix = %format!("mr_{}", row.public_id), org_id = %row.org_id, "api key rotated");
+        Ok((row.into_key(), token.reveal()))
     }
 
     /// Revokes a key of `org_id`. Revoking twice is fine.
@@ -493,6 +560,37 @@ mod tests {
         assert!(replica.authenticate(&token).await.is_ok(), "cached on the replica");
         tokio::time::sleep(ttl).await;
         assert!(matches!(replica.authenticate(&token).await, Err(IdentityError::InvalidApiKey)));
+    });
+
+    db_test!(async fn a_rotated_key_works_on_every_replica_and_the_old_secret_only_for_its_grace(db) {
+        let ttl = Duration::from_millis(300);
+        let here = identity(&db).with_key_cache_ttl(ttl);
+        let replica = identity(&db).with_key_cache_ttl(ttl);
+        let org = here.create_org("Acme").await.unwrap();
+        let other = here.create_org("Other").await.unwrap();
+        let project = here.create_project(&org.id, "default").await.unwrap();
+        let (key, old) = here.create_api_key(&project.id, "ci", &Scopes::all(), None).await.unwrap();
+        here.authenticate(&old).await.unwrap();
+        replica.authenticate(&old).await.unwrap(); // cached there with the old MAC
+        assert!(matches!(here.rotate_api_key(&other.id, &key.id, ttl).await, Err(IdentityError::NotFound(_))));
+        let grace = Duration::from_millis(900);
+        let (rotated, new) = here.rotate_api_key(&org.id, &key.id, grace).await.unwrap();
+        assert_eq!((rotated.id.clone(), rotated.prefix.clone()), (key.id.clone(), key.prefix.clone()), "same key, new secret");
+        assert_ne!(new, old);
+        // The new secret works at once everywhere, the replica's cache notwithstanding.
+        assert_eq!(here.authenticate(&new).await.unwrap().api_key_id, key.id);
+        assert_eq!(replica.authenticate(&new).await.unwrap().api_key_id, key.id);
+        // The old one works during the grace period...
+        here.authenticate(&old).await.unwrap();
+        replica.authenticate(&old).await.unwrap();
+        // ...and not after it (plus the cache TTL on a replica that cached it).
+        tokio::time::sleep(grace + ttl).await;
+        assert!(matches!(here.authenticate(&old).await, Err(IdentityError::InvalidApiKey)));
+        assert!(matches!(replica.authenticate(&old).await, Err(IdentityError::InvalidApiKey)));
+        here.authenticate(&new).await.unwrap();
+        assert!(here.rotate_api_key(&org.id, &key.id, Duration::from_secs(8 * 24 * 3600)).await.is_err(), "at most 7 days");
+        here.revoke_api_key(&org.id, &key.id).await.unwrap();
+        assert!(matches!(here.rotate_api_key(&org.id, &key.id, ttl).await, Err(IdentityError::NotFound(_))), "revoked stays revoked");
     });
 
     db_test!(async fn another_servers_secret_does_not_verify(db) {

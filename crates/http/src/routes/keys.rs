@@ -1,5 +1,5 @@
 //! `/v1/keys` (manage scope): the caller's org API keys — list, create
-//! (the token is in the answer once and nowhere else), revoke. Another
+//! (the token is in the answer once and nowhere else), rotate, revoke. Another
 //! org's key or project answers 404, never 403, so ids do not leak.
 
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::ApiError;
 use crate::auth::Caller;
-use crate::body::read_json;
+use crate::body::{read_json, read_json_or_default};
 use crate::query;
 use crate::state::State;
 
@@ -93,4 +93,42 @@ pub(crate) async fn revoke(
     let actor = super::audit::actor(&caller, &req);
     state.identity.record(Some(org), &actor, "api_key.revoked", Some(id.as_str()), None).await?;
     Ok(HttpResponse::Ok().json(json!({ "object": "api_key", "id": id, "revoked": true })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Rotate {
+    /// How long the old secret keeps working (default a day, at most 7 days).
+    #[serde(default)]
+    grace_period_secs: Option<u64>,
+}
+
+/// The old secret's grace period unless the request names one.
+const DEFAULT_GRACE_SECS: u64 = 24 * 3600;
+
+/// `POST /v1/keys/{id}/rotate`: `{"grace_period_secs"?}` — a new secret for
+/// the same key (the token is in the answer once); the old one keeps working
+/// for the grace period.
+pub(crate) async fn rotate(
+    state: State,
+    caller: Caller,
+    req: HttpRequest,
+    id: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let org = caller.require(Scope::Manage)?;
+    let id: ApiKeyId = id.parse().map_err(|_| ApiError::new(Code::NotFound, "api key not found"))?;
+    let body: Rotate = read_json_or_default(payload, state.max_body_bytes).await?;
+    let grace = std::time::Duration::from_secs(body.grace_period_secs.unwrap_or(DEFAULT_GRACE_SECS));
+    let until = time::now() + chrono::Duration::from_std(grace).unwrap_or_default();
+    let (key, token) = state.identity.rotate_api_key(org, &id, grace).await?;
+    let details = json!({ "grace_period_secs": grace.as_secs() });
+    let actor = super::audit::actor(&caller, &req);
+    state.identity.record(Some(org), &actor, "api_key.rotated", Some(id.as_str()), Some(details)).await?;
+    let mut answer = key_json(&key);
+    if let Some(obj) = answer.as_object_mut() {
+        obj.insert("token".into(), json!(token));
+        obj.insert("previous_secret_valid_until".into(), json!(time::rfc3339(until)));
+    }
+    Ok(HttpResponse::Ok().json(answer))
 }

@@ -38,6 +38,7 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/keys", web::get().to(keys::list))
                 .route("/keys", web::post().to(keys::create))
                 .route("/keys/{id}", web::delete().to(keys::revoke))
+                .route("/keys/{id}/rotate", web::post().to(keys::rotate))
                 .route("/usage", web::get().to(usage::list))
                 .route("/usage.csv", web::get().to(usage::csv))
                 .route("/auth/signup", web::post().to(accounts::sign_up))
