@@ -59,9 +59,11 @@ async fn smtp_server() -> SmtpServer {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
+    // Owned at once: dropping it (a panic included) stops the server.
+    let server = SmtpServer { child, port, maildir };
     for _ in 0..200 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return SmtpServer { child, port, maildir };
+            return server;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
