@@ -159,6 +159,19 @@ diesel::table! {
 }
 
 diesel::table! {
+    oauth_flows (state_hash) {
+        state_hash -> Text,
+        provider -> Text,
+        pkce_verifier -> Text,
+        nonce -> Text,
+        redirect_to -> Text,
+        created_at -> Timestamp,
+        expires_at -> Timestamp,
+        used_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
     org_routing (org_id) {
         org_id -> Text,
         policy -> Text,
@@ -265,6 +278,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     ledger_postings,
     login_failures,
     memberships,
+    oauth_flows,
     org_routing,
     orgs,
     projects,

@@ -33,6 +33,69 @@ pub struct IdentityConfig {
     pub max_failed_logins_per_hour: u32,
     /// `[identity.email]`.
     pub email: EmailConfig,
+    /// `[identity.oauth]`.
+    pub oauth: OAuthConfig,
+}
+
+/// The `[identity.oauth]` section: sign-in with Google and GitHub. A
+/// provider is enabled when its `client_id` is set.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OAuthConfig {
+    /// `[identity.oauth.google]`.
+    pub google: GoogleConfig,
+    /// `[identity.oauth.github]`.
+    pub github: GithubConfig,
+}
+
+/// Google (OpenID Connect, endpoints found by discovery).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GoogleConfig {
+    /// The OAuth client id (empty: disabled).
+    pub client_id: String,
+    /// The OAuth client secret.
+    pub client_secret: Secret,
+    /// The issuer; `/.well-known/openid-configuration` under it is read.
+    pub issuer: String,
+}
+
+impl Default for GoogleConfig {
+    fn default() -> Self {
+        Self {
+            client_id: String::new(),
+            client_secret: Secret::default(),
+            issuer: "https://accounts.google.com".into(),
+        }
+    }
+}
+
+/// GitHub (OAuth 2 plus the user and emails API).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GithubConfig {
+    /// The OAuth app's client id (empty: disabled).
+    pub client_id: String,
+    /// The OAuth app's client secret.
+    pub client_secret: Secret,
+    /// Where browsers authorize.
+    pub authorize_url: String,
+    /// Where codes become tokens.
+    pub token_url: String,
+    /// The REST API root (`/user`, `/user/emails`).
+    pub api_url: String,
+}
+
+impl Default for GithubConfig {
+    fn default() -> Self {
+        Self {
+            client_id: String::new(),
+            client_secret: Secret::default(),
+            authorize_url: "https://github.com/login/oauth/authorize".into(),
+            token_url: "https://github.com/login/oauth/access_token".into(),
+            api_url: "https://api.github.com".into(),
+        }
+    }
 }
 
 /// The `[identity.email]` section: transactional email.
@@ -65,6 +128,7 @@ impl Default for IdentityConfig {
             session_absolute_hours: 7 * 24,
             max_failed_logins_per_hour: 100,
             email: EmailConfig::default(),
+            oauth: OAuthConfig::default(),
         }
     }
 }

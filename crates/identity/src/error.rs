@@ -46,6 +46,13 @@ pub enum IdentityError {
     /// owner leaving, a duplicate, …).
     #[error("{0}")]
     Conflict(String),
+    /// An OAuth sign-in was refused: a state, code, token or claim that does
+    /// not check out, or no verified email from the provider.
+    #[error("sign-in refused: {0}")]
+    OAuth(String),
+    /// The OAuth provider could not be reached or answered nonsense.
+    #[error("the sign-in provider failed: {0}")]
+    OAuthProvider(String),
     /// An unexpected failure (random source, hashing task, mail transport).
     #[error("internal error: {0}")]
     Internal(String),
@@ -70,9 +77,10 @@ impl ErrorCode for IdentityError {
             Self::MissingScope(_) | Self::EmailNotVerified | Self::Forbidden(_) => Code::PermissionDenied,
             Self::InvalidInput { .. } | Self::InvalidToken => Code::InvalidRequest,
             Self::NotFound(_) => Code::NotFound,
-            Self::Unauthenticated(_) => Code::Unauthenticated,
+            Self::Unauthenticated(_) | Self::OAuth(_) => Code::Unauthenticated,
             Self::LoginLocked { .. } => Code::RateLimited,
             Self::Conflict(_) => Code::Conflict,
+            Self::OAuthProvider(_) => Code::UpstreamError,
             Self::Internal(_) => Code::Internal,
             Self::ServerSecret(_) => Code::InvalidConfig,
             Self::Db(e) => e.code(),

@@ -11,6 +11,7 @@ mod keys;
 mod limits;
 mod mail;
 mod members;
+mod oauth;
 mod password;
 mod secret;
 mod service;
@@ -18,7 +19,7 @@ mod sessions;
 
 pub use accounts::{Login, User, normalize_email};
 pub use audit::{Actor, AuditEvent, AuditFilter};
-pub use config::{EmailConfig, IdentityConfig};
+pub use config::{EmailConfig, GithubConfig, GoogleConfig, IdentityConfig, OAuthConfig};
 pub use error::IdentityError;
 pub use keys::{ApiKeyToken, Scope, Scopes};
 pub use limits::{
@@ -26,6 +27,7 @@ pub use limits::{
 };
 pub use mail::OutboxEmail;
 pub use members::{Invitation, Member, Membership, Role};
+pub use oauth::{OAuthLogin, OAuthProvider, OAuthStart, ProviderUser, verify_id_token};
 pub use password::{
     MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS, breached_password_count, check_password_policy, hash_password,
     verify_password,

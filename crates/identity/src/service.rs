@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::cache::KeyCache;
 use crate::mail::Smtp;
+use crate::oauth::OAuthClients;
 use crate::{ApiKeyToken, IdentityConfig, IdentityError, Scope, Scopes, ServerSecret};
 
 /// `last_used_at` is written at most this often per key, so that using a key
@@ -187,6 +188,7 @@ pub struct Identity {
     settings: Arc<IdentityConfig>,
     smtp: Arc<Smtp>,
     mail_queued: Arc<tokio::sync::Notify>,
+    oauth: Arc<OAuthClients>,
 }
 
 /// The longest grace period of a rotated key's old secret.
@@ -207,6 +209,7 @@ impl Identity {
             settings: Arc::new(IdentityConfig::default()),
             smtp: Arc::new(Smtp { from: crate::EmailConfig::default().from, transport: None }),
             mail_queued: Arc::new(tokio::sync::Notify::new()),
+            oauth: Arc::new(OAuthClients::new(&crate::OAuthConfig::default())),
         }
     }
 
@@ -218,6 +221,7 @@ impl Identity {
     pub fn with_config(self, config: &IdentityConfig) -> Result<Self, IdentityError> {
         Ok(Self {
             smtp: Arc::new(Smtp::from_config(&config.email)?),
+            oauth: Arc::new(OAuthClients::new(&config.oauth)),
             settings: Arc::new(config.clone()),
             ..self.with_key_cache_ttl(Duration::from_secs(config.key_cache_ttl_secs))
         })
@@ -233,6 +237,10 @@ impl Identity {
 
     pub(crate) fn smtp(&self) -> &Smtp {
         &self.smtp
+    }
+
+    pub(crate) fn oauth(&self) -> &OAuthClients {
+        &self.oauth
     }
 
     pub(crate) fn mail_queued(&self) -> &tokio::sync::Notify {

@@ -3,14 +3,17 @@
 //! request are limited per client IP and answer the same for known and
 //! unknown emails.
 
+use std::collections::HashMap;
+
 use actix_web::{HttpRequest, HttpResponse, web};
-use modelroute_identity::{Membership, User};
-use modelroute_types::time;
+use modelroute_identity::{Membership, OAuthProvider, User};
+use modelroute_types::{Code, time};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::ApiError;
 use crate::body::read_json;
+use crate::query;
 use crate::session::{DEVICE_COOKIE, SESSION_COOKIE, SignedIn, actor, cookie, set_cookie};
 use crate::state::State;
 
@@ -205,4 +208,73 @@ pub(crate) async fn change_password(
         .change_password(&s.user_id, &s.id, &b.current_password, &b.password, &actor(s.user_id.as_str(), &req))
         .await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// The cookie that ties an OAuth callback to the browser that started it.
+/// `SameSite=Lax`: the callback is a top-level navigation from the
+/// provider's site, which a `Strict` cookie would not accompany.
+const OAUTH_COOKIE: &str = "__Host-mr_oauth";
+
+fn oauth_provider(name: &str) -> Result<OAuthProvider, ApiError> {
+    OAuthProvider::parse(name)
+        .ok_or_else(|| ApiError::new(Code::NotFound, format!("no sign-in provider `{name}`: use google or github")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StartQuery {
+    redirect_to: Option<String>,
+}
+
+/// `GET /v1/auth/oauth/{provider}/start?redirect_to=/path`: redirects the
+/// browser to the provider.
+pub(crate) async fn oauth_start(
+    state: State,
+    req: HttpRequest,
+    provider: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    limit_ip(&state, &req).await?;
+    let provider = oauth_provider(&provider)?;
+    let q: StartQuery = query::parse(&req)?;
+    let start = state.identity.oauth_start(provider, q.redirect_to.as_deref()).await?;
+    Ok(HttpResponse::Found()
+        .insert_header(("location", start.authorize_url))
+        .insert_header(("cache-control", "no-store"))
+        .append_header((
+            "set-cookie",
+            format!("{OAUTH_COOKIE}={}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=600", start.state),
+        ))
+        .finish())
+}
+
+/// `GET /v1/auth/oauth/{provider}/callback?code=…&state=…`: signs in and
+/// redirects to where the flow started, with the session cookie.
+pub(crate) async fn oauth_callback(
+    state: State,
+    req: HttpRequest,
+    provider: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    limit_ip(&state, &req).await?;
+    let provider = oauth_provider(&provider)?;
+    // Providers add parameters of their own (Google: scope, authuser, prompt…).
+    let q: HashMap<String, String> = query::parse(&req)?;
+    if let Some(error) = q.get("error") {
+        return Err(ApiError::new(Code::Unauthenticated, format!("the provider did not sign you in ({error})")));
+    }
+    let param = |k: &'static str| {
+        q.get(k).map(String::as_str).ok_or_else(|| ApiError::invalid_param(k, format!("{k} is missing")))
+    };
+    let browser_state = cookie(&req, OAUTH_COOKIE);
+    let done = state
+        .identity
+        .oauth_finish(provider, param("state")?, browser_state.as_deref(), param("code")?, &actor("anonymous", &req))
+        .await?;
+    let max_age = (done.login.session.expires_at - time::now()).num_seconds();
+    Ok(HttpResponse::Found()
+        .insert_header(("location", done.redirect_to))
+        .insert_header(("cache-control", "no-store"))
+        .append_header(("set-cookie", set_cookie(SESSION_COOKIE, &done.login.session.token, max_age)))
+        .append_header(("set-cookie", set_cookie(DEVICE_COOKIE, &done.login.device, DEVICE_COOKIE_SECS)))
+        .append_header(("set-cookie", format!("{OAUTH_COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0")))
+        .finish())
 }
