@@ -144,18 +144,36 @@ impl Identity {
     /// # Errors
     /// An invalid name, or a database failure.
     pub async fn create_org_for(&self, user: &UserId, name: &str, actor: &Actor) -> Result<Org, IdentityError> {
-        let org = self.create_org(name).await?;
+        let name = crate::service::valid_name("name", name)?;
         let now = time::now();
-        db_run!(self.pool(), |conn| diesel::insert_into(memberships::table)
-            .values((
-                memberships::org_id.eq(org.id.as_str()),
-                memberships::user_id.eq(user.as_str()),
-                memberships::role.eq(Role::Owner.as_str()),
-                memberships::created_at.eq(now),
-            ))
-            .execute(conn)
-            .await)?;
-        self.create_project(&org.id, "default").await?;
+        let org = Org { id: OrgId::new(), name, created_at: now };
+        let (org_id, user_id) = (org.id.as_str().to_owned(), user.as_str().to_owned());
+        // All or nothing: an org without its owner or project is never left behind.
+        db_transaction!(self.pool(), |conn| {
+            diesel::insert_into(orgs::table)
+                .values((orgs::id.eq(&org_id), orgs::name.eq(&org.name), orgs::created_at.eq(now)))
+                .execute(conn)
+                .await?;
+            diesel::insert_into(memberships::table)
+                .values((
+                    memberships::org_id.eq(&org_id),
+                    memberships::user_id.eq(&user_id),
+                    memberships::role.eq(Role::Owner.as_str()),
+                    memberships::created_at.eq(now),
+                ))
+                .execute(conn)
+                .await?;
+            diesel::insert_into(projects::table)
+                .values((
+                    projects::id.eq(ProjectId::new().into_string()),
+                    projects::org_id.eq(&org_id),
+                    projects::name.eq("default"),
+                    projects::created_at.eq(now),
+                ))
+                .execute(conn)
+                .await?;
+            Ok::<_, IdentityError>(())
+        })?;
         let actor = Actor { who: user.to_string(), ..actor.clone() };
         if let Err(e) = self.record(Some(&org.id), &actor, "org.created", Some(org.id.as_str()), None).await {
             tracing::warn!(error = %e, "recording an audit event failed");

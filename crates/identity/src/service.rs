@@ -159,7 +159,7 @@ impl ApiKeyRow {
     }
 }
 
-fn valid_name(field: &'static str, name: &str) -> Result<String, IdentityError> {
+pub(crate) fn valid_name(field: &'static str, name: &str) -> Result<String, IdentityError> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 200 {
         return Err(IdentityError::InvalidInput { field, message: "must be 1 to 200 characters".into() });
