@@ -23,8 +23,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| assert!(rt.block_on(verify_password("correct horse battery staple", Some(&hash)))));
     });
     let db = rt.block_on(TestDb::sqlite());
-    let mut config = IdentityConfig::default();
-    config.max_failed_logins_per_hour = u32::MAX;
+    let config = IdentityConfig { max_failed_logins_per_hour: u32::MAX, ..IdentityConfig::default() };
     let id = Identity::new(db.pool().clone(), ServerSecret::from_text(&"s".repeat(32)).unwrap())
         .with_config(&config)
         .unwrap();
