@@ -16,7 +16,7 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("password");
     group.sample_size(20);
     group.bench_function("argon2id_hash", |b| {
-        b.iter(|| rt.block_on(hash_password("correct horse battery staple")).unwrap())
+        b.iter(|| rt.block_on(hash_password("correct horse battery staple")).unwrap());
     });
     let hash = rt.block_on(hash_password("correct horse battery staple")).unwrap();
     group.bench_function("argon2id_verify", |b| {
