@@ -48,6 +48,13 @@ enum Command {
     /// Ledger maintenance.
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// The email outbox: what was sent, or (with no SMTP server configured)
+    /// what waits there — verification, reset and invitation links.
+    Outbox {
+        /// The recipient.
+        #[arg(long)]
+        to: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -230,6 +237,12 @@ async fn operate(settings: &Settings, command: Command) -> Result<()> {
                 bail!("ledger invariants violated:\n  {}", report.violations.join("\n  "));
             }
             println!("ledger is sound");
+        }
+        Command::Outbox { to } => {
+            for mail in services.identity.outbox(&to).await? {
+                let state = mail.sent_at.map_or_else(|| "not sent".to_owned(), |t| format!("sent {t}"));
+                println!("{} {} [{}] {}: {}\n{}", mail.id, mail.created_at, mail.kind, state, mail.subject, mail.body);
+            }
         }
         Command::Ledger(LedgerCommand::Sweep) => {
             println!("released {} expired hold(s)", services.sweep_holds().await?);

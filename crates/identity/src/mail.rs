@@ -146,7 +146,7 @@ impl Identity {
         if self.smtp().transport.is_some() {
             self.mail_queued().notify_one();
         } else {
-            tracing::info!(email_id = %row.id, kind, "email queued in the outbox; no SMTP server is configured ([identity.email] smtp_url)");
+            tracing::info!(email_id = %row.id, kind, "email queued in the outbox; no SMTP server is configured ([identity.email] smtp_url): read it with `modelroute outbox --to ADDRESS`");
         }
         Ok(())
     }
