@@ -140,20 +140,22 @@ async fn main() -> Result<()> {
         Command::Routes => {
             let (catalogue, _) = modelroute_http::routes_of(&settings)?;
             println!(
-                "{:<22} {:<28} {:<24} {:<16} {:<36} in/out USD per M tokens",
+                "{:<22} {:<28} {:<24} {:<16} {:<36} in/out USD per M tokens: customer (provider cost)",
                 "public id", "model", "route", "provider", "upstream model"
             );
             for model in catalogue.models() {
                 for r in &model.routes {
                     println!(
-                        "{:<22} {:<28} {:<24} {:<16} {:<36} {}/{}",
+                        "{:<22} {:<28} {:<24} {:<16} {:<36} {}/{} ({}/{})",
                         r.public_id,
                         model.slug,
                         r.id,
                         r.provider,
                         r.upstream_model,
                         r.input_price.per_million().to_usd_string(),
-                        r.output_price.per_million().to_usd_string()
+                        r.output_price.per_million().to_usd_string(),
+                        r.cost_input_price.per_million().to_usd_string(),
+                        r.cost_output_price.per_million().to_usd_string()
                     );
                 }
             }

@@ -24,6 +24,7 @@ fn catalogue(routes: usize) -> Catalogue {
         })
         .collect();
     let config = CatalogueConfig {
+        margin_bps: 0,
         models: vec![ModelConfig {
             slug: "bench/model".into(),
             description: String::new(),

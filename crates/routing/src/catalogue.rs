@@ -17,12 +17,18 @@ use crate::RoutingError;
 /// id = "together-llama-8b"
 /// provider = "together"          # a name under [providers]
 /// upstream_model = "meta-llama/Meta-Llama-3.1-8B-Instruct-Turbo"
-/// input_price = "0.18"           # USD per million tokens
+/// input_price = "0.18"           # the provider's cost, USD per million tokens
 /// output_price = "0.18"
 /// ```
+///
+/// Customers pay the provider's cost times the margin:
+/// `margin_bps` (basis points, 2000 = 20%) for the whole catalogue, or a
+/// route's own `margin_bps`. Customer prices round up to the nano-dollar.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CatalogueConfig {
+    /// The platform's margin on provider cost, in basis points (0: resell at cost).
+    pub margin_bps: u32,
     /// The models.
     pub models: Vec<ModelConfig>,
 }
@@ -52,10 +58,13 @@ pub struct RouteConfig {
     pub provider: String,
     /// The model name the provider knows.
     pub upstream_model: String,
-    /// USD per million prompt tokens, as a decimal string.
+    /// The provider's cost in USD per million prompt tokens, as a decimal string.
     pub input_price: PricePerMTok,
-    /// USD per million generated tokens, as a decimal string.
+    /// The provider's cost in USD per million generated tokens.
     pub output_price: PricePerMTok,
+    /// This route's margin in basis points, instead of the catalogue's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub margin_bps: Option<u32>,
     /// Output cap when the request names none; also the hold's worst case.
     #[serde(default = "default_max_output")]
     pub max_output_tokens: u32,
@@ -101,6 +110,7 @@ impl RouteConfig {
             upstream_model: upstream_model.into(),
             input_price,
             output_price,
+            margin_bps: None,
             max_output_tokens: default_max_output(),
             streaming: true,
             weight: 1,
@@ -131,6 +141,7 @@ impl Default for CatalogueConfig {
             ..RouteConfig::new(id, "builtin", upstream, price(input), price(output))
         };
         Self {
+            margin_bps: 0,
             models: vec![
                 ModelConfig {
                     slug: "builtin/echo".to_owned(),
@@ -165,10 +176,14 @@ pub struct Route {
     pub provider: String,
     /// The provider's model name.
     pub upstream_model: String,
-    /// Prompt price.
+    /// The customer's prompt price (the provider's cost times the margin).
     pub input_price: PricePerMTok,
-    /// Output price.
+    /// The customer's output price.
     pub output_price: PricePerMTok,
+    /// The provider's prompt price (what the platform pays).
+    pub cost_input_price: PricePerMTok,
+    /// The provider's output price.
+    pub cost_output_price: PricePerMTok,
     /// Output cap.
     pub max_output_tokens: u32,
     /// Streaming support.
@@ -211,6 +226,15 @@ fn valid_slug(s: &str) -> bool {
     (1..=100).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'/' | b'-' | b':'))
+}
+
+/// The customer's price: `cost × (10 000 + bps) / 10 000`, rounded up to
+/// the nano-dollar (integer arithmetic; `None` on overflow).
+#[must_use]
+pub fn with_margin(cost: PricePerMTok, bps: u32) -> Option<PricePerMTok> {
+    let scaled = i128::from(cost.per_million().units()) * (10_000 + i128::from(bps));
+    let price = i64::try_from((scaled + 9_999).div_euclid(10_000)).ok()?;
+    Some(PricePerMTok::new(modelroute_types::Money::from_units(price)))
 }
 
 /// An opaque, stable id for a route: FNV-1a of its operator id.
@@ -261,13 +285,17 @@ impl Catalogue {
                 if r.first_token_timeout_ms == Some(0) {
                     return bad(format!("{at}.first_token_timeout_ms must be positive"));
                 }
+                let margin = r.margin_bps.unwrap_or(config.margin_bps);
+                let overflow = || RoutingError::InvalidConfig(format!("{at}: the price with its margin is too large"));
                 routes.push(Arc::new(Route {
                     id: r.id.clone(),
                     public_id: public_route_id(&r.id),
                     provider: r.provider.clone(),
                     upstream_model: r.upstream_model.clone(),
-                    input_price: r.input_price,
-                    output_price: r.output_price,
+                    input_price: with_margin(r.input_price, margin).ok_or_else(overflow)?,
+                    output_price: with_margin(r.output_price, margin).ok_or_else(overflow)?,
+                    cost_input_price: r.input_price,
+                    cost_output_price: r.output_price,
                     max_output_tokens: r.max_output_tokens,
                     streaming: r.streaming,
                     weight: r.weight,
@@ -348,5 +376,24 @@ mod tests {
         let mut config = CatalogueConfig::default();
         config.models[1].routes[0].id = "builtin-echo".into();
         assert!(Catalogue::from_config(&config, |_| true).unwrap_err().to_string().contains("not unique"));
+    }
+
+    #[test]
+    fn customers_pay_cost_times_the_margin_rounded_up() {
+        let p = |s: &str| price(s);
+        assert_eq!(with_margin(p("0.10"), 0), Some(p("0.10")));
+        assert_eq!(with_margin(p("0.10"), 2000), Some(p("0.12")));
+        // 0.000000001 × 1.0001 rounds up to 0.000000002: never below cost.
+        assert_eq!(with_margin(p("0.000000001"), 1), Some(p("0.000000002")));
+        let mut config = CatalogueConfig { margin_bps: 2500, ..CatalogueConfig::default() };
+        config.models[1].routes[0].margin_bps = Some(0);
+        let c = Catalogue::from_config(&config, |_| true).unwrap();
+        let echo = &c.model("builtin/echo").unwrap().routes[0];
+        assert_eq!((echo.input_price, echo.output_price), (p("0.125"), p("0.50")));
+        assert_eq!((echo.cost_input_price, echo.cost_output_price), (p("0.10"), p("0.40")));
+        let large = &c.model("builtin/echo-large").unwrap().routes[0];
+        assert_eq!(large.input_price, p("1.00"), "the route's own margin wins");
+        let at_cost = Catalogue::from_config(&CatalogueConfig::default(), |_| true).unwrap();
+        assert_ne!(c.price_version(), at_cost.price_version(), "a margin change is a new price table");
     }
 }

@@ -12,7 +12,7 @@ mod plan;
 
 pub use breaker::{BreakerConfig, BreakerState, Health};
 pub use budget::RetryBudget;
-pub use catalogue::{Catalogue, CatalogueConfig, Model, ModelConfig, Route, RouteConfig};
+pub use catalogue::{Catalogue, CatalogueConfig, Model, ModelConfig, Route, RouteConfig, with_margin};
 pub use error::RoutingError;
 pub use errors::{CanonicalError, Classification, ErrorRule, ErrorRules, UpstreamFailure};
 pub use plan::{

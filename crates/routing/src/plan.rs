@@ -297,6 +297,7 @@ mod tests {
             )
         };
         let config = CatalogueConfig {
+            margin_bps: 0,
             models: vec![ModelConfig {
                 slug: "m".into(),
                 description: String::new(),
