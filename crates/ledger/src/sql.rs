@@ -622,6 +622,46 @@ fn replay(row: &HoldRow, wanted: HoldStatus) -> Result<Resolution, LedgerError> 
     if same { Ok(row.resolution()) } else { Err(LedgerError::AlreadyResolved(status)) }
 }
 
+/// A credit entry found by its idempotency key: its id, org, memo and the
+/// amount it put on the org's available account.
+struct FirstCredit {
+    id: String,
+    org: Option<String>,
+    memo: String,
+    amount: i64,
+}
+
+impl SqlLedger {
+    async fn credit_by_key(&self, key: &str, org: &OrgId) -> Result<Option<FirstCredit>, LedgerError> {
+        let entry: Option<(String, Option<String>, String)> = db_run!(self.pool, |conn| ledger_entries::table
+            .filter(ledger_entries::idempotency_key.eq(key))
+            .select((ledger_entries::id, ledger_entries::org_id, ledger_entries::memo))
+            .first(conn)
+            .await
+            .optional())?;
+        let Some((id, entry_org, memo)) = entry else { return Ok(None) };
+        let available = Account::org(org, Kind::Available);
+        let amount: Option<i64> = db_run!(self.pool, |conn| ledger_postings::table
+            .filter(ledger_postings::entry_id.eq(&id))
+            .filter(ledger_postings::account_id.eq(available.id.as_str()))
+            .select(ledger_postings::amount)
+            .first(conn)
+            .await
+            .optional())?;
+        Ok(Some(FirstCredit { id, org: entry_org, memo, amount: amount.unwrap_or_default() }))
+    }
+}
+
+/// The first credit's outcome when the replay asks for the same thing;
+/// otherwise the key was reused for another request (L7: 422).
+fn same_credit(first: FirstCredit, org: &OrgId, amount: Money, memo: &str) -> Result<EntryId, LedgerError> {
+    if first.org.as_deref() == Some(org.as_str()) && first.memo == memo && first.amount == amount.units() {
+        Ok(EntryId::from_trusted(first.id))
+    } else {
+        Err(LedgerError::IdempotencyConflict)
+    }
+}
+
 impl Ledger for SqlLedger {
     async fn hold(&self, request: HoldRequest) -> Result<Hold, LedgerError> {
         match self.place_hold(&request).await {
@@ -663,27 +703,17 @@ impl Ledger for SqlLedger {
             return Err(LedgerError::NonPositiveAmount(amount));
         }
         self.open_org_accounts(org).await?;
-        if let Some(key) = &idempotency_key {
-            let existing: Option<(String, Option<String>)> = db_run!(self.pool, |conn| ledger_entries::table
-                .filter(ledger_entries::idempotency_key.eq(key))
-                .select((ledger_entries::id, ledger_entries::org_id))
-                .first(conn)
-                .await
-                .optional())?;
-            if let Some((id, entry_org)) = existing {
-                return if entry_org.as_deref() == Some(org.as_str()) {
-                    Ok(EntryId::from_trusted(id))
-                } else {
-                    Err(LedgerError::IdempotencyConflict)
-                };
-            }
-        }
-        let now = time::now();
-        let entry_id = EntryId::new();
         let memo = match source {
             CreditSource::Grant => "grant",
             CreditSource::Promo => "promo",
         };
+        if let Some(key) = &idempotency_key
+            && let Some(first) = self.credit_by_key(key, org).await?
+        {
+            return same_credit(first, org, amount, memo);
+        }
+        let now = time::now();
+        let entry_id = EntryId::new();
         let entry = NewEntry {
             id: entry_id.as_str(),
             kind: "credit",
@@ -697,11 +727,20 @@ impl Ledger for SqlLedger {
             (Account::platform(Kind::Grants), -amount.units()),
             (Account::org(org, Kind::Available), amount.units()),
         ];
-        db_transaction!(self.pool, |conn| {
+        let posted = db_transaction!(self.pool, |conn| {
             post_entry!(conn, &entry, &postings, now);
             Ok::<_, LedgerError>(())
-        })?;
-        Ok(entry_id)
+        });
+        match (posted, &idempotency_key) {
+            (Ok(()), _) => Ok(entry_id),
+            // A concurrent credit with the same key committed first: its outcome.
+            (Err(LedgerError::Db(modelroute_db::DbError::Query(e))), Some(key)) if is_unique_violation(&e) => {
+                let first =
+                    self.credit_by_key(key, org).await?.ok_or(LedgerError::Db(modelroute_db::DbError::Query(e)))?;
+                same_credit(first, org, amount, memo)
+            }
+            (Err(e), _) => Err(e),
+        }
     }
 
     async fn balance(&self, org: &OrgId) -> Result<Balance, LedgerError> {

@@ -137,6 +137,29 @@ db_test!(async fn idempotency_keys_replay_the_first_outcome(db) {
     assert_eq!(l.balance(&org).await.unwrap().available, usd("2"));
     let other = HoldRequest { amount: usd("2"), ..req };
     assert!(matches!(l.hold(other).await, Err(LedgerError::IdempotencyConflict)));
+    // The same key with another amount or source is another request: refused, nothing posted.
+    let more = l.credit(&org, usd("4"), CreditSource::Grant, Some("grant-1".into())).await;
+    assert!(matches!(more, Err(LedgerError::IdempotencyConflict)), "{more:?}");
+    let promo = l.credit(&org, usd("3"), CreditSource::Promo, Some("grant-1".into())).await;
+    assert!(matches!(promo, Err(LedgerError::IdempotencyConflict)), "{promo:?}");
+    assert_eq!(l.balance(&org).await.unwrap().available, usd("2"));
+    assert_sound(&l).await;
+});
+
+db_test!(async fn concurrent_duplicate_credits_post_once(db) {
+    let (l, org) = ledger(&db).await;
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (l, org) = (l.clone(), org.clone());
+            tokio::spawn(async move { l.credit(&org, usd("5"), CreditSource::Grant, Some("topup-42".into())).await })
+        })
+        .collect();
+    let mut ids = std::collections::BTreeSet::new();
+    for t in tasks {
+        ids.insert(t.await.unwrap().unwrap());
+    }
+    assert_eq!(ids.len(), 1, "every duplicate answers the first entry");
+    assert_eq!(l.balance(&org).await.unwrap().available, usd("5"));
     assert_sound(&l).await;
 });
 
