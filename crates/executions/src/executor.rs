@@ -7,7 +7,7 @@ use diesel_async::RunQueryDsl;
 use futures_util::StreamExt as _;
 use modelroute_db::schema::executions;
 use modelroute_db::{DbPool, db_run};
-use modelroute_ledger::{Hold, HoldRequest, Ledger, LedgerError};
+use modelroute_ledger::{Hold, HoldRequest, HoldStatus, Ledger, LedgerError};
 use modelroute_providers::{
     ChatRequest, ChatResponse, FinishReason, Permit, Provider, ProviderClient, ProviderError, ProviderErrorKind,
     ProviderRegistry, StreamEvent, Usage, UsageEstimate,
@@ -16,7 +16,7 @@ use modelroute_routing::{
     Candidate, CanonicalError, Catalogue, Classification, ErrorRules, Health, Preferences, RequestProfile, RetryBudget,
     RetryConfig, UpstreamFailure, estimate_input_tokens,
 };
-use modelroute_types::{ApiKeyId, ErrorCode, ExecutionId, Money, OrgId, ProjectId, time};
+use modelroute_types::{ApiKeyId, ErrorCode, ExecutionId, Money, OrgId, ProjectId, failpoint, time};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::preferences::{PreferenceStore, RequestPreferences};
@@ -363,12 +363,14 @@ impl<L: Ledger + 'static> Executor<L> {
 
     async fn run_detached(&self, caller: Caller, request: ChatRequest) -> Result<Completed, ExecutionError> {
         let mut admitted = self.admit(&caller, &request, false).await?;
+        failpoint("executions.before_provider");
         let tried = self
             .call_routes(&mut admitted, &request, async |provider: Arc<ProviderClient>, upstream: ChatRequest, _| {
                 provider.chat(&upstream).await
             })
             .await;
         self.recorded(&mut admitted).await?;
+        failpoint("executions.before_settle");
         let (candidate, response, _permit) = match tried {
             Ok(ok) => ok,
             Err(e) => {
@@ -635,6 +637,7 @@ impl<L: Ledger + 'static> Executor<L> {
             }
             other => other?,
         };
+        failpoint("executions.after_hold");
         let candidates: Vec<Candidate> = plan.candidates.into_iter().filter(|c| c.worst_case <= hold.amount).collect();
         let now = time::now();
         let row = ExecutionRow {
@@ -717,6 +720,7 @@ impl<L: Ledger + 'static> Executor<L> {
             .and_then(|(a, b)| a.checked_add(b))
             .unwrap_or(admitted.hold.amount);
         let resolution = self.inner.ledger.settle(&admitted.hold.id, cost).await?;
+        failpoint("executions.after_settle");
         let to_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         let update = (
             executions::status.eq(status.as_str()),
@@ -758,6 +762,47 @@ impl<L: Ledger + 'static> Executor<L> {
         if let Err(e) = update_execution!(self.inner.pool, admitted.id.as_str(), update) {
             tracing::error!(execution_id = %admitted.id, error = %e, "recording an unpaid execution failed");
         }
+    }
+
+    /// Ends the records of executions the server stopped in the middle of
+    /// (a crash, a kill): still `running`, started more than `grace` ago,
+    /// and their hold no longer held (the sweeper released it, or it was
+    /// settled just before the stop). They become `failed` with the code
+    /// `interrupted`, costing what their hold charged (zero when released).
+    /// Answers how many were ended.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn recover_interrupted(&self, grace: Duration) -> Result<usize, ExecutionError> {
+        let before = time::now() - chrono::Duration::from_std(grace).unwrap_or_default();
+        let pool = &self.inner.pool;
+        let running: Vec<(String, Option<String>)> = db_run!(pool, |conn| executions::table
+            .filter(executions::status.eq(ExecutionStatus::Running.as_str()))
+            .filter(executions::created_at.lt(before))
+            .select((executions::id, executions::hold_id))
+            .limit(1000)
+            .load(conn)
+            .await)?;
+        let mut ended = 0;
+        for (id, hold) in running {
+            let Some(hold) = hold.and_then(|h| h.parse::<modelroute_types::HoldId>().ok()) else { continue };
+            let hold = self.inner.ledger.get_hold(&hold).await?;
+            if hold.status == HoldStatus::Held {
+                continue;
+            }
+            let charged = hold.settled_amount.unwrap_or_default().units();
+            let update = (
+                executions::status.eq(ExecutionStatus::Failed.as_str()),
+                executions::cost.eq(Some(charged)),
+                executions::error_code.eq(Some("interrupted")),
+                executions::error_message.eq(Some("the server stopped during this execution")),
+                executions::finished_at.eq(Some(time::now())),
+            );
+            update_execution!(self.inner.pool, id.as_str(), update)?;
+            tracing::warn!(execution_id = %id, charged, "ended an execution the server stopped in the middle of");
+            ended += 1;
+        }
+        Ok(ended)
     }
 
     /// An execution of `org`.

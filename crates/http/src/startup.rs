@@ -98,7 +98,12 @@ impl Application {
             server = server.workers(cfg.workers);
         }
         let server = server.listen(listener).map_err(|source| StartupError::Bind { bind, source })?.run();
-        let sweeper = tokio::spawn(sweep_holds(services.clone(), settings.ledger.sweep_interval_secs));
+        let sweeper = tokio::spawn(sweep_holds(
+            services.clone(),
+            executor.clone(),
+            settings.ledger.sweep_interval_secs,
+            Duration::from_secs(settings.ledger.hold_timeout_secs),
+        ));
         let mailer = tokio::spawn(services.identity.clone().run_mail_delivery());
         Ok(Self { port, server, sweeper, mailer, executor, bootstrap, services })
     }
@@ -150,8 +155,10 @@ impl Reloader {
 }
 
 /// Releases expired holds every `interval` seconds (ledger invariant: no
-/// hold outlives its timeout plus one sweep interval).
-async fn sweep_holds(services: Services, interval: u64) {
+/// hold outlives its timeout plus one sweep interval), then ends the
+/// records of executions a stopped server left `running` (older than the
+/// hold timeout, their hold no longer held).
+async fn sweep_holds(services: Services, executor: Executor<SqlLedger>, interval: u64, grace: Duration) {
     let mut tick = tokio::time::interval(Duration::from_secs(interval.max(1)));
     loop {
         tick.tick().await;
@@ -159,6 +166,9 @@ async fn sweep_holds(services: Services, interval: u64) {
             Ok(0) => {}
             Ok(n) => tracing::info!(released = n, "released expired holds"),
             Err(e) => tracing::warn!(error = %e, "sweeping expired holds failed"),
+        }
+        if let Err(e) = executor.recover_interrupted(grace).await {
+            tracing::warn!(error = %e, "ending interrupted executions failed");
         }
     }
 }

@@ -166,4 +166,7 @@ pub trait Ledger: Send + Sync {
 
     /// The org's balance.
     fn balance(&self, org: &OrgId) -> impl Future<Output = Result<Balance, LedgerError>> + Send;
+
+    /// A hold by id, with its state.
+    fn get_hold(&self, id: &HoldId) -> impl Future<Output = Result<Hold, LedgerError>> + Send;
 }

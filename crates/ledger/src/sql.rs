@@ -316,14 +316,6 @@ impl SqlLedger {
         row.ok_or(LedgerError::HoldNotFound)
     }
 
-    /// A hold by id.
-    ///
-    /// # Errors
-    /// [`LedgerError::HoldNotFound`] or a database failure.
-    pub async fn get_hold(&self, id: &HoldId) -> Result<Hold, LedgerError> {
-        Ok(self.hold_row(id).await?.to_hold())
-    }
-
     /// Places a hold in one transaction; `None` when a hold with the
     /// request's idempotency key already exists. On PostgreSQL it is one
     /// round trip (`ledger_hold()`); on SQLite the same steps in Rust.
@@ -488,6 +480,8 @@ impl SqlLedger {
             if won != 1 {
                 return Err(LedgerError::AlreadyResolved(HoldStatus::Held));
             }
+            // A crash here (the crash test) must leave nothing: the claim is not committed.
+            modelroute_types::failpoint("ledger.resolve.in_transaction");
             post_entry!(conn, &entry, &postings, now);
             diesel::update(ledger_holds::table.find(&row.id))
                 .set(ledger_holds::resolve_entry_id.eq(entry.id))
@@ -741,6 +735,10 @@ impl Ledger for SqlLedger {
             }
             (Err(e), _) => Err(e),
         }
+    }
+
+    async fn get_hold(&self, id: &HoldId) -> Result<Hold, LedgerError> {
+        Ok(self.hold_row(id).await?.to_hold())
     }
 
     async fn balance(&self, org: &OrgId) -> Result<Balance, LedgerError> {

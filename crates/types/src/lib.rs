@@ -1,15 +1,18 @@
 //! Shared vocabulary of ModelRoute: typed ids, money, time, secrets and the
 //! machine-readable error codes every crate maps its errors to.
 //!
-//! This crate has no I/O and depends on nothing else in the workspace.
+//! This crate has no I/O (but for reading `MODELROUTE_FAILPOINT` once, see
+//! [`failpoint`]) and depends on nothing else in the workspace.
 
 mod error;
+mod failpoint;
 mod ids;
 mod money;
 mod secret;
 pub mod time;
 
 pub use error::{Code, ErrorCode};
+pub use failpoint::failpoint;
 pub use ids::{
     AccountId, ApiKeyId, AuditEventId, EmailId, EntryId, ExecutionId, HoldId, IdError, InvitationId, OrgId, ProjectId,
     SessionId, UserId,
