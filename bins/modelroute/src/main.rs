@@ -110,6 +110,23 @@ enum CreditsCommand {
         #[arg(long)]
         idempotency_key: Option<String>,
     },
+    /// Correct an organization's balance: a signed amount with a reason
+    /// (journaled against the platform's adjustments account; a debit
+    /// cannot take the balance below zero).
+    Adjust {
+        /// The org id (`org_…`).
+        #[arg(long)]
+        org: OrgId,
+        /// Dollars, signed: `5`, `-1.25`.
+        #[arg(long, allow_hyphen_values = true)]
+        amount: Money,
+        /// Why (kept in the journal and the audit log).
+        #[arg(long)]
+        reason: String,
+        /// Replaying the same key adjusts once.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
     /// Show an organization's balance.
     Balance {
         /// The org id (`org_…`).
@@ -227,6 +244,11 @@ async fn operate(settings: &Settings, command: Command) -> Result<()> {
             let entry = services.grant(&org, amount, idempotency_key).await?;
             let balance = services.balance(&org).await?;
             println!("granted {amount} ({entry}); available {}", balance.available);
+        }
+        Command::Credits(CreditsCommand::Adjust { org, amount, reason, idempotency_key }) => {
+            let entry = services.adjust(&org, amount, &reason, idempotency_key).await?;
+            let balance = services.balance(&org).await?;
+            println!("adjusted by {amount} ({entry}); available {}", balance.available);
         }
         Command::Credits(CreditsCommand::Balance { org }) => {
             let b = services.balance(&org).await?;

@@ -166,6 +166,27 @@ impl Services {
         Ok(entry)
     }
 
+    /// An operator's correction of an org's balance (signed), with a reason.
+    ///
+    /// # Errors
+    /// Unknown org, zero amount, no reason, a debit beyond the available
+    /// balance, or a database failure.
+    pub async fn adjust(
+        &self,
+        org: &OrgId,
+        amount: Money,
+        reason: &str,
+        idempotency_key: Option<String>,
+    ) -> Result<EntryId, OperatorError> {
+        self.identity.org(org).await?;
+        let entry = self.ledger.adjust(org, amount, reason, idempotency_key).await?;
+        let details = serde_json::json!({ "nano_usd": amount.units(), "entry": entry, "reason": reason.trim() });
+        self.identity
+            .record(Some(org), &Actor::operator(), "credits.adjusted", Some(entry.as_str()), Some(details))
+            .await?;
+        Ok(entry)
+    }
+
     /// An org's balance.
     ///
     /// # Errors

@@ -12,6 +12,7 @@ pub(crate) enum Kind {
     Held,
     Revenue,
     Grants,
+    Adjustments,
 }
 
 impl Kind {
@@ -21,6 +22,7 @@ impl Kind {
             Self::Held => "held",
             Self::Revenue => "revenue",
             Self::Grants => "grants",
+            Self::Adjustments => "adjustments",
         }
     }
 }

@@ -17,6 +17,9 @@ pub enum LedgerError {
     /// Amounts must be positive.
     #[error("amount must be positive (got {0})")]
     NonPositiveAmount(Money),
+    /// An adjustment needs a reason of 1 to 500 characters.
+    #[error("an adjustment needs a reason (1 to 500 characters)")]
+    InvalidReason,
     /// No such hold.
     #[error("hold not found")]
     HoldNotFound,
@@ -47,7 +50,7 @@ impl ErrorCode for LedgerError {
     fn code(&self) -> Code {
         match self {
             Self::InsufficientBalance { .. } => Code::InsufficientBalance,
-            Self::NonPositiveAmount(_) => Code::InvalidRequest,
+            Self::NonPositiveAmount(_) | Self::InvalidReason => Code::InvalidRequest,
             Self::HoldNotFound => Code::NotFound,
             Self::AlreadyResolved(_) => Code::Conflict,
             Self::IdempotencyConflict => Code::IdempotencyConflict,

@@ -164,6 +164,17 @@ pub trait Ledger: Send + Sync {
         idempotency_key: Option<String>,
     ) -> impl Future<Output = Result<EntryId, LedgerError>> + Send;
 
+    /// An operator's correction: adds (positive) or takes (negative, never
+    /// below zero) `amount` on the org's available balance against the
+    /// platform's adjustments account, with a reason kept in the journal.
+    fn adjust(
+        &self,
+        org: &OrgId,
+        amount: Money,
+        reason: &str,
+        idempotency_key: Option<String>,
+    ) -> impl Future<Output = Result<EntryId, LedgerError>> + Send;
+
     /// The org's balance.
     fn balance(&self, org: &OrgId) -> impl Future<Output = Result<Balance, LedgerError>> + Send;
 

@@ -260,7 +260,13 @@ impl SqlLedger {
     /// A database failure.
     pub async fn open(pool: DbPool, config: LedgerConfig) -> Result<Self, LedgerError> {
         let ledger = Self { pool, config };
-        ledger.create_accounts(&[Account::platform(Kind::Revenue), Account::platform(Kind::Grants)]).await?;
+        ledger
+            .create_accounts(&[
+                Account::platform(Kind::Revenue),
+                Account::platform(Kind::Grants),
+                Account::platform(Kind::Adjustments),
+            ])
+            .await?;
         Ok(ledger)
     }
 
@@ -616,6 +622,56 @@ fn replay(row: &HoldRow, wanted: HoldStatus) -> Result<Resolution, LedgerError> 
     if same { Ok(row.resolution()) } else { Err(LedgerError::AlreadyResolved(status)) }
 }
 
+impl SqlLedger {
+    /// One entry moving `amount` (signed) between a platform account and the
+    /// org's available balance; a debit is guarded (never below zero).
+    /// Idempotent by key: a replay of the same request answers the first
+    /// entry, another request under the key is a conflict.
+    async fn post_to_available(
+        &self,
+        org: &OrgId,
+        amount: Money,
+        counter: Kind,
+        kind: &str,
+        memo: &str,
+        idempotency_key: Option<String>,
+    ) -> Result<EntryId, LedgerError> {
+        self.open_org_accounts(org).await?;
+        if let Some(key) = &idempotency_key
+            && let Some(first) = self.credit_by_key(key, org).await?
+        {
+            return same_credit(first, org, amount, memo);
+        }
+        let now = time::now();
+        let entry_id = EntryId::new();
+        let entry = NewEntry {
+            id: entry_id.as_str(),
+            kind,
+            org_id: Some(org.as_str()),
+            hold_id: None,
+            idempotency_key: idempotency_key.as_deref(),
+            memo,
+            created_at: now,
+        };
+        let postings: Postings =
+            vec![(Account::platform(counter), -amount.units()), (Account::org(org, Kind::Available), amount.units())];
+        let posted = db_transaction!(self.pool, |conn| {
+            post_entry!(conn, &entry, &postings, now);
+            Ok::<_, LedgerError>(())
+        });
+        match (posted, &idempotency_key) {
+            (Ok(()), _) => Ok(entry_id),
+            // A concurrent request with the same key committed first: its outcome.
+            (Err(LedgerError::Db(modelroute_db::DbError::Query(e))), Some(key)) if is_unique_violation(&e) => {
+                let first =
+                    self.credit_by_key(key, org).await?.ok_or(LedgerError::Db(modelroute_db::DbError::Query(e)))?;
+                same_credit(first, org, amount, memo)
+            }
+            (Err(e), _) => Err(e),
+        }
+    }
+}
+
 /// A credit entry found by its idempotency key: its id, org, memo and the
 /// amount it put on the org's available account.
 struct FirstCredit {
@@ -696,45 +752,29 @@ impl Ledger for SqlLedger {
         if !amount.is_positive() {
             return Err(LedgerError::NonPositiveAmount(amount));
         }
-        self.open_org_accounts(org).await?;
         let memo = match source {
             CreditSource::Grant => "grant",
             CreditSource::Promo => "promo",
         };
-        if let Some(key) = &idempotency_key
-            && let Some(first) = self.credit_by_key(key, org).await?
-        {
-            return same_credit(first, org, amount, memo);
+        self.post_to_available(org, amount, Kind::Grants, "credit", memo, idempotency_key).await
+    }
+
+    async fn adjust(
+        &self,
+        org: &OrgId,
+        amount: Money,
+        reason: &str,
+        idempotency_key: Option<String>,
+    ) -> Result<EntryId, LedgerError> {
+        if amount.units() == 0 {
+            return Err(LedgerError::NonPositiveAmount(amount));
         }
-        let now = time::now();
-        let entry_id = EntryId::new();
-        let entry = NewEntry {
-            id: entry_id.as_str(),
-            kind: "credit",
-            org_id: Some(org.as_str()),
-            hold_id: None,
-            idempotency_key: idempotency_key.as_deref(),
-            memo,
-            created_at: now,
-        };
-        let postings: Postings = vec![
-            (Account::platform(Kind::Grants), -amount.units()),
-            (Account::org(org, Kind::Available), amount.units()),
-        ];
-        let posted = db_transaction!(self.pool, |conn| {
-            post_entry!(conn, &entry, &postings, now);
-            Ok::<_, LedgerError>(())
-        });
-        match (posted, &idempotency_key) {
-            (Ok(()), _) => Ok(entry_id),
-            // A concurrent credit with the same key committed first: its outcome.
-            (Err(LedgerError::Db(modelroute_db::DbError::Query(e))), Some(key)) if is_unique_violation(&e) => {
-                let first =
-                    self.credit_by_key(key, org).await?.ok_or(LedgerError::Db(modelroute_db::DbError::Query(e)))?;
-                same_credit(first, org, amount, memo)
-            }
-            (Err(e), _) => Err(e),
+        let reason = reason.trim();
+        if reason.is_empty() || reason.chars().count() > 500 {
+            return Err(LedgerError::InvalidReason);
         }
+        let memo = format!("adjust: {reason}");
+        self.post_to_available(org, amount, Kind::Adjustments, "adjust", &memo, idempotency_key).await
     }
 
     async fn get_hold(&self, id: &HoldId) -> Result<Hold, LedgerError> {

@@ -146,6 +146,26 @@ db_test!(async fn idempotency_keys_replay_the_first_outcome(db) {
     assert_sound(&l).await;
 });
 
+db_test!(async fn operator_adjustments_add_and_take_but_never_overspend(db) {
+    let (l, org) = ledger(&db).await;
+    l.adjust(&org, usd("2"), "goodwill after the outage of 3 May", Some("adj-1".into())).await.unwrap();
+    l.adjust(&org, usd("-0.5"), "double grant corrected", None).await.unwrap();
+    assert_eq!(l.balance(&org).await.unwrap().available, usd("1.5"));
+    let over = l.adjust(&org, usd("-2"), "too much", None).await;
+    assert!(matches!(over, Err(LedgerError::InsufficientBalance { .. })), "{over:?}");
+    assert!(matches!(l.adjust(&org, usd("1"), "  ", None).await, Err(LedgerError::InvalidReason)));
+    assert!(matches!(l.adjust(&org, usd("0"), "zero", None).await, Err(LedgerError::NonPositiveAmount(_))));
+    // Replays answer the first entry; another amount under the key is a conflict.
+    let again = l.adjust(&org, usd("2"), "goodwill after the outage of 3 May", Some("adj-1".into())).await;
+    assert!(again.is_ok());
+    let other = l.adjust(&org, usd("3"), "goodwill after the outage of 3 May", Some("adj-1".into())).await;
+    assert!(matches!(other, Err(LedgerError::IdempotencyConflict)));
+    assert_eq!(l.balance(&org).await.unwrap().available, usd("1.5"));
+    let journal = l.recent_entries(&org, 10).await.unwrap();
+    assert!(journal.iter().any(|e| e.kind == "adjust" && e.memo == "adjust: double grant corrected"));
+    assert_sound(&l).await;
+});
+
 db_test!(async fn concurrent_duplicate_credits_post_once(db) {
     let (l, org) = ledger(&db).await;
     let tasks: Vec<_> = (0..16)
