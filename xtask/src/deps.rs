@@ -20,6 +20,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("modelroute-db", &["modelroute-types"]),
     ("modelroute-identity", &["modelroute-types", "modelroute-db"]),
     ("modelroute-ledger", &["modelroute-types", "modelroute-db"]),
+    // Sideways on purpose (docs/ARCHITECTURE.md): a verified payment is a ledger credit.
+    ("modelroute-billing", &["modelroute-types", "modelroute-db", "modelroute-ledger"]),
     ("modelroute-routing", &["modelroute-types"]),
     ("modelroute-providers", &["modelroute-types"]),
     // Test-only (a dev-dependency): the provider stand-ins.
@@ -36,6 +38,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "modelroute-telemetry",
             "modelroute-identity",
             "modelroute-ledger",
+            "modelroute-billing",
             "modelroute-routing",
             "modelroute-providers",
             "modelroute-executions",
@@ -49,6 +52,7 @@ const FORBIDDEN: &[(&str, &[&str], &str)] = &[
     ("modelroute-db", &["actix-web", "hyper"], "the data layer knows nothing of HTTP"),
     ("modelroute-identity", &["actix-web"], "identity is a library without actix"),
     ("modelroute-ledger", &["actix-web", "hyper"], "the ledger knows nothing of HTTP"),
+    ("modelroute-billing", &["actix-web"], "billing is a library without actix"),
     ("modelroute-routing", &["actix-web", "diesel", "hyper", "tokio"], "routing is pure decision logic"),
     ("modelroute-providers", &["actix-web", "diesel"], "adapters know no database and no server"),
     ("modelroute-executions", &["actix-web"], "executions are usable without the server"),

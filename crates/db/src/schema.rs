@@ -34,6 +34,23 @@ diesel::table! {
 }
 
 diesel::table! {
+    billing_settings (org_id) {
+        org_id -> Text,
+        stripe_customer_id -> Nullable<Text>,
+        payment_method_id -> Nullable<Text>,
+        auto_top_up -> Bool,
+        threshold -> BigInt,
+        top_up_amount -> BigInt,
+        low_balance_alert -> Nullable<BigInt>,
+        in_flight_since -> Nullable<Timestamp>,
+        in_flight_intent -> Nullable<Text>,
+        last_failure -> Nullable<Text>,
+        low_balance_alerted_at -> Nullable<Timestamp>,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
     email_outbox (id) {
         id -> Text,
         to_address -> Text,
@@ -212,6 +229,16 @@ diesel::table! {
 }
 
 diesel::table! {
+    stripe_events (id) {
+        id -> Text,
+        event_type -> Text,
+        org_id -> Nullable<Text>,
+        outcome -> Text,
+        received_at -> Timestamp,
+    }
+}
+
+diesel::table! {
     user_identities (issuer, subject) {
         issuer -> Text,
         subject -> Text,
@@ -247,6 +274,7 @@ diesel::table! {
 diesel::joinable!(api_keys -> projects (project_id));
 diesel::joinable!(api_keys -> orgs (org_id));
 diesel::joinable!(audit_events -> orgs (org_id));
+diesel::joinable!(billing_settings -> orgs (org_id));
 diesel::joinable!(executions -> ledger_holds (hold_id));
 diesel::joinable!(executions -> api_keys (api_key_id));
 diesel::joinable!(executions -> projects (project_id));
@@ -269,6 +297,7 @@ diesel::joinable!(user_tokens -> users (user_id));
 diesel::allow_tables_to_appear_in_same_query!(
     api_keys,
     audit_events,
+    billing_settings,
     email_outbox,
     executions,
     invitations,
@@ -283,6 +312,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     orgs,
     projects,
     sessions,
+    stripe_events,
     user_identities,
     user_tokens,
     users,

@@ -8,6 +8,7 @@
 mod auth;
 mod body;
 mod error;
+mod notify;
 pub mod operator;
 mod query;
 mod request_id;

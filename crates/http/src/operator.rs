@@ -22,6 +22,9 @@ pub enum OperatorError {
     /// Identity.
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    /// Billing could not be set up.
+    #[error(transparent)]
+    Billing(modelroute_billing::BillingError),
     /// Ledger.
     #[error(transparent)]
     Ledger(#[from] LedgerError),

@@ -28,6 +28,8 @@ pub struct Settings {
     pub identity: IdentityConfig,
     /// `[ledger]`: holds and currency.
     pub ledger: LedgerConfig,
+    /// `[billing]`: Stripe top-ups, auto top-up, alerts.
+    pub billing: modelroute_billing::BillingConfig,
     /// `[catalogue]`: models and routes.
     pub catalogue: CatalogueConfig,
     /// `[routing]`: circuit breakers.
@@ -47,6 +49,7 @@ impl Default for Settings {
             database: DatabaseConfig::default(),
             identity: IdentityConfig::default(),
             ledger: LedgerConfig::default(),
+            billing: modelroute_billing::BillingConfig::default(),
             catalogue: CatalogueConfig::default(),
             routing: RoutingConfig::default(),
             providers: default_providers(),

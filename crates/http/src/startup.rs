@@ -39,6 +39,7 @@ pub struct Application {
     server: Server,
     sweeper: tokio::task::JoinHandle<()>,
     mailer: tokio::task::JoinHandle<()>,
+    balances: tokio::task::JoinHandle<()>,
     executor: Executor<SqlLedger>,
     /// Set when this start bootstrapped an empty database.
     pub bootstrap: Option<BootstrapReport>,
@@ -64,10 +65,19 @@ impl Application {
             Arc::new(ErrorRules::new(settings.routing.error_rules.clone())),
             settings.routing.retry.clone(),
         );
+        let notifier = Arc::new(crate::notify::EmailNotifier::new(services.identity.clone()));
+        let billing = modelroute_billing::Billing::new(
+            services.pool.clone(),
+            services.ledger.clone(),
+            settings.billing.clone(),
+            notifier,
+        )
+        .map_err(OperatorError::Billing)?;
         let state = Arc::new(AppState {
             pool: services.pool.clone(),
             identity: services.identity.clone(),
             ledger: services.ledger.clone(),
+            billing: billing.clone(),
             executor: executor.clone(),
             metrics: modelroute_telemetry::metrics_handle(),
             limiter: Arc::new(
@@ -105,7 +115,8 @@ impl Application {
             Duration::from_secs(settings.ledger.hold_timeout_secs),
         ));
         let mailer = tokio::spawn(services.identity.clone().run_mail_delivery());
-        Ok(Self { port, server, sweeper, mailer, executor, bootstrap, services })
+        let balances = tokio::spawn(billing.run());
+        Ok(Self { port, server, sweeper, mailer, balances, executor, bootstrap, services })
     }
 
     /// A handle that swaps in a new catalogue and providers while serving.
@@ -128,6 +139,7 @@ impl Application {
         let result = self.server.await;
         self.sweeper.abort();
         self.mailer.abort();
+        self.balances.abort();
         result
     }
 }

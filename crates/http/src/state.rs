@@ -12,6 +12,7 @@ pub(crate) struct AppState {
     pub(crate) pool: DbPool,
     pub(crate) identity: Identity,
     pub(crate) ledger: SqlLedger,
+    pub(crate) billing: modelroute_billing::Billing,
     pub(crate) executor: Executor<SqlLedger>,
     pub(crate) metrics: Option<PrometheusHandle>,
     pub(crate) limiter: Arc<RateLimiter>,

@@ -151,6 +151,27 @@ impl Identity {
         Ok(())
     }
 
+    /// Emails an org's billing contacts — its owners and admins — through
+    /// the outbox. Answers how many were queued.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn email_org_admins(
+        &self,
+        org: &modelroute_types::OrgId,
+        kind: &str,
+        subject: &str,
+        body: &str,
+    ) -> Result<usize, IdentityError> {
+        let members = self.members(org).await?;
+        let mut n = 0;
+        for m in members.iter().filter(|m| m.role >= crate::Role::Admin) {
+            self.queue_email(&m.email, kind, subject, body).await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// The outbox's emails to `to`, newest first (for operators, and for
     /// tests that follow a link).
     ///

@@ -13,6 +13,7 @@ pub(crate) enum Kind {
     Revenue,
     Grants,
     Adjustments,
+    StripeClearing,
 }
 
 impl Kind {
@@ -23,6 +24,7 @@ impl Kind {
             Self::Revenue => "revenue",
             Self::Grants => "grants",
             Self::Adjustments => "adjustments",
+            Self::StripeClearing => "stripe_clearing",
         }
     }
 }

@@ -138,6 +138,8 @@ pub enum CreditSource {
     Grant,
     /// A promotion.
     Promo,
+    /// A card payment through Stripe (against the Stripe clearing account).
+    Stripe,
 }
 
 /// The ledger's operations. [`SqlLedger`] implements them over the

@@ -265,6 +265,7 @@ impl SqlLedger {
                 Account::platform(Kind::Revenue),
                 Account::platform(Kind::Grants),
                 Account::platform(Kind::Adjustments),
+                Account::platform(Kind::StripeClearing),
             ])
             .await?;
         Ok(ledger)
@@ -752,11 +753,12 @@ impl Ledger for SqlLedger {
         if !amount.is_positive() {
             return Err(LedgerError::NonPositiveAmount(amount));
         }
-        let memo = match source {
-            CreditSource::Grant => "grant",
-            CreditSource::Promo => "promo",
+        let (memo, counter) = match source {
+            CreditSource::Grant => ("grant", Kind::Grants),
+            CreditSource::Promo => ("promo", Kind::Grants),
+            CreditSource::Stripe => ("stripe", Kind::StripeClearing),
         };
-        self.post_to_available(org, amount, Kind::Grants, "credit", memo, idempotency_key).await
+        self.post_to_available(org, amount, counter, "credit", memo, idempotency_key).await
     }
 
     async fn adjust(

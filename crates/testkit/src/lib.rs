@@ -18,6 +18,7 @@
 mod brain;
 pub mod oauth;
 mod server;
+pub mod stripe;
 mod wire;
 
 pub use brain::{Answer, Ask, brain};
