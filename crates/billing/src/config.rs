@@ -11,7 +11,7 @@ pub struct BillingConfig {
     /// An org whose available balance falls below this gets one email
     /// (owners and admins) until it is topped up again; an org may set its
     /// own. Zero turns the alert off.
-    #[serde(deserialize_with = "modelroute_types::deserialize_usd")]
+    #[serde(with = "modelroute_types::usd_string")]
     pub low_balance_alert: Money,
 }
 
@@ -33,10 +33,10 @@ pub struct StripeConfig {
     /// See `success_url`.
     pub cancel_url: String,
     /// The smallest top-up.
-    #[serde(deserialize_with = "modelroute_types::deserialize_usd")]
+    #[serde(with = "modelroute_types::usd_string")]
     pub min_top_up: Money,
     /// The largest top-up.
-    #[serde(deserialize_with = "modelroute_types::deserialize_usd")]
+    #[serde(with = "modelroute_types::usd_string")]
     pub max_top_up: Money,
     /// How often balances are checked against auto top-up thresholds and
     /// low-balance alerts.

@@ -101,26 +101,13 @@ pub struct BootstrapConfig {
     /// The default org's name.
     pub org_name: String,
     /// The starting balance, in dollars.
-    #[serde(with = "usd_string")]
+    #[serde(with = "modelroute_types::usd_string")]
     pub starting_credit: Money,
 }
 
 impl Default for BootstrapConfig {
     fn default() -> Self {
         Self { enabled: true, org_name: "Default".into(), starting_credit: Money::from_usd(10) }
-    }
-}
-
-mod usd_string {
-    use modelroute_types::Money;
-    use serde::{Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(m: &Money, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&m.to_usd_string())
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Money, D::Error> {
-        modelroute_types::deserialize_usd(d)
     }
 }
 

@@ -17,5 +17,5 @@ pub use ids::{
     AccountId, ApiKeyId, AuditEventId, EmailId, EntryId, ExecutionId, HoldId, IdError, InvitationId, OrgId, ProjectId,
     SessionId, UserId,
 };
-pub use money::{Money, MoneyError, PricePerMTok, UNITS_PER_USD, deserialize_usd};
+pub use money::{Money, MoneyError, PricePerMTok, UNITS_PER_USD, deserialize_usd, usd_string};
 pub use secret::Secret;

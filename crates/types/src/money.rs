@@ -266,3 +266,28 @@ mod tests {
         assert!(PricePerMTok::new(Money::from_units(i64::MAX)).cost(u64::MAX).is_none());
     }
 }
+
+/// `#[serde(with = "modelroute_types::usd_string")]`: a dollar amount in
+/// configuration, written back as a decimal string (`"10.000000000"`) so
+/// that printed configuration reads back to the same amount.
+pub mod usd_string {
+    use serde::{Deserializer, Serializer};
+
+    use super::Money;
+
+    /// As a decimal string of dollars.
+    ///
+    /// # Errors
+    /// The serializer's.
+    pub fn serialize<S: Serializer>(m: &Money, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&m.to_usd_string())
+    }
+
+    /// From `"12.50"` or a whole number of dollars.
+    ///
+    /// # Errors
+    /// A malformed, too precise or float amount.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Money, D::Error> {
+        super::deserialize_usd(d)
+    }
+}
