@@ -5,6 +5,8 @@
 //! - `migrate [--url URL]`: apply pending migrations to a database
 //!   (default: `MODELROUTE_DATABASE__URL`, else the embedded SQLite file).
 //! - `check-deps`: enforce the dependency rules of docs/ARCHITECTURE.md.
+//! - `ledger verify [--url URL]`: replay the journal and check every ledger
+//!   invariant (runs `modelroute ledger verify` against that database).
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -23,8 +25,13 @@ fn main() -> ExitCode {
         Some("codegen") => runtime().and_then(|rt| rt.block_on(codegen(args.iter().any(|a| a == "--check")))),
         Some("migrate") => runtime().and_then(|rt| rt.block_on(migrate(flag_value(&args, "--url")))),
         Some("check-deps") => deps::check(&workspace_root()),
+        Some("ledger") if args.get(1).map(String::as_str) == Some("verify") => {
+            ledger_verify(flag_value(&args, "--url"))
+        }
         _ => {
-            eprintln!("usage: cargo xtask <codegen [--check] | migrate [--url URL] | check-deps>");
+            eprintln!(
+                "usage: cargo xtask <codegen [--check] | migrate [--url URL] | check-deps | ledger verify [--url URL]>"
+            );
             return ExitCode::from(2);
         }
     };
@@ -70,6 +77,21 @@ async fn codegen(check: bool) -> Result<()> {
     }
     std::fs::write(&path, rendered)?;
     println!("codegen: wrote {}", path.display());
+    Ok(())
+}
+
+/// The operator CLI's `ledger verify`, built and run from this checkout, so
+/// both commands check the same invariants with the same code.
+fn ledger_verify(url: Option<String>) -> Result<()> {
+    let mut cmd = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root()).args(["run", "--quiet", "-p", "modelroute", "--", "ledger", "verify"]);
+    if let Some(url) = url {
+        cmd.env("MODELROUTE_DATABASE__URL", url);
+    }
+    let status = cmd.status().context("running modelroute ledger verify")?;
+    if !status.success() {
+        bail!("the ledger does not verify");
+    }
     Ok(())
 }
 

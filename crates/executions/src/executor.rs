@@ -718,6 +718,7 @@ impl<L: Ledger + 'static> Executor<L> {
             .cost(usage.input_tokens)
             .zip(route.output_price.cost(usage.output_tokens))
             .and_then(|(a, b)| a.checked_add(b))
+            .and_then(|c| c.checked_add(route.request_price))
             .unwrap_or(admitted.hold.amount);
         let resolution = self.inner.ledger.settle(&admitted.hold.id, cost).await?;
         failpoint("executions.after_settle");

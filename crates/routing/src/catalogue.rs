@@ -1,7 +1,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use modelroute_types::PricePerMTok;
+use modelroute_types::{Money, PricePerMTok};
 use serde::{Deserialize, Serialize};
 
 use crate::RoutingError;
@@ -62,6 +62,9 @@ pub struct RouteConfig {
     pub input_price: PricePerMTok,
     /// The provider's cost in USD per million generated tokens.
     pub output_price: PricePerMTok,
+    /// The provider's flat cost per request (USD, a decimal string; default 0).
+    #[serde(default, with = "modelroute_types::usd_string", skip_serializing_if = "is_zero")]
+    pub request_price: Money,
     /// This route's margin in basis points, instead of the catalogue's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub margin_bps: Option<u32>,
@@ -110,6 +113,7 @@ impl RouteConfig {
             upstream_model: upstream_model.into(),
             input_price,
             output_price,
+            request_price: Money::ZERO,
             margin_bps: None,
             max_output_tokens: default_max_output(),
             streaming: true,
@@ -121,6 +125,11 @@ impl RouteConfig {
             first_token_timeout_ms: None,
         }
     }
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+const fn is_zero(m: &Money) -> bool {
+    m.units() == 0
 }
 
 const fn default_max_output() -> u32 {
@@ -180,6 +189,10 @@ pub struct Route {
     pub input_price: PricePerMTok,
     /// The customer's output price.
     pub output_price: PricePerMTok,
+    /// The customer's flat price per request (the provider's times the margin).
+    pub request_price: Money,
+    /// The provider's flat cost per request.
+    pub cost_request_price: Money,
     /// The provider's prompt price (what the platform pays).
     pub cost_input_price: PricePerMTok,
     /// The provider's output price.
@@ -234,7 +247,7 @@ fn valid_slug(s: &str) -> bool {
 pub fn with_margin(cost: PricePerMTok, bps: u32) -> Option<PricePerMTok> {
     let scaled = i128::from(cost.per_million().units()) * (10_000 + i128::from(bps));
     let price = i64::try_from((scaled + 9_999).div_euclid(10_000)).ok()?;
-    Some(PricePerMTok::new(modelroute_types::Money::from_units(price)))
+    Some(PricePerMTok::new(Money::from_units(price)))
 }
 
 /// An opaque, stable id for a route: FNV-1a of its operator id.
@@ -294,6 +307,10 @@ impl Catalogue {
                     upstream_model: r.upstream_model.clone(),
                     input_price: with_margin(r.input_price, margin).ok_or_else(overflow)?,
                     output_price: with_margin(r.output_price, margin).ok_or_else(overflow)?,
+                    request_price: with_margin(PricePerMTok::new(r.request_price), margin)
+                        .ok_or_else(overflow)?
+                        .per_million(),
+                    cost_request_price: r.request_price,
                     cost_input_price: r.input_price,
                     cost_output_price: r.output_price,
                     max_output_tokens: r.max_output_tokens,
@@ -322,11 +339,12 @@ impl Catalogue {
         for m in models.values() {
             for r in &m.routes {
                 let line = format!(
-                    "{}|{}|{}|{}\n",
+                    "{}|{}|{}|{}|{}\n",
                     m.slug,
                     r.id,
                     r.input_price.per_million().units(),
-                    r.output_price.per_million().units()
+                    r.output_price.per_million().units(),
+                    r.request_price.units()
                 );
                 for b in line.bytes() {
                     h ^= u64::from(b);
@@ -393,6 +411,12 @@ mod tests {
         assert_eq!((echo.cost_input_price, echo.cost_output_price), (p("0.10"), p("0.40")));
         let large = &c.model("builtin/echo-large").unwrap().routes[0];
         assert_eq!(large.input_price, p("1.00"), "the route's own margin wins");
+        let mut flat = CatalogueConfig { margin_bps: 1000, ..CatalogueConfig::default() };
+        flat.models[0].routes[0].request_price = "0.002".parse().unwrap();
+        let c = Catalogue::from_config(&flat, |_| true).unwrap();
+        let echo = &c.model("builtin/echo").unwrap().routes[0];
+        assert_eq!(echo.request_price, "0.0022".parse().unwrap(), "the margin applies to the request price too");
+        assert_eq!(echo.cost_request_price, "0.002".parse().unwrap());
         let at_cost = Catalogue::from_config(&CatalogueConfig::default(), |_| true).unwrap();
         assert_ne!(c.price_version(), at_cost.price_version(), "a margin change is a new price table");
     }

@@ -204,7 +204,8 @@ impl Catalogue {
                 .input_price
                 .cost(profile.input_tokens)
                 .zip(route.output_price.cost(u64::from(max_out)))
-                .and_then(|(a, b)| a.checked_add(b));
+                .and_then(|(a, b)| a.checked_add(b))
+                .and_then(|c| c.checked_add(route.request_price));
             match worst_case {
                 Some(worst_case) => eligible.push(Candidate {
                     route: Arc::clone(route),
@@ -323,6 +324,17 @@ mod tests {
         assert_eq!(plan.decision.candidates[0].rank, Some(1));
         let json = serde_json::to_string(&plan.decision).unwrap();
         assert!(!json.contains("r-low") && !json.contains("\"p\""), "decision leaks route names: {json}");
+    }
+
+    #[test]
+    fn a_flat_request_price_is_part_of_the_worst_case_and_the_ranking() {
+        let mut config = CatalogueConfig::default();
+        config.models[0].routes[0].request_price = Money::from_units(5_000);
+        let c = Catalogue::from_config(&config, |_| true).unwrap();
+        let profile = RequestProfile::text(100, Some(10), false);
+        let plan = c.plan("builtin/echo", &profile, &Health::default(), Instant::now()).unwrap();
+        // 100 in at $0.10/M + 10 out at $0.40/M + $0.000005 per request.
+        assert_eq!(plan.candidates[0].worst_case, Money::from_units(10_000 + 4_000 + 5_000));
     }
 
     #[test]
