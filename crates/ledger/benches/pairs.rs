@@ -3,7 +3,8 @@
 //! real hold (guarded debit, durable commit) then a settlement of part of it.
 //!
 //! `cargo bench -p modelroute-ledger --bench pairs` — PostgreSQL runs when
-//! `MODELROUTE_TEST_POSTGRES_URL` is set (`.ci/run` sets it).
+//! `MODELROUTE_TEST_POSTGRES_URL` is set (`.ci/run` sets it); each backend
+//! with and without group commit; `PAIRS_BACKEND=sqlite|postgres` picks one.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
 
@@ -17,7 +18,7 @@ use modelroute_ledger::{CreditSource, HoldRequest, Ledger as _, LedgerConfig, Sq
 use modelroute_types::{Money, OrgId};
 
 /// Pairs per measured iteration.
-const PAIRS: usize = 400;
+const PAIRS: usize = 2_000;
 /// Orgs the pairs are spread over (one org's pairs contend on its rows).
 const ORGS: usize = 16;
 
@@ -32,8 +33,9 @@ async fn insert_org(db: &TestDb) -> OrgId {
     org
 }
 
-async fn setup(db: &TestDb) -> (SqlLedger, Vec<OrgId>) {
-    let ledger = SqlLedger::open(db.pool().clone(), LedgerConfig::default()).await.unwrap();
+async fn setup(db: &TestDb, group_commit: bool) -> (SqlLedger, Vec<OrgId>) {
+    let config = LedgerConfig { group_commit, ..LedgerConfig::default() };
+    let ledger = SqlLedger::open(db.pool().clone(), config).await.unwrap();
     let mut orgs = Vec::new();
     for _ in 0..ORGS {
         let org = insert_org(db).await;
@@ -82,12 +84,17 @@ fn bench(c: &mut Criterion) {
     if std::env::var("MODELROUTE_TEST_POSTGRES_URL").is_ok() {
         backends.push("postgres");
     }
-    for backend in backends {
+    let only = std::env::var("PAIRS_BACKEND").ok();
+    for (backend, grouped) in [("sqlite", false), ("sqlite", true), ("postgres", false), ("postgres", true)] {
+        if !backends.contains(&backend) || only.as_deref().is_some_and(|o| o != backend) {
+            continue;
+        }
         let db = rt
             .block_on(async { if backend == "postgres" { TestDb::postgres().await } else { TestDb::sqlite().await } });
-        let (ledger, orgs) = rt.block_on(setup(&db));
-        for concurrency in [1, 16, 64] {
-            group.bench_with_input(BenchmarkId::new(backend, concurrency), &concurrency, |b, &n| {
+        let (ledger, orgs) = rt.block_on(setup(&db, grouped));
+        let name = format!("{backend}/{}", if grouped { "group_commit" } else { "one_per_txn" });
+        for concurrency in [1, 16, 64, 256] {
+            group.bench_with_input(BenchmarkId::new(&name, concurrency), &concurrency, |b, &n| {
                 b.iter_custom(|iters| {
                     rt.block_on(async {
                         let mut total = Duration::ZERO;

@@ -5,6 +5,9 @@ use modelroute_types::{AccountId, OrgId};
 
 const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6d6f_6465_6c72_6f75_7465_6c65_6467_6572);
 
+/// How many accounts revenue is spread over.
+pub(crate) const REVENUE_SHARDS: u32 = 16;
+
 /// The kinds of account.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -45,6 +48,21 @@ impl Account {
 
     pub(crate) fn platform(kind: Kind) -> Self {
         Self::make(format!("platform:{}", kind.as_str()), None, kind)
+    }
+
+    /// The revenue account a hold's settlement is posted to: one of
+    /// [`REVENUE_SHARDS`] by the hold id, so concurrent settlements do not
+    /// all wait on one row. Revenue is the sum of the shards.
+    pub(crate) fn revenue_for(hold_id: &str) -> Self {
+        let mut h: u32 = 0x811c_9dc5;
+        for b in hold_id.bytes() {
+            h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+        }
+        Self::revenue_shard(h % REVENUE_SHARDS)
+    }
+
+    pub(crate) fn revenue_shard(n: u32) -> Self {
+        Self::make(format!("platform:revenue:{n}"), None, Kind::Revenue)
     }
 
     /// Customer accounts may never go negative.

@@ -29,6 +29,9 @@ pub enum LedgerError {
     /// An idempotency key was reused for a different operation.
     #[error("idempotency key reused with a different request")]
     IdempotencyConflict,
+    /// The group-commit writer is gone (the runtime is shutting down).
+    #[error("the ledger's writer stopped")]
+    Stopped,
     /// A bug: an entry whose postings do not sum to zero was refused.
     #[error("refused an unbalanced journal entry")]
     Unbalanced,
@@ -54,7 +57,7 @@ impl ErrorCode for LedgerError {
             Self::HoldNotFound => Code::NotFound,
             Self::AlreadyResolved(_) => Code::Conflict,
             Self::IdempotencyConflict => Code::IdempotencyConflict,
-            Self::Overflow | Self::Unbalanced => Code::Internal,
+            Self::Overflow | Self::Unbalanced | Self::Stopped => Code::Internal,
             Self::Db(e) => e.code(),
         }
     }

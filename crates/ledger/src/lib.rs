@@ -24,6 +24,8 @@
 mod accounts;
 mod config;
 mod error;
+mod group;
+mod ops;
 mod sql;
 
 use std::future::Future;

@@ -2,14 +2,18 @@
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Bool, Nullable, Text, Timestamp};
+use diesel::sql_types::{BigInt, Bool, Nullable, Text};
 use diesel_async::RunQueryDsl;
 use modelroute_db::schema::{ledger_accounts, ledger_entries, ledger_holds, ledger_postings};
-use modelroute_db::{DbConn, DbPool, db_run, db_transaction, is_unique_violation};
+use modelroute_db::{DbPool, db_run, db_transaction, is_unique_violation};
 use modelroute_types::{EntryId, HoldId, Money, OrgId, time};
 use serde::Serialize;
 
-use crate::accounts::{Account, Kind};
+use std::sync::Arc;
+
+use crate::accounts::{Account, Kind, REVENUE_SHARDS};
+use crate::group::GroupCommit;
+use crate::ops::{HoldArgs, HoldDone, ResolveArgs, run_hold_alone, run_resolve_alone};
 use crate::{Balance, CreditSource, Hold, HoldRequest, HoldStatus, Ledger, LedgerConfig, LedgerError, Resolution};
 
 /// The ledger stored in the database (SQLite or PostgreSQL).
@@ -17,6 +21,7 @@ use crate::{Balance, CreditSource, Hold, HoldRequest, HoldStatus, Ledger, Ledger
 pub struct SqlLedger {
     pool: DbPool,
     config: LedgerConfig,
+    group: Option<Arc<GroupCommit>>,
 }
 
 #[derive(Insertable)]
@@ -34,19 +39,19 @@ struct NewAccount<'a> {
 
 #[derive(Insertable)]
 #[diesel(table_name = ledger_entries)]
-struct NewEntry<'a> {
-    id: &'a str,
-    kind: &'a str,
-    org_id: Option<&'a str>,
-    hold_id: Option<&'a str>,
-    idempotency_key: Option<&'a str>,
-    memo: &'a str,
-    created_at: NaiveDateTime,
+pub(crate) struct NewEntry<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) kind: &'a str,
+    pub(crate) org_id: Option<&'a str>,
+    pub(crate) hold_id: Option<&'a str>,
+    pub(crate) idempotency_key: Option<&'a str>,
+    pub(crate) memo: &'a str,
+    pub(crate) created_at: NaiveDateTime,
 }
 
 #[derive(Insertable)]
 #[diesel(table_name = ledger_postings)]
-struct NewPosting {
+pub(crate) struct NewPosting {
     entry_id: String,
     account_id: String,
     amount: i64,
@@ -54,19 +59,19 @@ struct NewPosting {
 
 #[derive(Queryable, Selectable, Insertable, Clone)]
 #[diesel(table_name = ledger_holds)]
-struct HoldRow {
-    id: String,
-    org_id: String,
-    amount: i64,
-    status: String,
-    reference: String,
-    idempotency_key: Option<String>,
-    hold_entry_id: String,
-    resolve_entry_id: Option<String>,
-    settled_amount: Option<i64>,
-    created_at: NaiveDateTime,
-    expires_at: NaiveDateTime,
-    resolved_at: Option<NaiveDateTime>,
+pub(crate) struct HoldRow {
+    pub(crate) id: String,
+    pub(crate) org_id: String,
+    pub(crate) amount: i64,
+    pub(crate) status: String,
+    pub(crate) reference: String,
+    pub(crate) idempotency_key: Option<String>,
+    pub(crate) hold_entry_id: String,
+    pub(crate) resolve_entry_id: Option<String>,
+    pub(crate) settled_amount: Option<i64>,
+    pub(crate) created_at: NaiveDateTime,
+    pub(crate) expires_at: NaiveDateTime,
+    pub(crate) resolved_at: Option<NaiveDateTime>,
 }
 
 impl HoldRow {
@@ -98,9 +103,9 @@ impl HoldRow {
 
 /// The postings of one entry, as (account, signed amount). Zero amounts are
 /// skipped when written.
-type Postings = Vec<(Account, i64)>;
+pub(crate) type Postings = Vec<(Account, i64)>;
 
-fn posting_rows(entry_id: &str, postings: &Postings) -> Vec<NewPosting> {
+pub(crate) fn posting_rows(entry_id: &str, postings: &Postings) -> Vec<NewPosting> {
     postings
         .iter()
         .filter(|(_, amount)| *amount != 0)
@@ -125,13 +130,18 @@ fn posting_rows(entry_id: &str, postings: &Postings) -> Vec<NewPosting> {
 /// debit are one atomic step. A macro, not a function, so that it is
 /// compiled once per backend inside `db_transaction!`.
 macro_rules! post_entry {
-    ($conn:ident, $entry:expr, $postings:expr, $now:expr) => {{
+    ($conn:ident, $entry:expr, $postings:expr, $now:expr) => {
+        post_entry!([.await] $conn, $entry, $postings, $now)
+    };
+    // `[.await]` for an async connection, `[]` for a sync one (SQLite's hot
+    // path runs on the blocking thread with the connection itself).
+    ([$($aw:tt)*] $conn:ident, $entry:expr, $postings:expr, $now:expr) => {{
         let entry: &NewEntry<'_> = $entry;
         let postings: &Postings = $postings;
         if postings.iter().map(|(_, a)| *a).sum::<i64>() != 0 {
             return Err(LedgerError::Unbalanced);
         }
-        diesel::insert_into(ledger_entries::table).values(entry).execute($conn).await?;
+        diesel::insert_into(ledger_entries::table).values(entry).execute($conn)$($aw)*?;
         // Lock accounts in one global order (by id): a hold touches
         // available→held and a settlement held→available, and on PostgreSQL
         // opposite orders deadlock under concurrency.
@@ -142,16 +152,16 @@ macro_rules! post_entry {
             let set =
                 (ledger_accounts::balance.eq(ledger_accounts::balance + *amount), ledger_accounts::updated_at.eq($now));
             let n = if *amount < 0 && account.is_customer() {
-                diesel::update(target.filter(ledger_accounts::balance.ge(-*amount))).set(set).execute($conn).await?
+                diesel::update(target.filter(ledger_accounts::balance.ge(-*amount))).set(set).execute($conn)$($aw)*?
             } else {
-                diesel::update(target).set(set).execute($conn).await?
+                diesel::update(target).set(set).execute($conn)$($aw)*?
             };
             if n != 1 {
                 let have: Option<i64> = ledger_accounts::table
                     .find(account.id.as_str())
                     .select(ledger_accounts::balance)
                     .first($conn)
-                    .await
+                    $($aw)*
                     .optional()?;
                 return Err(LedgerError::InsufficientBalance {
                     needed: Money::from_units(-*amount),
@@ -162,10 +172,11 @@ macro_rules! post_entry {
         // One row at a time: diesel's batch insert is not available on SQLite
         // through the async wrapper, and an entry has two or three postings.
         for row in posting_rows(entry.id, postings) {
-            diesel::insert_into(ledger_postings::table).values(row).execute($conn).await?;
+            diesel::insert_into(ledger_postings::table).values(row).execute($conn)$($aw)*?;
         }
     }};
 }
+pub(crate) use post_entry;
 
 /// One journal entry as an org sees it: what it did to the org's balances.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -207,28 +218,28 @@ struct CodeAmount {
 
 /// What `ledger_hold()` (PostgreSQL) answers.
 #[derive(QueryableByName)]
-struct HoldOutcome {
+pub(crate) struct HoldOutcome {
     #[diesel(sql_type = Text)]
-    outcome: String,
+    pub(crate) outcome: String,
     #[diesel(sql_type = Nullable<BigInt>)]
-    available: Option<i64>,
+    pub(crate) available: Option<i64>,
 }
 
 /// What `ledger_resolve()` (PostgreSQL) answers.
 #[derive(QueryableByName)]
-struct ResolveOutcome {
+pub(crate) struct ResolveOutcome {
     #[diesel(sql_type = Nullable<Text>)]
-    status: Option<String>,
+    pub(crate) status: Option<String>,
     #[diesel(sql_type = Nullable<BigInt>)]
-    amount: Option<i64>,
+    pub(crate) amount: Option<i64>,
     #[diesel(sql_type = Nullable<BigInt>)]
-    charged: Option<i64>,
+    pub(crate) charged: Option<i64>,
     #[diesel(sql_type = Bool)]
-    resolved_now: bool,
+    pub(crate) resolved_now: bool,
 }
 
 /// The memo of a resolution entry.
-fn resolution_memo(status: HoldStatus, overage: i64) -> String {
+pub(crate) fn resolution_memo(status: HoldStatus, overage: i64) -> String {
     if overage > 0 {
         format!("{} overage {overage} nano-USD not charged", status.as_str())
     } else {
@@ -259,7 +270,10 @@ impl SqlLedger {
     /// # Errors
     /// A database failure.
     pub async fn open(pool: DbPool, config: LedgerConfig) -> Result<Self, LedgerError> {
-        let ledger = Self { pool, config };
+        let group = config
+            .group_commit
+            .then(|| Arc::new(GroupCommit::start(&pool, config.group_commit_workers, config.group_commit_max_batch)));
+        let ledger = Self { pool, config, group };
         ledger
             .create_accounts(&[
                 Account::platform(Kind::Revenue),
@@ -268,6 +282,8 @@ impl SqlLedger {
                 Account::platform(Kind::StripeClearing),
             ])
             .await?;
+        let shards: Vec<Account> = (0..REVENUE_SHARDS).map(Account::revenue_shard).collect();
+        ledger.create_accounts(&shards).await?;
         Ok(ledger)
     }
 
@@ -323,17 +339,16 @@ impl SqlLedger {
         row.ok_or(LedgerError::HoldNotFound)
     }
 
-    /// Places a hold in one transaction; `None` when a hold with the
-    /// request's idempotency key already exists. On PostgreSQL it is one
-    /// round trip (`ledger_hold()`); on SQLite the same steps in Rust.
+    /// Places a hold in one transaction (shared with other operations under
+    /// load: group commit); `None` when a hold with the request's
+    /// idempotency key already exists. On PostgreSQL it is one statement
+    /// (`ledger_hold()`); on SQLite the same steps in Rust.
     async fn place_hold(&self, req: &HoldRequest) -> Result<Option<HoldRow>, LedgerError> {
         if !req.amount.is_positive() {
             return Err(LedgerError::NonPositiveAmount(req.amount));
         }
         let now = time::now();
         let timeout = i64::try_from(self.config.hold_timeout_secs).unwrap_or(i64::MAX);
-        let available = Account::org(&req.org_id, Kind::Available);
-        let held = Account::org(&req.org_id, Kind::Held);
         let entry_id = EntryId::new();
         let row = HoldRow {
             id: HoldId::new().into_string(),
@@ -349,55 +364,18 @@ impl SqlLedger {
             expires_at: now + chrono::Duration::seconds(timeout),
             resolved_at: None,
         };
-        let entry = NewEntry {
-            id: entry_id.as_str(),
-            kind: "hold",
-            org_id: Some(req.org_id.as_str()),
-            hold_id: Some(&row.id),
-            idempotency_key: None,
-            memo: &row.reference,
-            created_at: now,
+        let args = HoldArgs { row, entry_id, now };
+        let done = match &self.group {
+            Some(group) => group.hold(args.clone()).await?,
+            None => run_hold_alone(&self.pool, &args).await?,
         };
-        if let DbConn::Postgres(mut conn) = self.pool.get().await? {
-            let out: HoldOutcome = diesel::sql_query(
-                "SELECT outcome, available FROM ledger_hold($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            )
-            .bind::<Text, _>(&row.id)
-            .bind::<Text, _>(entry_id.as_str())
-            .bind::<Text, _>(&row.org_id)
-            .bind::<Text, _>(available.id.as_str())
-            .bind::<Text, _>(held.id.as_str())
-            .bind::<BigInt, _>(row.amount)
-            .bind::<Text, _>(&row.reference)
-            .bind::<Nullable<Text>, _>(row.idempotency_key.as_deref())
-            .bind::<Timestamp, _>(now)
-            .bind::<Timestamp, _>(row.expires_at)
-            .get_result(&mut *conn)
-            .await?;
-            return match out.outcome.as_str() {
-                "placed" => Ok(Some(row)),
-                "exists" => Ok(None),
-                _ => Err(LedgerError::InsufficientBalance {
-                    needed: req.amount,
-                    available: Money::from_units(out.available.unwrap_or(0)),
-                }),
-            };
-        }
-        let postings: Postings = vec![(available, -req.amount.units()), (held, req.amount.units())];
-        // The admission decision is the guarded debit inside `post_entry!`.
-        let placed: bool = db_transaction!(self.pool, |conn| {
-            if let Some(key) = &row.idempotency_key {
-                let exists: i64 =
-                    ledger_holds::table.filter(ledger_holds::idempotency_key.eq(key)).count().get_result(conn).await?;
-                if exists > 0 {
-                    return Ok(false);
-                }
+        match done {
+            HoldDone::Placed => Ok(Some(args.row)),
+            HoldDone::Exists => Ok(None),
+            HoldDone::Insufficient(have) => {
+                Err(LedgerError::InsufficientBalance { needed: req.amount, available: Money::from_units(have) })
             }
-            post_entry!(conn, &entry, &postings, now);
-            diesel::insert_into(ledger_holds::table).values(&row).execute(conn).await?;
-            Ok::<_, LedgerError>(true)
-        })?;
-        Ok(placed.then_some(row))
+        }
     }
 
     /// Resolves a hold: charges `charge` (already capped) and releases the
@@ -411,107 +389,28 @@ impl SqlLedger {
         if requested.is_some_and(|a| a.units() < 0) {
             return Err(LedgerError::NonPositiveAmount(requested.unwrap_or_default()));
         }
-        if let DbConn::Postgres(mut conn) = self.pool.get().await? {
-            let entry_id = EntryId::new();
-            let out: ResolveOutcome = diesel::sql_query(
-                "SELECT status, amount, charged, resolved_now FROM ledger_resolve($1, $2, $3, $4, $5, $6)",
-            )
-            .bind::<Text, _>(id.as_str())
-            .bind::<Text, _>(status.as_str())
-            .bind::<Nullable<BigInt>, _>(requested.map(Money::units))
-            .bind::<Text, _>(entry_id.as_str())
-            .bind::<Text, _>(Account::platform(Kind::Revenue).id.as_str())
-            .bind::<Timestamp, _>(time::now())
-            .get_result(&mut *conn)
-            .await?;
-            drop(conn);
-            if out.status.is_none() {
-                return Err(LedgerError::HoldNotFound);
-            }
-            if !out.resolved_now {
-                return replay(&self.hold_row(id).await?, status);
-            }
-            let (amount, charge) = (out.amount.unwrap_or(0), out.charged.unwrap_or(0));
-            let overage = requested.map_or(0, Money::units).saturating_sub(amount);
-            if overage > 0 {
-                tracing::warn!(hold_id = %id, overage, "settlement above hold; overage not charged");
-            }
-            return Ok(Resolution {
-                hold_id: id.clone(),
-                status,
-                charged: Money::from_units(charge),
-                released: Money::from_units(amount - charge),
-                overage: Money::from_units(overage),
-            });
-        }
-        let row = self.hold_row(id).await?;
-        if row.status != HoldStatus::Held.as_str() {
-            return replay(&row, status);
-        }
-        let amount = row.amount;
-        let asked = requested.map_or(0, Money::units);
-        let charge = asked.min(amount);
-        let overage = asked.saturating_sub(amount);
-        let org = OrgId::from_trusted(row.org_id.clone());
-        let postings: Postings = vec![
-            (Account::org(&org, Kind::Held), -amount),
-            (Account::platform(Kind::Revenue), charge),
-            (Account::org(&org, Kind::Available), amount - charge),
-        ];
-        let now = time::now();
-        let entry_id = EntryId::new();
-        let memo = resolution_memo(status, overage);
-        let entry = NewEntry {
-            id: entry_id.as_str(),
-            kind: status.as_str(),
-            org_id: Some(&row.org_id),
-            hold_id: Some(&row.id),
-            idempotency_key: None,
-            memo: &memo,
-            created_at: now,
+        let args = ResolveArgs { id: id.clone(), requested, status, entry_id: EntryId::new(), now: time::now() };
+        let done = match &self.group {
+            Some(group) => group.resolve(args).await?,
+            None => run_resolve_alone(&self.pool, &args).await?,
         };
-        let settled_amount = (status == HoldStatus::Settled).then_some(charge);
-        let outcome: Result<(), LedgerError> = db_transaction!(self.pool, |conn| {
-            // Claim the hold first: of concurrent resolutions exactly one
-            // matches `status = 'held'`; the others stop here and roll back.
-            let won = diesel::update(
-                ledger_holds::table.find(&row.id).filter(ledger_holds::status.eq(HoldStatus::Held.as_str())),
-            )
-            .set((
-                ledger_holds::status.eq(status.as_str()),
-                ledger_holds::settled_amount.eq(settled_amount),
-                ledger_holds::resolved_at.eq(now),
-            ))
-            .execute(conn)
-            .await?;
-            if won != 1 {
-                return Err(LedgerError::AlreadyResolved(HoldStatus::Held));
-            }
-            // A crash here (the crash test) must leave nothing: the claim is not committed.
-            modelroute_types::failpoint("ledger.resolve.in_transaction");
-            post_entry!(conn, &entry, &postings, now);
-            diesel::update(ledger_holds::table.find(&row.id))
-                .set(ledger_holds::resolve_entry_id.eq(entry.id))
-                .execute(conn)
-                .await?;
-            Ok(())
-        });
-        match outcome {
-            Ok(()) => {
-                if overage > 0 {
-                    tracing::warn!(hold_id = %row.id, overage = overage, "settlement above hold; overage not charged");
-                }
-                Ok(Resolution {
-                    hold_id: id.clone(),
-                    status,
-                    charged: Money::from_units(charge),
-                    released: Money::from_units(amount - charge),
-                    overage: Money::from_units(overage),
-                })
-            }
-            Err(LedgerError::AlreadyResolved(_)) => replay(&self.hold_row(id).await?, status),
-            Err(e) => Err(e),
+        if !done.found {
+            return Err(LedgerError::HoldNotFound);
         }
+        if !done.resolved_now {
+            return replay(&self.hold_row(id).await?, status);
+        }
+        let overage = requested.map_or(0, Money::units).saturating_sub(done.amount);
+        if overage > 0 {
+            tracing::warn!(hold_id = %id, overage, "settlement above hold; overage not charged");
+        }
+        Ok(Resolution {
+            hold_id: id.clone(),
+            status,
+            charged: Money::from_units(done.charged),
+            released: Money::from_units(done.amount - done.charged),
+            overage: Money::from_units(overage),
+        })
     }
 
     /// The org's most recent journal entries (newest first), each with its
