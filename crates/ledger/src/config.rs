@@ -10,13 +10,12 @@ pub struct LedgerConfig {
     pub hold_timeout_secs: u64,
     /// How often the server's sweeper looks for expired holds.
     pub sweep_interval_secs: u64,
-    /// Put holds and settlements that arrive together in one transaction
-    /// (group commit). Off: one transaction each.
+    /// SQLite: put holds and settlements that arrive together in one
+    /// transaction (group commit). Off: one transaction each. PostgreSQL
+    /// always runs each as its own one-statement transaction.
     pub group_commit: bool,
     /// Operations per group-commit transaction at most.
     pub group_commit_max_batch: usize,
-    /// Group-commit transactions in flight at once (PostgreSQL; SQLite has one writer).
-    pub group_commit_workers: usize,
 }
 
 impl Default for LedgerConfig {
@@ -27,7 +26,6 @@ impl Default for LedgerConfig {
             sweep_interval_secs: 60,
             group_commit: true,
             group_commit_max_batch: 128,
-            group_commit_workers: 4,
         }
     }
 }

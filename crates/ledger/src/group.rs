@@ -1,29 +1,25 @@
-//! Group commit: holds and resolutions that arrive while others are being
-//! written are put in the same transaction, so one durable commit (one
-//! `fsync` on PostgreSQL; one write lock on SQLite) serves many operations.
-//! At low load a batch is one operation and nothing waits: a worker takes
-//! what is queued the moment it is free.
+//! Group commit on SQLite: holds and resolutions that arrive while others
+//! are being written go into the same transaction, so one commit and one
+//! acquisition of SQLite's write lock serve many operations. At low load a
+//! batch is one operation and nothing waits: the writer takes what is queued
+//! the moment it is free. The whole batch runs in one hop to the
+//! connection's thread; each operation in its own savepoint, so a refused
+//! debit undoes only its own writes.
 //!
-//! PostgreSQL: up to `workers` transactions at once, each of up to
-//! `max_batch` statements (`ledger_hold()` / `ledger_resolve()`, which never
-//! raise for a refused debit or a lost race: they answer it). If a batch's
-//! transaction fails (a deadlock with another replica, a unique key raced),
-//! every operation in it is run again alone, so each gets its own answer.
-//! SQLite: one worker (one writer anyway); each operation runs in a
-//! savepoint of the batch's `BEGIN IMMEDIATE` transaction, so a refused
-//! debit rolls back only its own writes.
-
-use std::sync::Arc;
+//! Not on PostgreSQL: each operation there is already one statement, many
+//! run at once on separate connections, and PostgreSQL flushes concurrent
+//! commits' WAL together. Batching statements into longer transactions made
+//! them hold row locks longer and wait on each other: measured 9× slower at
+//! concurrency 16 (docs/PERFORMANCE.md).
 
 use diesel::Connection as _;
-use diesel_async::AsyncConnection as _;
-use modelroute_db::{DbConn, DbPool, PgConn};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use modelroute_db::{DbConn, DbPool};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::LedgerError;
 use crate::ops::{
-    HoldArgs, HoldDone, ResolveArgs, ResolveDone, hold_pg, hold_sqlite, on_sqlite_thread, refused_is_an_outcome,
-    resolve_pg, resolve_sqlite, run_hold_alone, run_resolve_alone,
+    HoldArgs, HoldDone, ResolveArgs, ResolveDone, hold_sqlite, on_sqlite_thread, refused_is_an_outcome, resolve_sqlite,
+    run_hold_alone, run_resolve_alone,
 };
 
 enum Job {
@@ -49,14 +45,10 @@ pub(crate) struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Starts `workers` batch writers over `pool` (one on SQLite).
-    pub(crate) fn start(pool: &DbPool, workers: usize, max_batch: usize) -> Self {
+    /// Starts the batch writer over `pool` (a SQLite pool).
+    pub(crate) fn start(pool: &DbPool, max_batch: usize) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        let rx = Arc::new(Mutex::new(rx));
-        let workers = if pool.backend() == modelroute_db::Backend::Sqlite { 1 } else { workers.max(1) };
-        for _ in 0..workers {
-            tokio::spawn(worker(pool.clone(), Arc::clone(&rx), max_batch.max(1)));
-        }
+        tokio::spawn(worker(pool.clone(), rx, max_batch.max(1)));
         Self { tx }
     }
 
@@ -73,10 +65,9 @@ impl GroupCommit {
     }
 }
 
-async fn worker(pool: DbPool, rx: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>, max_batch: usize) {
+async fn worker(pool: DbPool, mut rx: mpsc::UnboundedReceiver<Job>, max_batch: usize) {
     loop {
         let batch = {
-            let mut rx = rx.lock().await;
             let Some(first) = rx.recv().await else { return };
             let mut batch = vec![first];
             while batch.len() < max_batch {
@@ -112,36 +103,14 @@ async fn one_by_one(pool: &DbPool, jobs: Vec<Job>) {
     }
 }
 
-/// The org a job locks first: batches order their jobs by it, so two
-/// batches take org rows in the same order.
-fn org_of(job: &Job) -> &str {
-    match job {
-        Job::Hold(a, _) => &a.row.org_id,
-        Job::Resolve(a, _) => a.id.as_str(),
-    }
-}
-
-async fn run(pool: &DbPool, mut jobs: Vec<Job>) {
-    jobs.sort_by(|a, b| org_of(a).cmp(org_of(b)));
+async fn run(pool: &DbPool, jobs: Vec<Job>) {
     if jobs.len() == 1 {
         return one_by_one(pool, jobs).await;
     }
     let Ok(conn) = pool.get().await else { return one_by_one(pool, jobs).await };
     let results = match conn {
-        DbConn::Postgres(mut c) => {
-            let c: &mut PgConn = &mut c;
-            c.transaction(async |t: &mut PgConn| {
-                let mut out = Vec::with_capacity(jobs.len());
-                for job in &jobs {
-                    out.push(match job {
-                        Job::Hold(a, _) => Done::Hold(Ok(hold_pg(t, a).await?)),
-                        Job::Resolve(a, _) => Done::Resolve(Ok(resolve_pg(t, a).await?)),
-                    });
-                }
-                Ok::<_, LedgerError>(out)
-            })
-            .await
-        }
+        // Not started on PostgreSQL (see the module's documentation).
+        DbConn::Postgres(_) => return one_by_one(pool, jobs).await,
         DbConn::Sqlite(mut c) => {
             // The whole batch in one hop to SQLite's thread, one savepoint per operation.
             let ops: Vec<Op> = jobs

@@ -270,9 +270,9 @@ impl SqlLedger {
     /// # Errors
     /// A database failure.
     pub async fn open(pool: DbPool, config: LedgerConfig) -> Result<Self, LedgerError> {
-        let group = config
-            .group_commit
-            .then(|| Arc::new(GroupCommit::start(&pool, config.group_commit_workers, config.group_commit_max_batch)));
+        // Group commit is for SQLite (see `group.rs` for why not PostgreSQL).
+        let group = (config.group_commit && pool.backend() == modelroute_db::Backend::Sqlite)
+            .then(|| Arc::new(GroupCommit::start(&pool, config.group_commit_max_batch)));
         let ledger = Self { pool, config, group };
         ledger
             .create_accounts(&[
