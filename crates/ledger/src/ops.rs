@@ -215,15 +215,21 @@ pub(crate) fn retryable(e: &LedgerError) -> bool {
 /// Attempts of one operation that PostgreSQL aborted to break a deadlock.
 const ATTEMPTS: usize = 5;
 
-/// One hold in its own transaction (again if a deadlock aborted it).
-pub(crate) async fn run_hold_alone(pool: &DbPool, a: &HoldArgs) -> Result<HoldDone, LedgerError> {
+/// Runs `op` again while PostgreSQL aborts it to break a deadlock (nothing
+/// of an aborted attempt was written), up to [`ATTEMPTS`] times.
+async fn retrying<T, F: Future<Output = Result<T, LedgerError>>>(mut op: impl FnMut() -> F) -> Result<T, LedgerError> {
     let mut attempt = 1;
     loop {
-        match hold_once(pool, a).await {
+        match op().await {
             Err(e) if attempt < ATTEMPTS && retryable(&e) => attempt += 1,
             other => return other,
         }
     }
+}
+
+/// One hold in its own transaction.
+pub(crate) async fn run_hold_alone(pool: &DbPool, a: &HoldArgs) -> Result<HoldDone, LedgerError> {
+    retrying(|| hold_once(pool, a)).await
 }
 
 async fn hold_once(pool: &DbPool, a: &HoldArgs) -> Result<HoldDone, LedgerError> {
@@ -242,15 +248,9 @@ async fn hold_once(pool: &DbPool, a: &HoldArgs) -> Result<HoldDone, LedgerError>
     }
 }
 
-/// One resolution in its own transaction (again if a deadlock aborted it).
+/// One resolution in its own transaction.
 pub(crate) async fn run_resolve_alone(pool: &DbPool, a: &ResolveArgs) -> Result<ResolveDone, LedgerError> {
-    let mut attempt = 1;
-    loop {
-        match resolve_once(pool, a).await {
-            Err(e) if attempt < ATTEMPTS && retryable(&e) => attempt += 1,
-            other => return other,
-        }
-    }
+    retrying(|| resolve_once(pool, a)).await
 }
 
 async fn resolve_once(pool: &DbPool, a: &ResolveArgs) -> Result<ResolveDone, LedgerError> {

@@ -16,6 +16,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 mod brain;
+mod listen;
 pub mod oauth;
 mod server;
 pub mod stripe;

@@ -6,7 +6,6 @@
 //! configured user; faults make the next `id_token` wrong in one way.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -15,9 +14,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
@@ -155,19 +152,9 @@ impl OAuthStandIn {
         }));
         let shared = Arc::clone(&state);
         let base = format!("http://{addr}");
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let (state, base) = (Arc::clone(&shared), base.clone());
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| {
-                        let (state, base) = (Arc::clone(&state), base.clone());
-                        async move { Ok::<_, Infallible>(handle(provider, &base, &state, req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
+        let task = crate::listen::serve(listener, move |req| {
+            let (state, base) = (Arc::clone(&shared), base.clone());
+            async move { handle(provider, &base, &state, req).await }
         });
         Self { addr, state, task }
     }
