@@ -3,8 +3,9 @@
 //! acquisition of SQLite's write lock serve many operations. At low load a
 //! batch is one operation and nothing waits: the writer takes what is queued
 //! the moment it is free. The whole batch runs in one hop to the
-//! connection's thread; each operation in its own savepoint, so a refused
-//! debit undoes only its own writes.
+//! connection's thread. Under SQLite's single writer each operation reads,
+//! decides, then writes, so a refusal writes nothing and needs no savepoint;
+//! an unexpected error rolls the batch back and its operations run alone.
 //!
 //! Not on PostgreSQL: each operation there is already one statement, many
 //! run at once on separate connections, and PostgreSQL flushes concurrent
@@ -12,14 +13,13 @@
 //! them hold row locks longer and wait on each other: measured 9× slower at
 //! concurrency 16 (docs/PERFORMANCE.md).
 
-use diesel::Connection as _;
 use modelroute_db::{DbConn, DbPool};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::LedgerError;
 use crate::ops::{
-    HoldArgs, HoldDone, ResolveArgs, ResolveDone, hold_sqlite, on_sqlite_thread, refused_is_an_outcome, resolve_sqlite,
-    run_hold_alone, run_resolve_alone,
+    HoldArgs, HoldDone, ResolveArgs, ResolveDone, hold_sqlite, on_sqlite_thread, resolve_sqlite, run_hold_alone,
+    run_resolve_alone,
 };
 
 enum Job {
@@ -122,16 +122,16 @@ async fn run(pool: &DbPool, jobs: Vec<Job>) {
                 .collect();
             on_sqlite_thread(&mut c, move |conn| {
                 conn.immediate_transaction(|t| {
-                    Ok::<_, LedgerError>(
-                        ops.iter()
-                            .map(|op| match op {
-                                Op::Hold(a) => {
-                                    Done::Hold(refused_is_an_outcome(t.transaction(|sp| hold_sqlite(sp, a))))
-                                }
-                                Op::Resolve(a) => Done::Resolve(t.transaction(|sp| resolve_sqlite(sp, a))),
-                            })
-                            .collect::<Vec<_>>(),
-                    )
+                    // A refusal or a lost race is an answer, not an error: any
+                    // error rolls the whole batch back and its operations run alone.
+                    let mut out = Vec::with_capacity(ops.len());
+                    for op in &ops {
+                        out.push(match op {
+                            Op::Hold(a) => Done::Hold(Ok(hold_sqlite(t, a)?)),
+                            Op::Resolve(a) => Done::Resolve(Ok(resolve_sqlite(t, a)?)),
+                        });
+                    }
+                    Ok::<_, LedgerError>(out)
                 })
             })
             .await

@@ -12,7 +12,7 @@ use modelroute_db::{DbConn, DbPool, PgConn, SqliteConn};
 use modelroute_types::{EntryId, HoldId, Money, OrgId};
 
 use crate::accounts::{Account, Kind};
-use crate::sql::{HoldOutcome, HoldRow, NewEntry, Postings, ResolveOutcome, post_entry, posting_rows, resolution_memo};
+use crate::sql::{HoldOutcome, HoldRow, NewEntry, Postings, ResolveOutcome, posting_rows, resolution_memo};
 use crate::{HoldStatus, LedgerError};
 
 /// A hold to place: its row and its entry's id.
@@ -81,9 +81,45 @@ pub(crate) async fn hold_pg(conn: &mut PgConn, a: &HoldArgs) -> Result<HoldDone,
     })
 }
 
-/// On SQLite's own (blocking) thread; must run inside a transaction or
-/// savepoint: a refused debit returns `Err(InsufficientBalance)` after
-/// earlier writes, which must roll back.
+/// Applies `postings` of `entry` on SQLite: the entry row, each balance
+/// change (a debit of a customer account guarded: never below zero), the
+/// postings in one statement. Inside SQLite's single-writer transaction the
+/// caller has already checked the guard, so a failure here is a bug or a
+/// broken database, and the caller's transaction rolls everything back.
+fn write_entry_sqlite(
+    conn: &mut SqliteConnection,
+    entry: &NewEntry<'_>,
+    postings: &Postings,
+    now: NaiveDateTime,
+) -> Result<(), LedgerError> {
+    use diesel::RunQueryDsl as _;
+    if postings.iter().map(|(_, a)| *a).sum::<i64>() != 0 {
+        return Err(LedgerError::Unbalanced);
+    }
+    diesel::insert_into(ledger_entries::table).values(entry).execute(conn)?;
+    for (account, amount) in postings.iter().filter(|(_, a)| *a != 0) {
+        let target = ledger_accounts::table.find(account.id.as_str());
+        let set =
+            (ledger_accounts::balance.eq(ledger_accounts::balance + *amount), ledger_accounts::updated_at.eq(now));
+        let n = if *amount < 0 && account.is_customer() {
+            diesel::update(target.filter(ledger_accounts::balance.ge(-*amount))).set(set).execute(conn)?
+        } else {
+            diesel::update(target).set(set).execute(conn)?
+        };
+        if n != 1 {
+            return Err(LedgerError::InsufficientBalance {
+                needed: Money::from_units(-*amount),
+                available: Money::ZERO,
+            });
+        }
+    }
+    diesel::insert_into(ledger_postings::table).values(&posting_rows(entry.id, postings)).execute(conn)?;
+    Ok(())
+}
+
+/// On SQLite's own (blocking) thread, inside a transaction (SQLite's one
+/// writer holds the lock): reads the balance, decides, and only then
+/// writes — a refusal writes nothing.
 pub(crate) fn hold_sqlite(conn: &mut SqliteConnection, a: &HoldArgs) -> Result<HoldDone, LedgerError> {
     use diesel::RunQueryDsl as _;
     if let Some(key) = &a.row.idempotency_key {
@@ -93,8 +129,18 @@ pub(crate) fn hold_sqlite(conn: &mut SqliteConnection, a: &HoldArgs) -> Result<H
         }
     }
     let org = OrgId::from_trusted(a.row.org_id.clone());
-    let postings: Postings =
-        vec![(Account::org(&org, Kind::Available), -a.row.amount), (Account::org(&org, Kind::Held), a.row.amount)];
+    let available = Account::org(&org, Kind::Available);
+    let have: i64 = ledger_accounts::table
+        .find(available.id.as_str())
+        .select(ledger_accounts::balance)
+        .first(conn)
+        .optional()?
+        .unwrap_or(0);
+    // The admission decision.
+    if have < a.row.amount {
+        return Ok(HoldDone::Insufficient(have));
+    }
+    let postings: Postings = vec![(available, -a.row.amount), (Account::org(&org, Kind::Held), a.row.amount)];
     let entry = NewEntry {
         id: a.entry_id.as_str(),
         kind: "hold",
@@ -104,8 +150,7 @@ pub(crate) fn hold_sqlite(conn: &mut SqliteConnection, a: &HoldArgs) -> Result<H
         memo: &a.row.reference,
         created_at: a.now,
     };
-    // The admission decision is the guarded debit inside `post_entry!`.
-    post_entry!([] conn, &entry, &postings, a.now);
+    write_entry_sqlite(conn, &entry, &postings, a.now)?;
     diesel::insert_into(ledger_holds::table).values(&a.row).execute(conn)?;
     Ok(HoldDone::Placed)
 }
@@ -130,7 +175,8 @@ pub(crate) async fn resolve_pg(conn: &mut PgConn, a: &ResolveArgs) -> Result<Res
     })
 }
 
-/// On SQLite's own thread, inside a transaction or savepoint (see [`hold_sqlite`]).
+/// On SQLite's own thread, inside its transaction (see [`hold_sqlite`]):
+/// the hold's state read here is the truth until the transaction ends.
 pub(crate) fn resolve_sqlite(conn: &mut SqliteConnection, a: &ResolveArgs) -> Result<ResolveDone, LedgerError> {
     use diesel::RunQueryDsl as _;
     let row: Option<HoldRow> =
@@ -138,9 +184,8 @@ pub(crate) fn resolve_sqlite(conn: &mut SqliteConnection, a: &ResolveArgs) -> Re
     let Some(row) = row else {
         return Ok(ResolveDone { found: false, resolved_now: false, amount: 0, charged: 0 });
     };
-    let not_now = ResolveDone { found: true, resolved_now: false, amount: row.amount, charged: 0 };
     if row.status != HoldStatus::Held.as_str() {
-        return Ok(not_now);
+        return Ok(ResolveDone { found: true, resolved_now: false, amount: row.amount, charged: 0 });
     }
     let amount = row.amount;
     let asked = a.requested.map_or(0, Money::units);
@@ -162,24 +207,23 @@ pub(crate) fn resolve_sqlite(conn: &mut SqliteConnection, a: &ResolveArgs) -> Re
         memo: &memo,
         created_at: a.now,
     };
+    // A crash here (the crash test) must leave nothing: nothing is committed yet.
+    modelroute_types::failpoint("ledger.resolve.in_transaction");
+    write_entry_sqlite(conn, &entry, &postings, a.now)?;
     let settled_amount = (a.status == HoldStatus::Settled).then_some(charge);
-    // Claim the hold first: of concurrent resolutions exactly one matches
-    // `status = 'held'`; the others stop here.
+    // Resolved exactly once: the update still insists on `held`.
     let won =
         diesel::update(ledger_holds::table.find(&row.id).filter(ledger_holds::status.eq(HoldStatus::Held.as_str())))
             .set((
                 ledger_holds::status.eq(a.status.as_str()),
                 ledger_holds::settled_amount.eq(settled_amount),
                 ledger_holds::resolved_at.eq(a.now),
+                ledger_holds::resolve_entry_id.eq(Some(entry.id)),
             ))
             .execute(conn)?;
     if won != 1 {
-        return Ok(not_now);
+        return Err(LedgerError::AlreadyResolved(HoldStatus::Held));
     }
-    // A crash here (the crash test) must leave nothing: the claim is not committed.
-    modelroute_types::failpoint("ledger.resolve.in_transaction");
-    post_entry!([] conn, &entry, &postings, a.now);
-    diesel::update(ledger_holds::table.find(&row.id)).set(ledger_holds::resolve_entry_id.eq(entry.id)).execute(conn)?;
     Ok(ResolveDone { found: true, resolved_now: true, amount, charged: charge })
 }
 
@@ -190,14 +234,6 @@ pub(crate) async fn on_sqlite_thread<R: Send + 'static>(
     task: impl FnOnce(&mut SqliteConnection) -> Result<R, LedgerError> + Send + 'static,
 ) -> Result<R, LedgerError> {
     conn.spawn_blocking(move |c| Ok(task(c))).await?
-}
-
-/// A refused debit is an outcome, not a failure (its writes rolled back).
-pub(crate) fn refused_is_an_outcome(r: Result<HoldDone, LedgerError>) -> Result<HoldDone, LedgerError> {
-    match r {
-        Err(LedgerError::InsufficientBalance { available, .. }) => Ok(HoldDone::Insufficient(available.units())),
-        other => other,
-    }
 }
 
 /// Whether PostgreSQL aborted the statement to break a deadlock or a
@@ -240,10 +276,7 @@ async fn hold_once(pool: &DbPool, a: &HoldArgs) -> Result<HoldDone, LedgerError>
         }
         DbConn::Sqlite(mut c) => {
             let a = a.clone();
-            on_sqlite_thread(&mut c, move |conn| {
-                refused_is_an_outcome(conn.immediate_transaction(|t| hold_sqlite(t, &a)))
-            })
-            .await
+            on_sqlite_thread(&mut c, move |conn| conn.immediate_transaction(|t| hold_sqlite(t, &a))).await
         }
     }
 }

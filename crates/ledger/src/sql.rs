@@ -130,18 +130,13 @@ pub(crate) fn posting_rows(entry_id: &str, postings: &Postings) -> Vec<NewPostin
 /// debit are one atomic step. A macro, not a function, so that it is
 /// compiled once per backend inside `db_transaction!`.
 macro_rules! post_entry {
-    ($conn:ident, $entry:expr, $postings:expr, $now:expr) => {
-        post_entry!([.await] $conn, $entry, $postings, $now)
-    };
-    // `[.await]` for an async connection, `[]` for a sync one (SQLite's hot
-    // path runs on the blocking thread with the connection itself).
-    ([$($aw:tt)*] $conn:ident, $entry:expr, $postings:expr, $now:expr) => {{
+    ($conn:ident, $entry:expr, $postings:expr, $now:expr) => {{
         let entry: &NewEntry<'_> = $entry;
         let postings: &Postings = $postings;
         if postings.iter().map(|(_, a)| *a).sum::<i64>() != 0 {
             return Err(LedgerError::Unbalanced);
         }
-        diesel::insert_into(ledger_entries::table).values(entry).execute($conn)$($aw)*?;
+        diesel::insert_into(ledger_entries::table).values(entry).execute($conn).await?;
         // Lock accounts in one global order (by id): a hold touches
         // available→held and a settlement held→available, and on PostgreSQL
         // opposite orders deadlock under concurrency.
@@ -152,16 +147,16 @@ macro_rules! post_entry {
             let set =
                 (ledger_accounts::balance.eq(ledger_accounts::balance + *amount), ledger_accounts::updated_at.eq($now));
             let n = if *amount < 0 && account.is_customer() {
-                diesel::update(target.filter(ledger_accounts::balance.ge(-*amount))).set(set).execute($conn)$($aw)*?
+                diesel::update(target.filter(ledger_accounts::balance.ge(-*amount))).set(set).execute($conn).await?
             } else {
-                diesel::update(target).set(set).execute($conn)$($aw)*?
+                diesel::update(target).set(set).execute($conn).await?
             };
             if n != 1 {
                 let have: Option<i64> = ledger_accounts::table
                     .find(account.id.as_str())
                     .select(ledger_accounts::balance)
                     .first($conn)
-                    $($aw)*
+                    .await
                     .optional()?;
                 return Err(LedgerError::InsufficientBalance {
                     needed: Money::from_units(-*amount),
@@ -172,11 +167,10 @@ macro_rules! post_entry {
         // One row at a time: diesel's batch insert is not available on SQLite
         // through the async wrapper, and an entry has two or three postings.
         for row in posting_rows(entry.id, postings) {
-            diesel::insert_into(ledger_postings::table).values(row).execute($conn)$($aw)*?;
+            diesel::insert_into(ledger_postings::table).values(row).execute($conn).await?;
         }
     }};
 }
-pub(crate) use post_entry;
 
 /// One journal entry as an org sees it: what it did to the org's balances.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
