@@ -367,3 +367,24 @@ db_test!(async fn a_key_rotates_with_a_grace_period(db) {
     let events = app.with_key(&app.key, Method::GET, "/v1/audit-events?action=api_key.rotated", None).await;
     assert_eq!(events.json["data"].as_array().unwrap().len(), 2);
 });
+
+db_test!(async fn a_user_sees_their_own_security_history(db) {
+    let app = spawn(db, |_| {}).await;
+    app.user("ada@example.com").await;
+    app.user("bob@example.com").await;
+    let r = app.call(Method::POST, "/v1/auth/login", &[], Some(json!({ "email": "ada@example.com", "password": "not it at all" }))).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let ada = app.login("ada@example.com", PASSWORD).await;
+    let mine = app.browse(&ada, Method::GET, "/v1/auth/events", None).await;
+    assert_eq!(mine.status, StatusCode::OK, "{}", mine.json);
+    let actions: Vec<&str> = mine.json["data"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    for a in ["user.signed_up", "user.email_verified", "user.login", "user.login_failed"] {
+        assert!(actions.contains(&a), "{a} missing from {actions:?}");
+    }
+    // Only Ada's: Bob's sign-up and logins are not in it.
+    assert_eq!(actions.iter().filter(|a| **a == "user.signed_up").count(), 1);
+    let failed = app.browse(&ada, Method::GET, "/v1/auth/events?action=user.login_failed", None).await;
+    assert_eq!(failed.json["data"][0]["actor"], "anonymous");
+    assert_eq!(failed.json["data"].as_array().unwrap().len(), 1);
+    assert_eq!(app.call(Method::GET, "/v1/auth/events", &[], None).await.status, StatusCode::UNAUTHORIZED);
+});

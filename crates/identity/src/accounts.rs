@@ -387,11 +387,13 @@ impl Identity {
         }
         let row = self.user_row_by_email(&email).await?;
         let ok = verify_password(password, row.as_ref().and_then(|r| r.password_hash.as_deref())).await;
+        // A failure goes on the account's own history when it exists (the answer is the same).
+        let account = row.as_ref().map(|r| r.id.clone());
         let Some(row) = row.filter(|_| ok) else {
             self.record_failure(&email).await?;
-            let recorded: Result<AuditEventId, IdentityError> = self
-                .record(None, &Actor { who: "anonymous".into(), ..actor.clone() }, "user.login_failed", None, None)
-                .await;
+            let anonymous = Actor { who: "anonymous".into(), ..actor.clone() };
+            let recorded: Result<AuditEventId, IdentityError> =
+                self.record(None, &anonymous, "user.login_failed", account.as_deref(), None).await;
             if let Err(e) = recorded {
                 tracing::warn!(error = %e, "recording a failed login failed");
             }

@@ -7,7 +7,7 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use modelroute_db::db_run;
 use modelroute_db::schema::audit_events;
-use modelroute_types::{AuditEventId, OrgId, time};
+use modelroute_types::{AuditEventId, OrgId, UserId, time};
 use serde::Serialize;
 
 use crate::{Identity, IdentityError};
@@ -74,6 +74,13 @@ struct Row {
     created_at: NaiveDateTime,
 }
 
+/// Whose events to list.
+#[derive(Clone, Copy)]
+enum Whose<'a> {
+    Org(&'a str),
+    User(&'a str),
+}
+
 /// Which events to list.
 #[derive(Clone, Debug, Default)]
 pub struct AuditFilter {
@@ -124,14 +131,32 @@ impl Identity {
     /// # Errors
     /// A database failure.
     pub async fn audit_events(&self, org: &OrgId, filter: &AuditFilter) -> Result<Vec<AuditEvent>, IdentityError> {
+        self.events(Whose::Org(org.as_str()), filter).await
+    }
+
+    /// A page of the events a user did or that were done to their account
+    /// (logins and failed logins, password changes, keys, invitations…),
+    /// newest first: their own security history.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn user_audit_events(
+        &self,
+        user: &UserId,
+        filter: &AuditFilter,
+    ) -> Result<Vec<AuditEvent>, IdentityError> {
+        self.events(Whose::User(user.as_str()), filter).await
+    }
+
+    async fn events(&self, whose: Whose<'_>, filter: &AuditFilter) -> Result<Vec<AuditEvent>, IdentityError> {
         let limit = i64::try_from(filter.limit.clamp(1, 500)).unwrap_or(500);
         let rows: Vec<Row> = db_run!(self.pool(), |conn| {
-            let mut q = audit_events::table
-                .filter(audit_events::org_id.eq(org.as_str()))
-                .select(Row::as_select())
-                .order(audit_events::id.desc())
-                .limit(limit)
-                .into_boxed();
+            let mut q = audit_events::table.select(Row::as_select()).into_boxed();
+            q = match whose {
+                Whose::Org(org) => q.filter(audit_events::org_id.eq(org)),
+                Whose::User(user) => q.filter(audit_events::actor.eq(user).or(audit_events::target.eq(user))),
+            };
+            let mut q = q.order(audit_events::id.desc()).limit(limit);
             if let Some(a) = &filter.action {
                 q = q.filter(audit_events::action.eq(a.as_str()));
             }

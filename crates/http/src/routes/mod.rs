@@ -52,6 +52,7 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/auth/logout", web::post().to(accounts::logout))
                 .route("/auth/logout-all", web::post().to(accounts::logout_all))
                 .route("/auth/session", web::get().to(accounts::session))
+                .route("/auth/events", web::get().to(audit::mine))
                 .route("/auth/password-reset", web::post().to(accounts::request_reset))
                 .route("/auth/password-reset/confirm", web::post().to(accounts::confirm_reset))
                 .route("/auth/password", web::post().to(accounts::change_password))
