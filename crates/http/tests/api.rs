@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+mod common;
+
 use std::time::Duration;
 
 use diesel::sql_types::BigInt;
@@ -15,10 +17,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use modelroute_db::testing::TestDb;
 use modelroute_db::{DbConn, db_test};
-use modelroute_http::{Application, Services, Settings};
+use modelroute_http::{Services, Settings};
 use modelroute_identity::Scopes;
 use modelroute_providers::{BuiltinFailure, ProviderConfig};
-use modelroute_types::{Money, OrgId, Secret};
+use modelroute_types::{Money, OrgId};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -44,21 +46,12 @@ impl Reply {
 }
 
 async fn spawn(db: TestDb, tweak: impl FnOnce(&mut Settings)) -> TestApp {
-    let mut settings = Settings { database: db.config(), ..Settings::default() };
-    settings.server.bind = "127.0.0.1:0".into();
-    settings.server.workers = 2;
-    settings.identity.server_secret = Secret::new("test-secret-0123456789abcdef-0123456789");
-    tweak(&mut settings);
-    let app = Application::build(settings).await.expect("server starts");
-    let port = app.port();
-    let boot = app.bootstrap.clone().expect("an empty database is bootstrapped");
-    let services = app.services.clone();
-    tokio::spawn(app.run_until_stopped());
+    let s = common::start(&db, tweak).await;
     TestApp {
-        port,
-        key: boot.token,
-        org: boot.org.id,
-        services,
+        port: s.port,
+        key: s.bootstrap.token,
+        org: s.bootstrap.org.id,
+        services: s.services,
         client: Client::builder(TokioExecutor::new()).build_http(),
         _db: db,
     }

@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+mod common;
+
 use std::time::Duration;
 
 use http_body_util::{BodyExt as _, Full};
@@ -15,8 +17,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use modelroute_db::db_test;
 use modelroute_db::testing::TestDb;
-use modelroute_http::{Application, Services, Settings};
-use modelroute_types::Secret;
+use modelroute_http::{Services, Settings};
 use serde_json::{Value, json};
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -47,22 +48,16 @@ struct Browser {
 }
 
 async fn spawn(db: TestDb, tweak: impl FnOnce(&mut Settings)) -> App {
-    let mut settings = Settings { database: db.config(), ..Settings::default() };
-    settings.server.bind = "127.0.0.1:0".into();
-    settings.server.workers = 2;
-    settings.identity.server_secret = Secret::new("test-secret-0123456789abcdef-0123456789");
-    settings.identity.public_url = format!("{ORIGIN}/");
-    tweak(&mut settings);
-    let app = Application::build(settings).await.expect("server starts");
-    let port = app.port();
-    let boot = app.bootstrap.clone().expect("bootstrapped");
-    let services = app.services.clone();
-    tokio::spawn(app.run_until_stopped());
+    let s = common::start(&db, |settings| {
+        settings.identity.public_url = format!("{ORIGIN}/");
+        tweak(settings);
+    })
+    .await;
     App {
-        port,
-        key: boot.token,
-        org: boot.org.id.to_string(),
-        services,
+        port: s.port,
+        key: s.bootstrap.token,
+        org: s.bootstrap.org.id.to_string(),
+        services: s.services,
         client: Client::builder(TokioExecutor::new()).build_http(),
         _db: db,
     }

@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+mod common;
+
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
@@ -13,7 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use modelroute_db::db_test;
 use modelroute_db::testing::TestDb;
-use modelroute_http::{Application, Services, Settings};
+use modelroute_http::Services;
 use modelroute_testkit::stripe::{SECRET_KEY, StripeStandIn, WEBHOOK_SECRET, signature, unix_now};
 use modelroute_types::Secret;
 use serde_json::{Value, json};
@@ -29,22 +31,23 @@ struct App {
 
 async fn spawn(db: TestDb, stripe_on: bool) -> App {
     let stripe = StripeStandIn::start().await;
-    let mut settings = Settings { database: db.config(), ..Settings::default() };
-    settings.server.bind = "127.0.0.1:0".into();
-    settings.server.workers = 2;
-    settings.identity.server_secret = Secret::new("test-secret-0123456789abcdef-0123456789");
-    if stripe_on {
-        settings.billing.stripe.secret_key = Secret::new(SECRET_KEY);
-        settings.billing.stripe.webhook_secret = Secret::new(WEBHOOK_SECRET);
-        settings.billing.stripe.api_base = stripe.base_url();
-        settings.billing.stripe.check_interval_secs = 1;
+    let s = common::start(&db, |settings| {
+        if stripe_on {
+            settings.billing.stripe.secret_key = Secret::new(SECRET_KEY);
+            settings.billing.stripe.webhook_secret = Secret::new(WEBHOOK_SECRET);
+            settings.billing.stripe.api_base = stripe.base_url();
+            settings.billing.stripe.check_interval_secs = 1;
+        }
+    })
+    .await;
+    App {
+        port: s.port,
+        key: s.bootstrap.token,
+        services: s.services,
+        stripe,
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        _db: db,
     }
-    let app = Application::build(settings).await.expect("server starts");
-    let port = app.port();
-    let boot = app.bootstrap.clone().expect("bootstrapped");
-    let services = app.services.clone();
-    tokio::spawn(app.run_until_stopped());
-    App { port, key: boot.token, services, stripe, client: Client::builder(TokioExecutor::new()).build_http(), _db: db }
 }
 
 impl App {

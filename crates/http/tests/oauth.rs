@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+mod common;
+
 use std::collections::HashMap;
 
 use http_body_util::{BodyExt as _, Full};
@@ -15,7 +17,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use modelroute_db::db_test;
 use modelroute_db::testing::TestDb;
-use modelroute_http::{Application, Services, Settings};
+use modelroute_http::Services;
 use modelroute_identity::Actor;
 use modelroute_testkit::oauth::{Account, CLIENT_ID, CLIENT_SECRET, OAuthStandIn, Provider, TokenFault};
 use modelroute_types::Secret;
@@ -67,38 +69,35 @@ fn account(subject: &str, email: &str, verified: bool) -> Account {
 async fn spawn(db: TestDb, provider: Provider, who: Account) -> App {
     let stand_in = OAuthStandIn::start(provider, who).await;
     let base = stand_in.base_url();
-    let mut settings = Settings { database: db.config(), ..Settings::default() };
-    settings.server.bind = "127.0.0.1:0".into();
-    settings.server.workers = 2;
-    settings.identity.server_secret = Secret::new("test-secret-0123456789abcdef-0123456789");
-    settings.identity.public_url = PUBLIC.into();
-    // Every sign-in here comes from 127.0.0.1: the per-IP limit would stop the test.
-    settings.identity.rate_limits.per_ip_auth_per_minute = 0;
     let name = match provider {
-        Provider::Google => {
-            let g = &mut settings.identity.oauth.google;
-            g.client_id = CLIENT_ID.into();
-            g.client_secret = Secret::new(CLIENT_SECRET);
-            g.issuer = base;
-            "google"
-        }
-        Provider::GitHub => {
-            let g = &mut settings.identity.oauth.github;
-            g.client_id = CLIENT_ID.into();
-            g.client_secret = Secret::new(CLIENT_SECRET);
-            g.authorize_url = format!("{base}/login/oauth/authorize");
-            g.token_url = format!("{base}/login/oauth/access_token");
-            g.api_url = base;
-            "github"
-        }
+        Provider::Google => "google",
+        Provider::GitHub => "github",
     };
-    let app = Application::build(settings).await.expect("server starts");
-    let port = app.port();
-    let services = app.services.clone();
-    tokio::spawn(app.run_until_stopped());
+    let s = common::start(&db, |settings| {
+        settings.identity.public_url = PUBLIC.into();
+        // Every sign-in here comes from 127.0.0.1: the per-IP limit would stop the test.
+        settings.identity.rate_limits.per_ip_auth_per_minute = 0;
+        match provider {
+            Provider::Google => {
+                let g = &mut settings.identity.oauth.google;
+                g.client_id = CLIENT_ID.into();
+                g.client_secret = Secret::new(CLIENT_SECRET);
+                g.issuer = base;
+            }
+            Provider::GitHub => {
+                let g = &mut settings.identity.oauth.github;
+                g.client_id = CLIENT_ID.into();
+                g.client_secret = Secret::new(CLIENT_SECRET);
+                g.authorize_url = format!("{base}/login/oauth/authorize");
+                g.token_url = format!("{base}/login/oauth/access_token");
+                g.api_url = base;
+            }
+        }
+    })
+    .await;
     App {
-        port,
-        services,
+        port: s.port,
+        services: s.services,
         client: Client::builder(TokioExecutor::new()).build_http(),
         provider: stand_in,
         name,
