@@ -33,7 +33,7 @@ fn key_json(k: &ApiKey) -> Value {
 pub(crate) async fn list(state: State, caller: Caller) -> Result<HttpResponse, ApiError> {
     let org = caller.require(Scope::Manage)?;
     let keys = state.identity.list_api_keys(org).await?;
-    Ok(HttpResponse::Ok().json(json!({ "object": "list", "data": keys.iter().map(key_json).collect::<Vec<_>>() })))
+    Ok(super::list(&keys, key_json))
 }
 
 #[derive(Debug, Deserialize)]

@@ -74,6 +74,12 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
         .default_service(web::to(not_found));
 }
 
+/// `200 {"object": "list", "data": [...]}` of `items`, each rendered by `render`.
+fn list<T>(items: &[T], render: impl Fn(&T) -> serde_json::Value) -> HttpResponse {
+    HttpResponse::Ok()
+        .json(serde_json::json!({ "object": "list", "data": items.iter().map(render).collect::<Vec<_>>() }))
+}
+
 /// A successful answer of an execution: carries its id in a header.
 fn answer(execution_id: &ExecutionId) -> HttpResponseBuilder {
     let mut builder = HttpResponse::Ok();

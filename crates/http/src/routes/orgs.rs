@@ -59,8 +59,7 @@ fn person(caller: &Caller) -> Result<&UserId, ApiError> {
 /// `GET /v1/orgs`: the signed-in user's orgs with their role.
 pub(crate) async fn list(state: State, signed_in: SignedIn) -> Result<HttpResponse, ApiError> {
     let orgs = state.identity.memberships(&signed_in.0.user_id).await?;
-    Ok(HttpResponse::Ok()
-        .json(json!({ "object": "list", "data": orgs.iter().map(membership_json).collect::<Vec<_>>() })))
+    Ok(super::list(&orgs, membership_json))
 }
 
 #[derive(Deserialize)]
@@ -101,8 +100,7 @@ pub(crate) async fn get(state: State, req: HttpRequest, path: web::Path<String>)
 pub(crate) async fn members(state: State, req: HttpRequest, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let caller = in_org(&req, &path).await?;
     let members = state.identity.members(caller.require(Scope::Read)?).await?;
-    Ok(HttpResponse::Ok()
-        .json(json!({ "object": "list", "data": members.iter().map(member_json).collect::<Vec<_>>() })))
+    Ok(super::list(&members, member_json))
 }
 
 #[derive(Deserialize)]
@@ -159,8 +157,7 @@ pub(crate) async fn invitations(
 ) -> Result<HttpResponse, ApiError> {
     let caller = in_org(&req, &path).await?;
     let list = state.identity.invitations(caller.require(Scope::Manage)?).await?;
-    Ok(HttpResponse::Ok()
-        .json(json!({ "object": "list", "data": list.iter().map(invitation_json).collect::<Vec<_>>() })))
+    Ok(super::list(&list, invitation_json))
 }
 
 #[derive(Deserialize)]
@@ -218,7 +215,7 @@ pub(crate) async fn projects(
 ) -> Result<HttpResponse, ApiError> {
     let caller = in_org(&req, &path).await?;
     let list = state.identity.projects(caller.require(Scope::Read)?).await?;
-    Ok(HttpResponse::Ok().json(json!({ "object": "list", "data": list.iter().map(project_json).collect::<Vec<_>>() })))
+    Ok(super::list(&list, project_json))
 }
 
 /// `POST /v1/orgs/{org}/projects`: `{"name"}`.
