@@ -18,8 +18,14 @@ fn has_aiosmtpd(python: &Path) -> bool {
     Command::new(python).args(["-c", "import aiosmtpd"]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
-/// A Python that can run aiosmtpd.
+/// A Python that can run aiosmtpd, set up once per test process (both
+/// backends' tests would otherwise create the venv at the same time).
 fn python() -> PathBuf {
+    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(find_or_make_python).clone()
+}
+
+fn find_or_make_python() -> PathBuf {
     if let Ok(p) = std::env::var("MODELROUTE_TEST_PYTHON") {
         return PathBuf::from(p);
     }

@@ -35,6 +35,10 @@ pub enum LedgerError {
     /// A bug: an entry whose postings do not sum to zero was refused.
     #[error("refused an unbalanced journal entry")]
     Unbalanced,
+    /// A bug or a broken database: what the database changed disagrees
+    /// with what the ledger decided (the transaction is rolled back).
+    #[error("the ledger's rows disagree with its decision: {0}")]
+    Inconsistent(&'static str),
     /// An amount overflowed.
     #[error("amount overflow")]
     Overflow,
@@ -57,7 +61,7 @@ impl ErrorCode for LedgerError {
             Self::HoldNotFound => Code::NotFound,
             Self::AlreadyResolved(_) => Code::Conflict,
             Self::IdempotencyConflict => Code::IdempotencyConflict,
-            Self::Overflow | Self::Unbalanced | Self::Stopped => Code::Internal,
+            Self::Overflow | Self::Unbalanced | Self::Inconsistent(_) | Self::Stopped => Code::Internal,
             Self::Db(e) => e.code(),
         }
     }

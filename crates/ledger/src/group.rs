@@ -3,9 +3,9 @@
 //! acquisition of SQLite's write lock serve many operations. At low load a
 //! batch is one operation and nothing waits: the writer takes what is queued
 //! the moment it is free. The whole batch runs in one hop to the
-//! connection's thread. Under SQLite's single writer each operation reads,
-//! decides, then writes, so a refusal writes nothing and needs no savepoint;
-//! an unexpected error rolls the batch back and its operations run alone.
+//! connection's thread and is applied set-wise (`batch.rs`): a fixed number
+//! of statements per batch, whatever its size. A refusal writes nothing; an
+//! unexpected error rolls the batch back and its operations run alone.
 //!
 //! Not on PostgreSQL: each operation there is already one statement, many
 //! run at once on separate connections, and PostgreSQL flushes concurrent
@@ -13,24 +13,16 @@
 //! them hold row locks longer and wait on each other: measured 9× slower at
 //! concurrency 16 (docs/PERFORMANCE.md).
 
-use modelroute_db::{DbConn, DbPool};
+use modelroute_db::{DbPool, SqliteConn};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::LedgerError;
-use crate::ops::{
-    HoldArgs, HoldDone, ResolveArgs, ResolveDone, hold_sqlite, on_sqlite_thread, resolve_sqlite, run_hold_alone,
-    run_resolve_alone,
-};
+use crate::batch::{Op, Outcome};
+use crate::ops::{HoldArgs, HoldDone, ResolveArgs, ResolveDone, apply_on_sqlite, run_hold_alone, run_resolve_alone};
 
 enum Job {
     Hold(HoldArgs, oneshot::Sender<Result<HoldDone, LedgerError>>),
     Resolve(ResolveArgs, oneshot::Sender<Result<ResolveDone, LedgerError>>),
-}
-
-/// A job's arguments, sent to SQLite's thread.
-enum Op {
-    Hold(HoldArgs),
-    Resolve(ResolveArgs),
 }
 
 enum Done {
@@ -66,6 +58,9 @@ impl GroupCommit {
 }
 
 async fn worker(pool: DbPool, mut rx: mpsc::UnboundedReceiver<Job>, max_batch: usize) {
+    // The writer's own connection: its page cache stays warm from one batch
+    // to the next. Replaced after a failed batch.
+    let mut writer: Option<SqliteConn> = None;
     loop {
         let batch = {
             let Some(first) = rx.recv().await else { return };
@@ -79,7 +74,18 @@ async fn worker(pool: DbPool, mut rx: mpsc::UnboundedReceiver<Job>, max_batch: u
             batch
         };
         metrics::histogram!("ledger_group_commit_batch_size").record(u32::try_from(batch.len()).unwrap_or(u32::MAX));
-        run(&pool, batch).await;
+        if writer.is_none() {
+            writer = pool.dedicated_sqlite().await.ok().flatten();
+        }
+        match writer.as_mut() {
+            Some(conn) => {
+                let ok = run(conn, &pool, batch).await;
+                if !ok {
+                    writer = None;
+                }
+            }
+            None => one_by_one(&pool, batch).await,
+        }
     }
 }
 
@@ -103,49 +109,35 @@ async fn one_by_one(pool: &DbPool, jobs: Vec<Job>) {
     }
 }
 
-async fn run(pool: &DbPool, jobs: Vec<Job>) {
-    if jobs.len() == 1 {
-        return one_by_one(pool, jobs).await;
-    }
-    let Ok(conn) = pool.get().await else { return one_by_one(pool, jobs).await };
-    let results = match conn {
-        // Not started on PostgreSQL (see the module's documentation).
-        DbConn::Postgres(_) => return one_by_one(pool, jobs).await,
-        DbConn::Sqlite(mut c) => {
-            // The whole batch in one hop to SQLite's thread, one savepoint per operation.
-            let ops: Vec<Op> = jobs
-                .iter()
-                .map(|job| match job {
-                    Job::Hold(a, _) => Op::Hold(a.clone()),
-                    Job::Resolve(a, _) => Op::Resolve(a.clone()),
-                })
-                .collect();
-            on_sqlite_thread(&mut c, move |conn| {
-                conn.immediate_transaction(|t| {
-                    // A refusal or a lost race is an answer, not an error: any
-                    // error rolls the whole batch back and its operations run alone.
-                    let mut out = Vec::with_capacity(ops.len());
-                    for op in &ops {
-                        out.push(match op {
-                            Op::Hold(a) => Done::Hold(Ok(hold_sqlite(t, a)?)),
-                            Op::Resolve(a) => Done::Resolve(Ok(resolve_sqlite(t, a)?)),
-                        });
-                    }
-                    Ok::<_, LedgerError>(out)
-                })
-            })
-            .await
-        }
-    };
-    match results {
+/// Applies `jobs` as one batch on the writer's connection and answers each;
+/// `false` when the batch failed (its operations then ran alone).
+async fn run(conn: &mut SqliteConn, pool: &DbPool, jobs: Vec<Job>) -> bool {
+    let ops: Vec<Op> = jobs
+        .iter()
+        .map(|job| match job {
+            Job::Hold(a, _) => Op::Hold(a.clone()),
+            Job::Resolve(a, _) => Op::Resolve(a.clone()),
+        })
+        .collect();
+    // A refusal or a lost race is an outcome, not an error: any error rolls
+    // the whole batch back and its operations run alone.
+    match apply_on_sqlite(conn, ops).await {
         Ok(out) => {
-            for (job, done) in jobs.into_iter().zip(out) {
-                answer(job, done);
+            for (job, outcome) in jobs.into_iter().zip(out) {
+                answer(
+                    job,
+                    match outcome {
+                        Outcome::Hold(done) => Done::Hold(Ok(done)),
+                        Outcome::Resolve(done) => Done::Resolve(Ok(done)),
+                    },
+                );
             }
+            true
         }
         Err(e) => {
             tracing::debug!(error = %e, "a group commit failed; its operations run one by one");
             one_by_one(pool, jobs).await;
+            false
         }
     }
 }

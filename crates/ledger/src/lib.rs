@@ -22,6 +22,7 @@
 #![deny(clippy::float_arithmetic)]
 
 mod accounts;
+mod batch;
 mod config;
 mod error;
 mod group;

@@ -1,18 +1,17 @@
-//! The two hot operations, hold and resolve, as steps on one connection,
-//! per backend: PostgreSQL calls its SQL function (one statement), SQLite
-//! runs the same steps in Rust. They run inside a transaction the caller
-//! opens — their own, or a batch's (group commit, `group.rs`).
+//! The two hot operations, hold and resolve, per backend: PostgreSQL calls
+//! its SQL function (one statement, its own transaction); SQLite applies
+//! them set-wise on the connection's own thread (`batch.rs`), alone or as a
+//! batch (group commit, `group.rs`).
 
 use chrono::NaiveDateTime;
 use diesel::SqliteConnection;
 use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
-use diesel::{ExpressionMethods as _, OptionalExtension as _, QueryDsl as _, SelectableHelper as _};
-use modelroute_db::schema::{ledger_accounts, ledger_entries, ledger_holds, ledger_postings};
 use modelroute_db::{DbConn, DbPool, PgConn, SqliteConn};
-use modelroute_types::{EntryId, HoldId, Money, OrgId};
+use modelroute_types::{EntryId, HoldId, Money, OrgId, time};
 
 use crate::accounts::{Account, Kind};
-use crate::sql::{HoldOutcome, HoldRow, NewEntry, Postings, ResolveOutcome, posting_rows, resolution_memo};
+use crate::batch::{self, Op, Outcome};
+use crate::sql::{HoldOutcome, HoldRow, ResolveOutcome};
 use crate::{HoldStatus, LedgerError};
 
 /// A hold to place: its row and its entry's id.
@@ -81,80 +80,6 @@ pub(crate) async fn hold_pg(conn: &mut PgConn, a: &HoldArgs) -> Result<HoldDone,
     })
 }
 
-/// Applies `postings` of `entry` on SQLite: the entry row, each balance
-/// change (a debit of a customer account guarded: never below zero), the
-/// postings in one statement. Inside SQLite's single-writer transaction the
-/// caller has already checked the guard, so a failure here is a bug or a
-/// broken database, and the caller's transaction rolls everything back.
-fn write_entry_sqlite(
-    conn: &mut SqliteConnection,
-    entry: &NewEntry<'_>,
-    postings: &Postings,
-    now: NaiveDateTime,
-) -> Result<(), LedgerError> {
-    use diesel::RunQueryDsl as _;
-    if postings.iter().map(|(_, a)| *a).sum::<i64>() != 0 {
-        return Err(LedgerError::Unbalanced);
-    }
-    diesel::insert_into(ledger_entries::table).values(entry).execute(conn)?;
-    for (account, amount) in postings.iter().filter(|(_, a)| *a != 0) {
-        let target = ledger_accounts::table.find(account.id.as_str());
-        let set =
-            (ledger_accounts::balance.eq(ledger_accounts::balance + *amount), ledger_accounts::updated_at.eq(now));
-        let n = if *amount < 0 && account.is_customer() {
-            diesel::update(target.filter(ledger_accounts::balance.ge(-*amount))).set(set).execute(conn)?
-        } else {
-            diesel::update(target).set(set).execute(conn)?
-        };
-        if n != 1 {
-            return Err(LedgerError::InsufficientBalance {
-                needed: Money::from_units(-*amount),
-                available: Money::ZERO,
-            });
-        }
-    }
-    diesel::insert_into(ledger_postings::table).values(&posting_rows(entry.id, postings)).execute(conn)?;
-    Ok(())
-}
-
-/// On SQLite's own (blocking) thread, inside a transaction (SQLite's one
-/// writer holds the lock): reads the balance, decides, and only then
-/// writes — a refusal writes nothing.
-pub(crate) fn hold_sqlite(conn: &mut SqliteConnection, a: &HoldArgs) -> Result<HoldDone, LedgerError> {
-    use diesel::RunQueryDsl as _;
-    if let Some(key) = &a.row.idempotency_key {
-        let exists: i64 = ledger_holds::table.filter(ledger_holds::idempotency_key.eq(key)).count().get_result(conn)?;
-        if exists > 0 {
-            return Ok(HoldDone::Exists);
-        }
-    }
-    let org = OrgId::from_trusted(a.row.org_id.clone());
-    let available = Account::org(&org, Kind::Available);
-    let have: i64 = ledger_accounts::table
-        .find(available.id.as_str())
-        .select(ledger_accounts::balance)
-        .first(conn)
-        .optional()?
-        .unwrap_or(0);
-    // The admission decision.
-    if have < a.row.amount {
-        return Ok(HoldDone::Insufficient(have));
-    }
-    let postings: Postings = vec![(available, -a.row.amount), (Account::org(&org, Kind::Held), a.row.amount)];
-    let entry = NewEntry {
-        id: a.entry_id.as_str(),
-        kind: "hold",
-        org_id: Some(&a.row.org_id),
-        hold_id: Some(&a.row.id),
-        idempotency_key: None,
-        memo: &a.row.reference,
-        created_at: a.now,
-    };
-    write_entry_sqlite(conn, &entry, &postings, a.now)?;
-    diesel::insert_into(ledger_holds::table).values(&a.row).execute(conn)?;
-    Ok(HoldDone::Placed)
-}
-
 pub(crate) async fn resolve_pg(conn: &mut PgConn, a: &ResolveArgs) -> Result<ResolveDone, LedgerError> {
     use diesel_async::RunQueryDsl as _;
     let out: ResolveOutcome =
@@ -175,58 +100,6 @@ pub(crate) async fn resolve_pg(conn: &mut PgConn, a: &ResolveArgs) -> Result<Res
     })
 }
 
-/// On SQLite's own thread, inside its transaction (see [`hold_sqlite`]):
-/// the hold's state read here is the truth until the transaction ends.
-pub(crate) fn resolve_sqlite(conn: &mut SqliteConnection, a: &ResolveArgs) -> Result<ResolveDone, LedgerError> {
-    use diesel::RunQueryDsl as _;
-    let row: Option<HoldRow> =
-        ledger_holds::table.find(a.id.as_str()).select(HoldRow::as_select()).first(conn).optional()?;
-    let Some(row) = row else {
-        return Ok(ResolveDone { found: false, resolved_now: false, amount: 0, charged: 0 });
-    };
-    if row.status != HoldStatus::Held.as_str() {
-        return Ok(ResolveDone { found: true, resolved_now: false, amount: row.amount, charged: 0 });
-    }
-    let amount = row.amount;
-    let asked = a.requested.map_or(0, Money::units);
-    let charge = asked.min(amount);
-    let overage = asked.saturating_sub(amount);
-    let org = OrgId::from_trusted(row.org_id.clone());
-    let postings: Postings = vec![
-        (Account::org(&org, Kind::Held), -amount),
-        (Account::revenue_for(&row.id), charge),
-        (Account::org(&org, Kind::Available), amount - charge),
-    ];
-    let memo = resolution_memo(a.status, overage);
-    let entry = NewEntry {
-        id: a.entry_id.as_str(),
-        kind: a.status.as_str(),
-        org_id: Some(&row.org_id),
-        hold_id: Some(&row.id),
-        idempotency_key: None,
-        memo: &memo,
-        created_at: a.now,
-    };
-    // A crash here (the crash test) must leave nothing: nothing is committed yet.
-    modelroute_types::failpoint("ledger.resolve.in_transaction");
-    write_entry_sqlite(conn, &entry, &postings, a.now)?;
-    let settled_amount = (a.status == HoldStatus::Settled).then_some(charge);
-    // Resolved exactly once: the update still insists on `held`.
-    let won =
-        diesel::update(ledger_holds::table.find(&row.id).filter(ledger_holds::status.eq(HoldStatus::Held.as_str())))
-            .set((
-                ledger_holds::status.eq(a.status.as_str()),
-                ledger_holds::settled_amount.eq(settled_amount),
-                ledger_holds::resolved_at.eq(a.now),
-                ledger_holds::resolve_entry_id.eq(Some(entry.id)),
-            ))
-            .execute(conn)?;
-    if won != 1 {
-        return Err(LedgerError::AlreadyResolved(HoldStatus::Held));
-    }
-    Ok(ResolveDone { found: true, resolved_now: true, amount, charged: charge })
-}
-
 /// Runs `task` with the SQLite connection itself on its blocking thread:
 /// one thread hop for the whole operation (or batch), not one per statement.
 pub(crate) async fn on_sqlite_thread<R: Send + 'static>(
@@ -234,6 +107,16 @@ pub(crate) async fn on_sqlite_thread<R: Send + 'static>(
     task: impl FnOnce(&mut SqliteConnection) -> Result<R, LedgerError> + Send + 'static,
 ) -> Result<R, LedgerError> {
     conn.spawn_blocking(move |c| Ok(task(c))).await?
+}
+
+/// Applies `ops` as one batch in one transaction on SQLite's own thread.
+pub(crate) async fn apply_on_sqlite(conn: &mut SqliteConn, ops: Vec<Op>) -> Result<Vec<Outcome>, LedgerError> {
+    on_sqlite_thread(conn, move |c| c.immediate_transaction(|t| batch::apply(t, &ops, time::now()))).await
+}
+
+/// One operation alone, in its own transaction.
+async fn apply_alone(conn: &mut SqliteConn, op: Op) -> Result<Outcome, LedgerError> {
+    apply_on_sqlite(conn, vec![op]).await?.pop().ok_or(LedgerError::Inconsistent("an operation had no outcome"))
 }
 
 /// Whether PostgreSQL aborted the statement to break a deadlock or a
@@ -274,10 +157,10 @@ async fn hold_once(pool: &DbPool, a: &HoldArgs) -> Result<HoldDone, LedgerError>
             let c: &mut PgConn = &mut c;
             hold_pg(c, a).await
         }
-        DbConn::Sqlite(mut c) => {
-            let a = a.clone();
-            on_sqlite_thread(&mut c, move |conn| conn.immediate_transaction(|t| hold_sqlite(t, &a))).await
-        }
+        DbConn::Sqlite(mut c) => match apply_alone(&mut c, Op::Hold(a.clone())).await? {
+            Outcome::Hold(done) => Ok(done),
+            Outcome::Resolve(_) => Err(LedgerError::Inconsistent("a hold answered as a resolution")),
+        },
     }
 }
 
@@ -293,9 +176,9 @@ async fn resolve_once(pool: &DbPool, a: &ResolveArgs) -> Result<ResolveDone, Led
             // One statement: atomic on its own.
             resolve_pg(c, a).await
         }
-        DbConn::Sqlite(mut c) => {
-            let a = a.clone();
-            on_sqlite_thread(&mut c, move |conn| conn.immediate_transaction(|t| resolve_sqlite(t, &a))).await
-        }
+        DbConn::Sqlite(mut c) => match apply_alone(&mut c, Op::Resolve(a.clone())).await? {
+            Outcome::Resolve(done) => Ok(done),
+            Outcome::Hold(_) => Err(LedgerError::Inconsistent("a resolution answered as a hold")),
+        },
     }
 }

@@ -246,3 +246,42 @@ db_test!(async fn admission_race_500_holds_against_a_balance_for_50(db) {
     }
     assert_sound(&l).await;
 });
+
+db_test!(async fn concurrent_holds_with_one_key_place_one_hold(db) {
+    // On SQLite these arrive in one group-commit batch: the batch itself
+    // must see the key it has just used.
+    let (l, org) = ledger(&db).await;
+    l.credit(&org, usd("5"), CreditSource::Grant, None).await.unwrap();
+    let req = HoldRequest { idempotency_key: Some("exec-dup".into()), ..hold_req(&org, usd("1")) };
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (l, req) = (l.clone(), req.clone());
+            tokio::spawn(async move { l.hold(req).await })
+        })
+        .collect();
+    let mut holds = Vec::new();
+    for t in tasks {
+        holds.push(t.await.unwrap().unwrap());
+    }
+    // Every caller got the one hold, exactly as stored (timestamps included).
+    let stored = l.get_hold(&holds[0].id).await.unwrap();
+    for h in &holds {
+        assert_eq!(h, &stored);
+    }
+    assert_eq!(l.balance(&org).await.unwrap(), Balance { available: usd("4"), held: usd("1") });
+    // Resolved from many callers at once: one entry, one outcome.
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let (l, id) = (l.clone(), stored.id.clone());
+            tokio::spawn(async move { if i % 2 == 0 { l.release(&id).await } else { l.settle(&id, usd("0.5")).await } })
+        })
+        .collect();
+    let outcomes: Vec<_> = futures_util::future::join_all(tasks).await.into_iter().map(|r| r.unwrap()).collect();
+    let won: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().ok()).map(|r| r.status).collect();
+    assert!(!won.is_empty() && won.iter().all(|s| *s == won[0]), "{outcomes:?}");
+    let refused = outcomes.iter().filter(|o| matches!(o, Err(LedgerError::AlreadyResolved(_)))).count();
+    assert_eq!(won.len() + refused, 8, "{outcomes:?}");
+    let expected = if won[0] == HoldStatus::Settled { usd("4.5") } else { usd("5") };
+    assert_eq!(l.balance(&org).await.unwrap(), Balance { available: expected, held: Money::ZERO });
+    assert_sound(&l).await;
+});

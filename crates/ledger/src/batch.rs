@@ -1,0 +1,450 @@
+//! SQLite's hot path, set-wise: a batch of holds and resolutions — one
+//! operation, or many that arrived together (group commit, `group.rs`) — is
+//! applied in one transaction with a fixed number of statements whatever its
+//! size: read what the batch needs (balances, holds, idempotency keys), decide
+//! every operation in order in memory, then write every row of a kind with
+//! one statement. The rows travel as one JSON array per statement
+//! (`jsonb_each`), so each statement's SQL is fixed and stays prepared.
+//!
+//! It runs on the connection's own thread inside `BEGIN IMMEDIATE`: SQLite's
+//! one writer holds the lock from the first read to the commit, so what the
+//! batch read is the truth while it decides (L2, L3), and a refusal writes
+//! nothing. Each posting that debits a customer account is checked twice:
+//! by the decision (in order, against the balance as the earlier operations
+//! of the batch left it) and by the balance update's guard, which fails the
+//! batch — nothing written — if the two ever disagree.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use chrono::NaiveDateTime;
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::sql_types::{BigInt, Text, Untyped};
+use diesel::sqlite::Sqlite;
+use diesel::{QueryResult, QueryableByName, RunQueryDsl, SqliteConnection};
+use modelroute_types::OrgId;
+use serde::Serialize;
+
+use crate::accounts::{Account, Kind};
+use crate::ops::{HoldArgs, HoldDone, ResolveArgs, ResolveDone};
+use crate::sql::resolution_memo;
+use crate::{HoldStatus, LedgerError};
+
+/// One operation of a batch.
+pub(crate) enum Op {
+    Hold(HoldArgs),
+    Resolve(ResolveArgs),
+}
+
+/// What one operation of a batch did.
+pub(crate) enum Outcome {
+    Hold(HoldDone),
+    Resolve(ResolveDone),
+}
+
+const READ_KEYS: &str =
+    "SELECT idempotency_key AS key FROM ledger_holds WHERE idempotency_key IN (SELECT value FROM jsonb_each(?))";
+const READ_HOLDS: &str =
+    "SELECT id, org_id, amount, status FROM ledger_holds WHERE id IN (SELECT value FROM jsonb_each(?))";
+const READ_BALANCES: &str = "SELECT id, balance FROM ledger_accounts WHERE id IN (SELECT value FROM jsonb_each(?))";
+const INSERT_ENTRIES: &str = "INSERT INTO ledger_entries (id, kind, org_id, hold_id, idempotency_key, memo, created_at) \
+     SELECT value->>0, value->>1, value->>2, value->>3, NULL, value->>4, value->>5 FROM jsonb_each(?)";
+const INSERT_POSTINGS: &str = "INSERT INTO ledger_postings (entry_id, account_id, amount) \
+     SELECT value->>0, value->>1, value->>2 FROM jsonb_each(?)";
+const INSERT_HOLDS: &str = "INSERT INTO ledger_holds (id, org_id, amount, status, reference, idempotency_key, \
+     hold_entry_id, resolve_entry_id, settled_amount, created_at, expires_at, resolved_at) \
+     SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>7, value->>8, \
+     value->>9, value->>10, value->>11 FROM jsonb_each(?)";
+// `+status`: the lookup goes by id (the primary key), not by the open-holds index.
+const RESOLVE_HOLDS: &str = "UPDATE ledger_holds SET status = j.value->>1, settled_amount = j.value->>2, \
+     resolved_at = j.value->>3, resolve_entry_id = j.value->>4 FROM jsonb_each(?) AS j \
+     WHERE ledger_holds.id = j.value->>0 AND +ledger_holds.status = 'held'";
+// The guard: a customer account (third element 1) never goes below zero.
+const MOVE_BALANCES: &str = "UPDATE ledger_accounts SET balance = balance + (j.value->>1), updated_at = ? \
+     FROM jsonb_each(?) AS j WHERE ledger_accounts.id = j.value->>0 \
+     AND (j.value->>2 = 0 OR ledger_accounts.balance + (j.value->>1) >= 0)";
+
+/// One of this module's statements with its text parameters, in the order
+/// of the `?`s. Unlike `diesel::sql_query`, which is never cached, diesel
+/// keeps these prepared (keyed by their SQL), so a batch parses nothing.
+struct Fixed<'a> {
+    sql: &'static str,
+    binds: &'a [String],
+}
+
+impl QueryFragment<Sqlite> for Fixed<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
+        if self.sql.matches('?').count() != self.binds.len() {
+            return Err(diesel::result::Error::QueryBuilderError("parameters do not match the statement".into()));
+        }
+        let mut pieces = self.sql.split('?');
+        out.push_sql(pieces.next().unwrap_or_default());
+        for (bind, piece) in self.binds.iter().zip(pieces) {
+            out.push_bind_param::<Text, String>(bind)?;
+            out.push_sql(piece);
+        }
+        Ok(())
+    }
+}
+
+impl QueryId for Fixed<'_> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl Query for Fixed<'_> {
+    type SqlType = Untyped;
+}
+
+impl<C> RunQueryDsl<C> for Fixed<'_> {}
+
+#[derive(QueryableByName)]
+struct KeyRow {
+    #[diesel(sql_type = Text)]
+    key: String,
+}
+
+#[derive(QueryableByName)]
+struct HoldState {
+    #[diesel(sql_type = Text)]
+    id: String,
+    #[diesel(sql_type = Text)]
+    org_id: String,
+    #[diesel(sql_type = BigInt)]
+    amount: i64,
+    #[diesel(sql_type = Text)]
+    status: String,
+}
+
+#[derive(QueryableByName)]
+struct BalanceRow {
+    #[diesel(sql_type = Text)]
+    id: String,
+    #[diesel(sql_type = BigInt)]
+    balance: i64,
+}
+
+/// A hold as the batch knows it while deciding.
+struct Known {
+    org_id: String,
+    amount: i64,
+    status: HoldStatus,
+    /// Its index in [`Writes::new_holds`] when this batch placed it.
+    placed_here: Option<usize>,
+}
+
+/// A timestamp as diesel stores it in SQLite (`%F %T%.f`), so rows written
+/// here read back through diesel exactly.
+fn stamp(t: NaiveDateTime) -> String {
+    t.format("%F %T%.f").to_string()
+}
+
+/// A new hold's row: id, org, amount, status, reference, idempotency key,
+/// hold entry, resolve entry, settled amount, created, expires, resolved.
+type NewHold = (
+    String,
+    String,
+    i64,
+    &'static str,
+    String,
+    Option<String>,
+    String,
+    Option<String>,
+    Option<i64>,
+    String,
+    String,
+    Option<String>,
+);
+
+/// Everything the batch writes, gathered while deciding.
+#[derive(Default)]
+struct Writes {
+    /// id, kind, org, hold, memo, created.
+    entries: Vec<(String, &'static str, String, String, String, String)>,
+    /// entry, account, amount.
+    postings: Vec<(String, String, i64)>,
+    new_holds: Vec<NewHold>,
+    /// Holds placed before this batch and resolved by it: id, status,
+    /// settled amount, resolved at, resolve entry.
+    resolved: Vec<(String, &'static str, Option<i64>, String, String)>,
+    /// Net change per account, and whether it is a customer account.
+    deltas: BTreeMap<String, (i64, bool)>,
+}
+
+impl Writes {
+    /// Records an entry and its postings (L1: they must sum to zero).
+    fn entry(
+        &mut self,
+        (id, kind, org, hold, memo, at): (String, &'static str, String, String, String, String),
+        postings: &[(Account, i64)],
+    ) -> Result<(), LedgerError> {
+        if postings.iter().map(|(_, a)| *a).sum::<i64>() != 0 {
+            return Err(LedgerError::Unbalanced);
+        }
+        for (account, amount) in postings.iter().filter(|(_, a)| *a != 0) {
+            let delta = self.deltas.entry(account.id.as_str().to_owned()).or_insert((0, account.is_customer()));
+            delta.0 += amount;
+            self.postings.push((id.clone(), account.id.as_str().to_owned(), *amount));
+        }
+        self.entries.push((id, kind, org, hold, memo, at));
+        Ok(())
+    }
+
+    fn flush(self, conn: &mut SqliteConnection, now: NaiveDateTime) -> Result<(), LedgerError> {
+        // Entries first: postings and holds refer to them (foreign keys).
+        execute(conn, INSERT_ENTRIES, &self.entries)?;
+        execute(conn, INSERT_POSTINGS, &self.postings)?;
+        execute(conn, INSERT_HOLDS, &self.new_holds)?;
+        // Resolved exactly once (L4): each update still insists on `held`.
+        if execute(conn, RESOLVE_HOLDS, &self.resolved)? != self.resolved.len() {
+            return Err(LedgerError::Inconsistent("a hold to resolve was not open"));
+        }
+        let moves: Vec<(&str, i64, u8)> = self
+            .deltas
+            .iter()
+            .filter(|(_, (d, _))| *d != 0)
+            .map(|(id, (d, customer))| (id.as_str(), *d, u8::from(*customer)))
+            .collect();
+        if moves.is_empty() {
+            return Ok(());
+        }
+        let moved = Fixed { sql: MOVE_BALANCES, binds: &[stamp(now), json(&moves)?] }.execute(conn)?;
+        if moved != moves.len() {
+            // The decision and the guard disagree: a bug or a broken
+            // database. The caller's transaction rolls everything back.
+            return Err(LedgerError::Inconsistent("a balance guard refused a decided posting"));
+        }
+        Ok(())
+    }
+}
+
+fn json<T: Serialize>(rows: &T) -> Result<String, LedgerError> {
+    serde_json::to_string(rows).map_err(|e| diesel::result::Error::SerializationError(Box::new(e)).into())
+}
+
+/// Runs a statement over `rows` (skipped when there are none); rows changed.
+fn execute<T: Serialize>(conn: &mut SqliteConnection, sql: &'static str, rows: &[T]) -> Result<usize, LedgerError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    Ok(Fixed { sql, binds: &[json(&rows)?] }.execute(conn)?)
+}
+
+/// The ids of the accounts an org's operations touch, computed once per
+/// org per batch.
+#[derive(Default)]
+struct OrgAccounts(HashMap<String, (Account, Account)>);
+
+impl OrgAccounts {
+    fn get(&mut self, org: &str) -> (Account, Account) {
+        self.0
+            .entry(org.to_owned())
+            .or_insert_with(|| {
+                let org = OrgId::from_trusted(org.to_owned());
+                (Account::org(&org, Kind::Available), Account::org(&org, Kind::Held))
+            })
+            .clone()
+    }
+}
+
+/// Applies `ops` in order, inside the caller's `BEGIN IMMEDIATE`
+/// transaction; one outcome per operation. An `Err` means the caller must
+/// roll back: a refusal or a lost race is an outcome, not an error.
+pub(crate) fn apply(conn: &mut SqliteConnection, ops: &[Op], now: NaiveDateTime) -> Result<Vec<Outcome>, LedgerError> {
+    let mut accounts = OrgAccounts::default();
+    let mut keys = read_keys(conn, ops)?;
+    let mut holds = read_holds(conn, ops)?;
+    let mut balances = read_balances(conn, ops, &mut accounts)?;
+    let mut writes = Writes::default();
+    let mut out = Vec::with_capacity(ops.len());
+    for op in ops {
+        out.push(match op {
+            Op::Hold(a) => {
+                Outcome::Hold(decide_hold(a, &mut keys, &mut holds, &mut balances, &mut accounts, &mut writes)?)
+            }
+            Op::Resolve(a) => {
+                Outcome::Resolve(decide_resolve(a, &mut holds, &mut balances, &mut accounts, &mut writes)?)
+            }
+        });
+    }
+    writes.flush(conn, now)?;
+    Ok(out)
+}
+
+fn read_keys(conn: &mut SqliteConnection, ops: &[Op]) -> Result<HashSet<String>, LedgerError> {
+    let wanted: Vec<&str> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Hold(a) => a.row.idempotency_key.as_deref(),
+            Op::Resolve(_) => None,
+        })
+        .collect();
+    if wanted.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let rows: Vec<KeyRow> = Fixed { sql: READ_KEYS, binds: &[json(&wanted)?] }.load(conn)?;
+    Ok(rows.into_iter().map(|r| r.key).collect())
+}
+
+fn read_holds(conn: &mut SqliteConnection, ops: &[Op]) -> Result<HashMap<String, Known>, LedgerError> {
+    let wanted: Vec<&str> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Resolve(a) => Some(a.id.as_str()),
+            Op::Hold(_) => None,
+        })
+        .collect();
+    if wanted.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<HoldState> = Fixed { sql: READ_HOLDS, binds: &[json(&wanted)?] }.load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let known =
+                Known { org_id: r.org_id, amount: r.amount, status: HoldStatus::parse(&r.status), placed_here: None };
+            (r.id, known)
+        })
+        .collect())
+}
+
+/// The available balances of the orgs the batch's holds draw on.
+fn read_balances(
+    conn: &mut SqliteConnection,
+    ops: &[Op],
+    accounts: &mut OrgAccounts,
+) -> Result<HashMap<String, i64>, LedgerError> {
+    let mut wanted: Vec<String> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Hold(a) => Some(accounts.get(&a.row.org_id).0.id.into_string()),
+            Op::Resolve(_) => None,
+        })
+        .collect();
+    if wanted.is_empty() {
+        return Ok(HashMap::new());
+    }
+    wanted.sort_unstable();
+    wanted.dedup();
+    let rows: Vec<BalanceRow> = Fixed { sql: READ_BALANCES, binds: &[json(&wanted)?] }.load(conn)?;
+    // An org without accounts has nothing to spend.
+    let mut balances: HashMap<String, i64> = wanted.into_iter().map(|id| (id, 0)).collect();
+    balances.extend(rows.into_iter().map(|r| (r.id, r.balance)));
+    Ok(balances)
+}
+
+/// The admission decision (L2, L3): against the org's available balance as
+/// the batch's earlier operations left it.
+fn decide_hold(
+    a: &HoldArgs,
+    keys: &mut HashSet<String>,
+    holds: &mut HashMap<String, Known>,
+    balances: &mut HashMap<String, i64>,
+    accounts: &mut OrgAccounts,
+    w: &mut Writes,
+) -> Result<HoldDone, LedgerError> {
+    if let Some(key) = &a.row.idempotency_key
+        && !keys.insert(key.clone())
+    {
+        return Ok(HoldDone::Exists);
+    }
+    let (available, held) = accounts.get(&a.row.org_id);
+    let have = balances.get(available.id.as_str()).copied().unwrap_or(0);
+    if have < a.row.amount {
+        // Written nothing, so the key stays free for a retry.
+        if let Some(key) = &a.row.idempotency_key {
+            keys.remove(key);
+        }
+        return Ok(HoldDone::Insufficient(have));
+    }
+    balances.insert(available.id.as_str().to_owned(), have - a.row.amount);
+    let created = stamp(a.row.created_at);
+    w.entry(
+        (
+            a.entry_id.as_str().to_owned(),
+            "hold",
+            a.row.org_id.clone(),
+            a.row.id.clone(),
+            a.row.reference.clone(),
+            created.clone(),
+        ),
+        &[(available, -a.row.amount), (held, a.row.amount)],
+    )?;
+    holds.insert(
+        a.row.id.clone(),
+        Known {
+            org_id: a.row.org_id.clone(),
+            amount: a.row.amount,
+            status: HoldStatus::Held,
+            placed_here: Some(w.new_holds.len()),
+        },
+    );
+    w.new_holds.push((
+        a.row.id.clone(),
+        a.row.org_id.clone(),
+        a.row.amount,
+        HoldStatus::Held.as_str(),
+        a.row.reference.clone(),
+        a.row.idempotency_key.clone(),
+        a.entry_id.as_str().to_owned(),
+        None,
+        None,
+        created,
+        stamp(a.row.expires_at),
+        None,
+    ));
+    Ok(HoldDone::Placed)
+}
+
+/// Resolves a hold exactly once (L4): a hold this batch already resolved,
+/// or that was resolved before, answers "not now".
+fn decide_resolve(
+    a: &ResolveArgs,
+    holds: &mut HashMap<String, Known>,
+    balances: &mut HashMap<String, i64>,
+    accounts: &mut OrgAccounts,
+    w: &mut Writes,
+) -> Result<ResolveDone, LedgerError> {
+    let Some(hold) = holds.get_mut(a.id.as_str()) else {
+        return Ok(ResolveDone { found: false, resolved_now: false, amount: 0, charged: 0 });
+    };
+    if hold.status != HoldStatus::Held {
+        return Ok(ResolveDone { found: true, resolved_now: false, amount: hold.amount, charged: 0 });
+    }
+    let amount = hold.amount;
+    let asked = a.requested.map_or(0, modelroute_types::Money::units);
+    // L5: never more than the hold; the rest goes back in the same entry.
+    let charge = asked.min(amount);
+    let overage = asked.saturating_sub(amount);
+    let (available, held) = accounts.get(&hold.org_id);
+    if let Some(balance) = balances.get_mut(available.id.as_str()) {
+        *balance += amount - charge;
+    }
+    // A crash here (the crash test) must leave nothing: nothing is written yet.
+    modelroute_types::failpoint("ledger.resolve.in_transaction");
+    let at = stamp(a.now);
+    w.entry(
+        (
+            a.entry_id.as_str().to_owned(),
+            a.status.as_str(),
+            hold.org_id.clone(),
+            a.id.as_str().to_owned(),
+            resolution_memo(a.status, overage),
+            at.clone(),
+        ),
+        &[(held, -amount), (Account::revenue_for(a.id.as_str()), charge), (available, amount - charge)],
+    )?;
+    hold.status = a.status;
+    let settled = (a.status == HoldStatus::Settled).then_some(charge);
+    let entry = a.entry_id.as_str().to_owned();
+    match hold.placed_here.and_then(|i| w.new_holds.get_mut(i)) {
+        // Placed by this batch: its row is written resolved.
+        Some(row) => {
+            row.3 = a.status.as_str();
+            row.7 = Some(entry);
+            row.8 = settled;
+            row.11 = Some(at);
+        }
+        None => w.resolved.push((a.id.as_str().to_owned(), a.status.as_str(), settled, at, entry)),
+    }
+    Ok(ResolveDone { found: true, resolved_now: true, amount, charged: charge })
+}
