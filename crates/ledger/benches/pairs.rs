@@ -4,7 +4,9 @@
 //!
 //! `cargo bench -p modelroute-ledger --bench pairs` — PostgreSQL runs when
 //! `MODELROUTE_TEST_POSTGRES_URL` is set (`.ci/run` sets it); SQLite with and
-//! without group commit; `PAIRS_BACKEND=sqlite|postgres` picks one backend.
+//! without group commit; `PAIRS_BACKEND=sqlite|postgres` picks one backend,
+//! `PAIRS_CONCURRENCY=1,256` the concurrencies (default 1, 16, 64, 256,
+//! 1024), `PAIRS_MAX_BATCH` the group-commit batch limit.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
 
@@ -15,10 +17,13 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use modelroute_db::DbConn;
 use modelroute_db::testing::TestDb;
 use modelroute_ledger::{CreditSource, HoldRequest, Ledger as _, LedgerConfig, SqlLedger};
-use modelroute_types::{Money, OrgId};
+use modelroute_types::{EntryId, Money, OrgId};
 
-/// Pairs per measured iteration.
-const PAIRS: usize = 2_000;
+/// Pairs per measured iteration: at least 2,000, and 8 per concurrent
+/// client, so that every client is busy for most of the iteration.
+fn pairs_for(concurrency: usize) -> usize {
+    (8 * concurrency).max(2_000)
+}
 /// Orgs the pairs are spread over (one org's pairs contend on its rows).
 const ORGS: usize = 16;
 
@@ -33,8 +38,10 @@ async fn insert_org(db: &TestDb) -> OrgId {
     org
 }
 
-async fn setup(db: &TestDb, group_commit: bool) -> (SqlLedger, Vec<OrgId>) {
-    let config = LedgerConfig { group_commit, ..LedgerConfig::default() };
+async fn setup(db: &TestDb, group_commit: bool, max_batch: Option<usize>) -> (SqlLedger, Vec<OrgId>) {
+    let defaults = LedgerConfig::default();
+    let group_commit_max_batch = max_batch.unwrap_or(defaults.group_commit_max_batch);
+    let config = LedgerConfig { group_commit, group_commit_max_batch, ..defaults };
     let ledger = SqlLedger::open(db.pool().clone(), config).await.unwrap();
     let mut orgs = Vec::new();
     for _ in 0..ORGS {
@@ -45,7 +52,7 @@ async fn setup(db: &TestDb, group_commit: bool) -> (SqlLedger, Vec<OrgId>) {
     (ledger, orgs)
 }
 
-/// `PAIRS` hold+settle pairs, `concurrency` at a time; the elapsed time.
+/// `pairs_for(concurrency)` hold+settle pairs, `concurrency` at a time; the elapsed time.
 async fn run(ledger: &SqlLedger, orgs: &[OrgId], concurrency: usize) -> Duration {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
@@ -53,14 +60,15 @@ async fn run(ledger: &SqlLedger, orgs: &[OrgId], concurrency: usize) -> Duration
         .map(|w| {
             let (ledger, orgs, next) = (ledger.clone(), orgs.to_vec(), Arc::clone(&next));
             tokio::spawn(async move {
-                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < PAIRS {
+                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < pairs_for(concurrency) {
                     let org = orgs[w % orgs.len()].clone();
                     let hold = ledger
                         .hold(HoldRequest {
                             org_id: org,
                             amount: Money::from_units(1_000_000),
                             reference: "bench".into(),
-                            idempotency_key: None,
+                            // As the executor does: one key per execution.
+                            idempotency_key: Some(format!("execution:{}", EntryId::new())),
                         })
                         .await
                         .unwrap();
@@ -78,13 +86,15 @@ async fn run(ledger: &SqlLedger, orgs: &[OrgId], concurrency: usize) -> Duration
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let mut group = c.benchmark_group("hold_settle_pairs");
-    group.throughput(Throughput::Elements(u64::try_from(PAIRS).unwrap()));
     group.sample_size(10).measurement_time(Duration::from_secs(20)).warm_up_time(Duration::from_secs(2));
     let mut backends = vec!["sqlite"];
     if std::env::var("MODELROUTE_TEST_POSTGRES_URL").is_ok() {
         backends.push("postgres");
     }
     let only = std::env::var("PAIRS_BACKEND").ok();
+    let concurrencies: Vec<usize> = std::env::var("PAIRS_CONCURRENCY")
+        .map_or_else(|_| vec![1, 16, 64, 256, 1024], |v| v.split(',').map(|n| n.trim().parse().unwrap()).collect());
+    let max_batch: Option<usize> = std::env::var("PAIRS_MAX_BATCH").ok().map(|v| v.parse().unwrap());
     // Group commit is SQLite's only (the setting does nothing on PostgreSQL).
     for (backend, grouped) in [("sqlite", false), ("sqlite", true), ("postgres", false)] {
         if !backends.contains(&backend) || only.as_deref().is_some_and(|o| o != backend) {
@@ -92,9 +102,10 @@ fn bench(c: &mut Criterion) {
         }
         let db = rt
             .block_on(async { if backend == "postgres" { TestDb::postgres().await } else { TestDb::sqlite().await } });
-        let (ledger, orgs) = rt.block_on(setup(&db, grouped));
+        let (ledger, orgs) = rt.block_on(setup(&db, grouped, max_batch));
         let name = format!("{backend}/{}", if grouped { "group_commit" } else { "one_per_txn" });
-        for concurrency in [1, 16, 64, 256] {
+        for &concurrency in &concurrencies {
+            group.throughput(Throughput::Elements(u64::try_from(pairs_for(concurrency)).unwrap()));
             group.bench_with_input(BenchmarkId::new(&name, concurrency), &concurrency, |b, &n| {
                 b.iter_custom(|iters| {
                     rt.block_on(async {

@@ -8,6 +8,15 @@ const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6d6f_6465_6c72_6f75_7465_6
 /// How many accounts revenue is spread over.
 pub(crate) const REVENUE_SHARDS: u32 = 16;
 
+/// Which revenue shard a hold's settlement goes to (FNV-1a of its id).
+fn revenue_shard_of(hold_id: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in hold_id.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    h % REVENUE_SHARDS
+}
+
 /// The kinds of account.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -54,11 +63,15 @@ impl Account {
     /// [`REVENUE_SHARDS`] by the hold id, so concurrent settlements do not
     /// all wait on one row. Revenue is the sum of the shards.
     pub(crate) fn revenue_for(hold_id: &str) -> Self {
-        let mut h: u32 = 0x811c_9dc5;
-        for b in hold_id.bytes() {
-            h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
-        }
-        Self::revenue_shard(h % REVENUE_SHARDS)
+        Self::revenue_shard(revenue_shard_of(hold_id))
+    }
+
+    /// The id of [`Account::revenue_for`]'s account, without computing it
+    /// (each id is a SHA-1): this runs on every settlement.
+    pub(crate) fn revenue_id_for(hold_id: &str) -> &'static str {
+        static SHARDS: std::sync::LazyLock<Vec<AccountId>> =
+            std::sync::LazyLock::new(|| (0..REVENUE_SHARDS).map(|n| Account::revenue_shard(n).id).collect());
+        usize::try_from(revenue_shard_of(hold_id)).ok().and_then(|i| SHARDS.get(i)).map_or("", AccountId::as_str)
     }
 
     pub(crate) fn revenue_shard(n: u32) -> Self {

@@ -14,7 +14,7 @@
 //! of the batch left it) and by the balance update's guard, which fails the
 //! batch — nothing written — if the two ever disagree.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use chrono::NaiveDateTime;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
@@ -30,6 +30,10 @@ use crate::sql::resolution_memo;
 use crate::{HoldStatus, LedgerError};
 
 /// One operation of a batch.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "ops live briefly in one Vec per batch; a Box would cost an allocation per hold"
+)]
 pub(crate) enum Op {
     Hold(HoldArgs),
     Resolve(ResolveArgs),
@@ -134,7 +138,7 @@ struct Known {
 
 /// A timestamp as diesel stores it in SQLite (`%F %T%.f`), so rows written
 /// here read back through diesel exactly.
-fn stamp(t: NaiveDateTime) -> String {
+pub(crate) fn stamp(t: NaiveDateTime) -> String {
     t.format("%F %T%.f").to_string()
 }
 
@@ -167,23 +171,29 @@ struct Writes {
     /// settled amount, resolved at, resolve entry.
     resolved: Vec<(String, &'static str, Option<i64>, String, String)>,
     /// Net change per account, and whether it is a customer account.
-    deltas: BTreeMap<String, (i64, bool)>,
+    deltas: HashMap<String, (i64, bool)>,
 }
+
+/// A posting as the batch records it: account id, customer account or
+/// not, signed amount.
+type Posting<'a> = (&'a str, bool, i64);
 
 impl Writes {
     /// Records an entry and its postings (L1: they must sum to zero).
     fn entry(
         &mut self,
         (id, kind, org, hold, memo, at): (String, &'static str, String, String, String, String),
-        postings: &[(Account, i64)],
+        postings: &[Posting<'_>],
     ) -> Result<(), LedgerError> {
-        if postings.iter().map(|(_, a)| *a).sum::<i64>() != 0 {
+        if postings.iter().map(|(_, _, a)| *a).sum::<i64>() != 0 {
             return Err(LedgerError::Unbalanced);
         }
-        for (account, amount) in postings.iter().filter(|(_, a)| *a != 0) {
-            let delta = self.deltas.entry(account.id.as_str().to_owned()).or_insert((0, account.is_customer()));
-            delta.0 += amount;
-            self.postings.push((id.clone(), account.id.as_str().to_owned(), *amount));
+        for &(account, customer, amount) in postings.iter().filter(|(_, _, a)| *a != 0) {
+            match self.deltas.get_mut(account) {
+                Some(delta) => delta.0 += amount,
+                None => drop(self.deltas.insert(account.to_owned(), (amount, customer))),
+            }
+            self.postings.push((id.clone(), account.to_owned(), amount));
         }
         self.entries.push((id, kind, org, hold, memo, at));
         Ok(())
@@ -229,20 +239,18 @@ fn execute<T: Serialize>(conn: &mut SqliteConnection, sql: &'static str, rows: &
     Ok(Fixed { sql, binds: &[json(&rows)?] }.execute(conn)?)
 }
 
-/// The ids of the accounts an org's operations touch, computed once per
-/// org per batch.
+/// The ids of an org's available and held accounts, computed once per org
+/// per batch (each is a SHA-1).
 #[derive(Default)]
-struct OrgAccounts(HashMap<String, (Account, Account)>);
+struct OrgAccounts(HashMap<String, (String, String)>);
 
 impl OrgAccounts {
-    fn get(&mut self, org: &str) -> (Account, Account) {
-        self.0
-            .entry(org.to_owned())
-            .or_insert_with(|| {
-                let org = OrgId::from_trusted(org.to_owned());
-                (Account::org(&org, Kind::Available), Account::org(&org, Kind::Held))
-            })
-            .clone()
+    fn get(&mut self, org: &str) -> (&str, &str) {
+        let (available, held) = self.0.entry(org.to_owned()).or_insert_with(|| {
+            let org = OrgId::from_trusted(org.to_owned());
+            (Account::org(&org, Kind::Available).id.into_string(), Account::org(&org, Kind::Held).id.into_string())
+        });
+        (available.as_str(), held.as_str())
     }
 }
 
@@ -316,7 +324,7 @@ fn read_balances(
     let mut wanted: Vec<String> = ops
         .iter()
         .filter_map(|op| match op {
-            Op::Hold(a) => Some(accounts.get(&a.row.org_id).0.id.into_string()),
+            Op::Hold(a) => Some(accounts.get(&a.row.org_id).0.to_owned()),
             Op::Resolve(_) => None,
         })
         .collect();
@@ -348,16 +356,18 @@ fn decide_hold(
         return Ok(HoldDone::Exists);
     }
     let (available, held) = accounts.get(&a.row.org_id);
-    let have = balances.get(available.id.as_str()).copied().unwrap_or(0);
-    if have < a.row.amount {
+    let Some(have) = balances.get_mut(available) else {
+        return Err(LedgerError::Inconsistent("a hold's balance was not read"));
+    };
+    if *have < a.row.amount {
         // Written nothing, so the key stays free for a retry.
         if let Some(key) = &a.row.idempotency_key {
             keys.remove(key);
         }
-        return Ok(HoldDone::Insufficient(have));
+        return Ok(HoldDone::Insufficient(*have));
     }
-    balances.insert(available.id.as_str().to_owned(), have - a.row.amount);
-    let created = stamp(a.row.created_at);
+    *have -= a.row.amount;
+    let (created, expires) = a.stamps.clone();
     w.entry(
         (
             a.entry_id.as_str().to_owned(),
@@ -367,7 +377,7 @@ fn decide_hold(
             a.row.reference.clone(),
             created.clone(),
         ),
-        &[(available, -a.row.amount), (held, a.row.amount)],
+        &[(available, true, -a.row.amount), (held, true, a.row.amount)],
     )?;
     holds.insert(
         a.row.id.clone(),
@@ -389,7 +399,7 @@ fn decide_hold(
         None,
         None,
         created,
-        stamp(a.row.expires_at),
+        expires,
         None,
     ));
     Ok(HoldDone::Placed)
@@ -416,12 +426,12 @@ fn decide_resolve(
     let charge = asked.min(amount);
     let overage = asked.saturating_sub(amount);
     let (available, held) = accounts.get(&hold.org_id);
-    if let Some(balance) = balances.get_mut(available.id.as_str()) {
+    if let Some(balance) = balances.get_mut(available) {
         *balance += amount - charge;
     }
     // A crash here (the crash test) must leave nothing: nothing is written yet.
     modelroute_types::failpoint("ledger.resolve.in_transaction");
-    let at = stamp(a.now);
+    let at = a.stamp.clone();
     w.entry(
         (
             a.entry_id.as_str().to_owned(),
@@ -431,7 +441,11 @@ fn decide_resolve(
             resolution_memo(a.status, overage),
             at.clone(),
         ),
-        &[(held, -amount), (Account::revenue_for(a.id.as_str()), charge), (available, amount - charge)],
+        &[
+            (held, true, -amount),
+            (Account::revenue_id_for(a.id.as_str()), false, charge),
+            (available, true, amount - charge),
+        ],
     )?;
     hold.status = a.status;
     let settled = (a.status == HoldStatus::Settled).then_some(charge);

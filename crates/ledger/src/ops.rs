@@ -20,6 +20,9 @@ pub(crate) struct HoldArgs {
     pub(crate) row: HoldRow,
     pub(crate) entry_id: EntryId,
     pub(crate) now: NaiveDateTime,
+    /// `created_at` and `expires_at` as SQLite stores them, formatted by
+    /// the caller rather than on SQLite's one writer thread.
+    pub(crate) stamps: (String, String),
 }
 
 /// What placing a hold did.
@@ -40,6 +43,8 @@ pub(crate) struct ResolveArgs {
     pub(crate) status: HoldStatus,
     pub(crate) entry_id: EntryId,
     pub(crate) now: NaiveDateTime,
+    /// `now` as SQLite stores it (see [`HoldArgs::stamps`]).
+    pub(crate) stamp: String,
 }
 
 /// What resolving did.

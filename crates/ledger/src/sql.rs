@@ -12,6 +12,7 @@ use serde::Serialize;
 use std::sync::Arc;
 
 use crate::accounts::{Account, Kind, REVENUE_SHARDS};
+use crate::batch::stamp;
 use crate::group::GroupCommit;
 use crate::ops::{HoldArgs, HoldDone, ResolveArgs, run_hold_alone, run_resolve_alone};
 use crate::{Balance, CreditSource, Hold, HoldRequest, HoldStatus, Ledger, LedgerConfig, LedgerError, Resolution};
@@ -249,9 +250,10 @@ struct Count {
 
 const UNBALANCED_ENTRIES: &str = "SELECT entry_id AS code, CAST(SUM(amount) AS BIGINT) AS amount \
      FROM ledger_postings GROUP BY entry_id HAVING SUM(amount) <> 0";
+// One scan of the postings, summed per account (there is no index by account).
 const BALANCES_NOT_REPLAYED: &str = "SELECT a.code AS code, a.balance AS amount FROM ledger_accounts a \
-     LEFT JOIN ledger_postings p ON p.account_id = a.id GROUP BY a.id, a.code, a.balance \
-     HAVING a.balance <> COALESCE(SUM(p.amount), 0)";
+     LEFT JOIN (SELECT account_id, SUM(amount) AS total FROM ledger_postings GROUP BY account_id) p \
+     ON p.account_id = a.id WHERE a.balance <> COALESCE(p.total, 0)";
 const NEGATIVE_CUSTOMER_ACCOUNTS: &str = "SELECT code, balance AS amount FROM ledger_accounts \
      WHERE kind IN ('available', 'held') AND balance < 0";
 const HELD_NOT_OPEN_HOLDS: &str = "SELECT a.code AS code, a.balance AS amount FROM ledger_accounts a \
@@ -358,7 +360,8 @@ impl SqlLedger {
             expires_at: now + chrono::Duration::seconds(timeout),
             resolved_at: None,
         };
-        let args = HoldArgs { row, entry_id, now };
+        let stamps = (stamp(row.created_at), stamp(row.expires_at));
+        let args = HoldArgs { row, entry_id, now, stamps };
         let done = match &self.group {
             Some(group) => group.hold(args.clone()).await?,
             None => run_hold_alone(&self.pool, &args).await?,
@@ -383,7 +386,8 @@ impl SqlLedger {
         if requested.is_some_and(|a| a.units() < 0) {
             return Err(LedgerError::NonPositiveAmount(requested.unwrap_or_default()));
         }
-        let args = ResolveArgs { id: id.clone(), requested, status, entry_id: EntryId::new(), now: time::now() };
+        let now = time::now();
+        let args = ResolveArgs { id: id.clone(), requested, status, entry_id: EntryId::new(), now, stamp: stamp(now) };
         let done = match &self.group {
             Some(group) => group.resolve(args).await?,
             None => run_resolve_alone(&self.pool, &args).await?,
@@ -463,7 +467,8 @@ impl SqlLedger {
     /// A database failure.
     pub async fn sweep_expired(&self, now: NaiveDateTime) -> Result<usize, LedgerError> {
         let ids: Vec<String> = db_run!(self.pool, |conn| ledger_holds::table
-            .filter(ledger_holds::status.eq(HoldStatus::Held.as_str()))
+            // A literal, not a parameter, so the partial index of open holds applies.
+            .filter(diesel::dsl::sql::<Bool>("status = 'held'"))
             .filter(ledger_holds::expires_at.le(now))
             .select(ledger_holds::id)
             .limit(1000)
