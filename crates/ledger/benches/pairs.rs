@@ -6,9 +6,16 @@
 //! `MODELROUTE_TEST_POSTGRES_URL` is set (`.ci/run` sets it); SQLite with and
 //! without group commit; `PAIRS_BACKEND=sqlite|postgres` picks one backend,
 //! `PAIRS_CONCURRENCY=1,256` the concurrencies (default 1, 16, 64, 256,
-//! 1024), `PAIRS_MAX_BATCH` the group-commit batch limit.
+//! 1024, 2048), `PAIRS_MAX_BATCH` the group-commit batch limit.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::print_stdout,
+    missing_docs
+)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +23,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use modelroute_db::DbConn;
 use modelroute_db::testing::TestDb;
-use modelroute_ledger::{CreditSource, HoldRequest, Ledger as _, LedgerConfig, SqlLedger};
+use modelroute_ledger::{CreditSource, HoldRequest, Ledger as _, LedgerConfig, LedgerError, SqlLedger};
 use modelroute_types::{EntryId, Money, OrgId};
 
 /// Pairs per measured iteration: at least 2,000, and 8 per concurrent
@@ -83,6 +90,43 @@ async fn run(ledger: &SqlLedger, orgs: &[OrgId], concurrency: usize) -> Duration
     started.elapsed()
 }
 
+/// L2 at the measured load: while `concurrency` clients run pairs, 2,000
+/// holds race for a balance that covers 500 — exactly 500 are admitted.
+async fn race_under_load(db: &TestDb, ledger: &SqlLedger, orgs: &[OrgId], concurrency: usize, name: &str) {
+    let one = Money::from_units(1_000_000);
+    let org = insert_org(db).await;
+    ledger.credit(&org, Money::from_units(500 * 1_000_000), CreditSource::Grant, None).await.unwrap();
+    let load = {
+        let (ledger, orgs) = (ledger.clone(), orgs.to_vec());
+        tokio::spawn(async move { run(&ledger, &orgs, concurrency).await })
+    };
+    let racers: Vec<_> = (0..2_000)
+        .map(|_| {
+            let (ledger, org) = (ledger.clone(), org.clone());
+            tokio::spawn(async move {
+                ledger
+                    .hold(HoldRequest { org_id: org, amount: one, reference: "race".into(), idempotency_key: None })
+                    .await
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for racer in racers {
+        match racer.await.unwrap() {
+            Ok(_) => admitted += 1,
+            Err(LedgerError::InsufficientBalance { .. }) => {}
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    load.await.unwrap();
+    assert_eq!(admitted, 500, "overspend or underspend under load");
+    let balance = ledger.balance(&org).await.unwrap();
+    assert_eq!((balance.available, balance.held), (Money::ZERO, Money::from_units(500 * 1_000_000)));
+    println!(
+        "race under load ({name}, {concurrency} clients running pairs): {admitted} of 2000 holds admitted for a balance of 500"
+    );
+}
+
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let mut group = c.benchmark_group("hold_settle_pairs");
@@ -92,8 +136,10 @@ fn bench(c: &mut Criterion) {
         backends.push("postgres");
     }
     let only = std::env::var("PAIRS_BACKEND").ok();
-    let concurrencies: Vec<usize> = std::env::var("PAIRS_CONCURRENCY")
-        .map_or_else(|_| vec![1, 16, 64, 256, 1024], |v| v.split(',').map(|n| n.trim().parse().unwrap()).collect());
+    let concurrencies: Vec<usize> = std::env::var("PAIRS_CONCURRENCY").map_or_else(
+        |_| vec![1, 16, 64, 256, 1024, 2048],
+        |v| v.split(',').map(|n| n.trim().parse().unwrap()).collect(),
+    );
     let max_batch: Option<usize> = std::env::var("PAIRS_MAX_BATCH").ok().map(|v| v.parse().unwrap());
     // Group commit is SQLite's only (the setting does nothing on PostgreSQL).
     for (backend, grouped) in [("sqlite", false), ("sqlite", true), ("postgres", false)] {
@@ -118,6 +164,8 @@ fn bench(c: &mut Criterion) {
                 });
             });
         }
+        let most = concurrencies.iter().copied().max().unwrap_or(1);
+        rt.block_on(race_under_load(&db, &ledger, &orgs, most, &name));
         let report = rt.block_on(ledger.verify()).unwrap();
         assert!(report.violations.is_empty(), "{:?}", report.violations);
         drop(db);

@@ -14,7 +14,10 @@ pub struct LedgerConfig {
     /// transaction (group commit). Off: one transaction each. PostgreSQL
     /// always runs each as its own one-statement transaction.
     pub group_commit: bool,
-    /// Operations per group-commit transaction at most.
+    /// Operations per group-commit transaction at most. A batch takes what
+    /// is queued when the writer is free (never waits to fill), so this only
+    /// bounds a batch under heavy load, where bigger batches write more per
+    /// commit (docs/PERFORMANCE.md).
     pub group_commit_max_batch: usize,
 }
 
@@ -25,7 +28,7 @@ impl Default for LedgerConfig {
             hold_timeout_secs: 900,
             sweep_interval_secs: 60,
             group_commit: true,
-            group_commit_max_batch: 128,
+            group_commit_max_batch: 1024,
         }
     }
 }
