@@ -14,6 +14,7 @@
 //! of the batch left it) and by the balance update's guard, which fails the
 //! batch — nothing written — if the two ever disagree.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use chrono::NaiveDateTime;
@@ -128,8 +129,8 @@ struct BalanceRow {
 }
 
 /// A hold as the batch knows it while deciding.
-struct Known {
-    org_id: String,
+struct Known<'a> {
+    org_id: &'a str,
     amount: i64,
     status: HoldStatus,
     /// Its index in [`Writes::new_holds`] when this batch placed it.
@@ -144,58 +145,55 @@ pub(crate) fn stamp(t: NaiveDateTime) -> String {
 
 /// A new hold's row: id, org, amount, status, reference, idempotency key,
 /// hold entry, resolve entry, settled amount, created, expires, resolved.
-type NewHold = (
-    String,
-    String,
+type NewHold<'a> = (
+    &'a str,
+    &'a str,
     i64,
     &'static str,
-    String,
-    Option<String>,
-    String,
-    Option<String>,
+    &'a str,
+    Option<&'a str>,
+    &'a str,
+    Option<&'a str>,
     Option<i64>,
-    String,
-    String,
-    Option<String>,
+    &'a str,
+    &'a str,
+    Option<&'a str>,
 );
 
-/// Everything the batch writes, gathered while deciding.
+/// An entry's row: id, kind, org, hold, memo, created.
+type EntryRow<'a> = (&'a str, &'static str, &'a str, &'a str, Cow<'a, str>, &'a str);
+
+/// Everything the batch writes, gathered while deciding; it borrows from
+/// the operations and from what the batch read, so deciding allocates
+/// little on the writer's thread.
 #[derive(Default)]
-struct Writes {
-    /// id, kind, org, hold, memo, created.
-    entries: Vec<(String, &'static str, String, String, String, String)>,
+struct Writes<'a> {
+    entries: Vec<EntryRow<'a>>,
     /// entry, account, amount.
-    postings: Vec<(String, String, i64)>,
-    new_holds: Vec<NewHold>,
+    postings: Vec<(&'a str, &'a str, i64)>,
+    new_holds: Vec<NewHold<'a>>,
     /// Holds placed before this batch and resolved by it: id, status,
     /// settled amount, resolved at, resolve entry.
-    resolved: Vec<(String, &'static str, Option<i64>, String, String)>,
+    resolved: Vec<(&'a str, &'static str, Option<i64>, &'a str, &'a str)>,
     /// Net change per account, and whether it is a customer account.
-    deltas: HashMap<String, (i64, bool)>,
+    deltas: HashMap<&'a str, (i64, bool)>,
 }
 
 /// A posting as the batch records it: account id, customer account or
 /// not, signed amount.
 type Posting<'a> = (&'a str, bool, i64);
 
-impl Writes {
+impl<'a> Writes<'a> {
     /// Records an entry and its postings (L1: they must sum to zero).
-    fn entry(
-        &mut self,
-        (id, kind, org, hold, memo, at): (String, &'static str, String, String, String, String),
-        postings: &[Posting<'_>],
-    ) -> Result<(), LedgerError> {
+    fn entry(&mut self, entry: EntryRow<'a>, postings: &[Posting<'a>]) -> Result<(), LedgerError> {
         if postings.iter().map(|(_, _, a)| *a).sum::<i64>() != 0 {
             return Err(LedgerError::Unbalanced);
         }
         for &(account, customer, amount) in postings.iter().filter(|(_, _, a)| *a != 0) {
-            match self.deltas.get_mut(account) {
-                Some(delta) => delta.0 += amount,
-                None => drop(self.deltas.insert(account.to_owned(), (amount, customer))),
-            }
-            self.postings.push((id.clone(), account.to_owned(), amount));
+            self.deltas.entry(account).or_insert((0, customer)).0 += amount;
+            self.postings.push((entry.0, account, amount));
         }
-        self.entries.push((id, kind, org, hold, memo, at));
+        self.entries.push(entry);
         Ok(())
     }
 
@@ -212,7 +210,7 @@ impl Writes {
             .deltas
             .iter()
             .filter(|(_, (d, _))| *d != 0)
-            .map(|(id, (d, customer))| (id.as_str(), *d, u8::from(*customer)))
+            .map(|(id, (d, customer))| (*id, *d, u8::from(*customer)))
             .collect();
         if moves.is_empty() {
             return Ok(());
@@ -239,18 +237,31 @@ fn execute<T: Serialize>(conn: &mut SqliteConnection, sql: &'static str, rows: &
     Ok(Fixed { sql, binds: &[json(&rows)?] }.execute(conn)?)
 }
 
-/// The ids of an org's available and held accounts, computed once per org
-/// per batch (each is a SHA-1).
-#[derive(Default)]
+/// The ids of the available and held accounts of every org the batch
+/// touches, computed once per org per batch (each is a SHA-1).
 struct OrgAccounts(HashMap<String, (String, String)>);
 
 impl OrgAccounts {
-    fn get(&mut self, org: &str) -> (&str, &str) {
-        let (available, held) = self.0.entry(org.to_owned()).or_insert_with(|| {
-            let org = OrgId::from_trusted(org.to_owned());
-            (Account::org(&org, Kind::Available).id.into_string(), Account::org(&org, Kind::Held).id.into_string())
-        });
-        (available.as_str(), held.as_str())
+    fn of<'o>(orgs: impl Iterator<Item = &'o str>) -> Self {
+        let mut map = HashMap::new();
+        for org in orgs {
+            if !map.contains_key(org) {
+                let id = OrgId::from_trusted(org.to_owned());
+                let ids = (
+                    Account::org(&id, Kind::Available).id.into_string(),
+                    Account::org(&id, Kind::Held).id.into_string(),
+                );
+                map.insert(org.to_owned(), ids);
+            }
+        }
+        Self(map)
+    }
+
+    fn get(&self, org: &str) -> Result<(&str, &str), LedgerError> {
+        self.0
+            .get(org)
+            .map(|(available, held)| (available.as_str(), held.as_str()))
+            .ok_or(LedgerError::Inconsistent("an org's accounts were not looked up"))
     }
 }
 
@@ -258,27 +269,39 @@ impl OrgAccounts {
 /// transaction; one outcome per operation. An `Err` means the caller must
 /// roll back: a refusal or a lost race is an outcome, not an error.
 pub(crate) fn apply(conn: &mut SqliteConnection, ops: &[Op], now: NaiveDateTime) -> Result<Vec<Outcome>, LedgerError> {
-    let mut accounts = OrgAccounts::default();
-    let mut keys = read_keys(conn, ops)?;
-    let mut holds = read_holds(conn, ops)?;
-    let mut balances = read_balances(conn, ops, &mut accounts)?;
+    let taken = read_keys(conn, ops)?;
+    let loaded = read_holds(conn, ops)?;
+    let accounts = OrgAccounts::of(
+        ops.iter()
+            .filter_map(|op| match op {
+                Op::Hold(a) => Some(a.row.org_id.as_str()),
+                Op::Resolve(_) => None,
+            })
+            .chain(loaded.iter().map(|h| h.org_id.as_str())),
+    );
+    let mut balances = read_balances(conn, ops, &accounts)?;
+    let mut keys: HashSet<&str> = taken.iter().map(|k| k.key.as_str()).collect();
+    let mut holds: HashMap<&str, Known<'_>> = loaded
+        .iter()
+        .map(|r| {
+            let known =
+                Known { org_id: &r.org_id, amount: r.amount, status: HoldStatus::parse(&r.status), placed_here: None };
+            (r.id.as_str(), known)
+        })
+        .collect();
     let mut writes = Writes::default();
     let mut out = Vec::with_capacity(ops.len());
     for op in ops {
         out.push(match op {
-            Op::Hold(a) => {
-                Outcome::Hold(decide_hold(a, &mut keys, &mut holds, &mut balances, &mut accounts, &mut writes)?)
-            }
-            Op::Resolve(a) => {
-                Outcome::Resolve(decide_resolve(a, &mut holds, &mut balances, &mut accounts, &mut writes)?)
-            }
+            Op::Hold(a) => Outcome::Hold(decide_hold(a, &mut keys, &mut holds, &mut balances, &accounts, &mut writes)?),
+            Op::Resolve(a) => Outcome::Resolve(decide_resolve(a, &mut holds, &mut balances, &accounts, &mut writes)?),
         });
     }
     writes.flush(conn, now)?;
     Ok(out)
 }
 
-fn read_keys(conn: &mut SqliteConnection, ops: &[Op]) -> Result<HashSet<String>, LedgerError> {
+fn read_keys(conn: &mut SqliteConnection, ops: &[Op]) -> Result<Vec<KeyRow>, LedgerError> {
     let wanted: Vec<&str> = ops
         .iter()
         .filter_map(|op| match op {
@@ -287,13 +310,12 @@ fn read_keys(conn: &mut SqliteConnection, ops: &[Op]) -> Result<HashSet<String>,
         })
         .collect();
     if wanted.is_empty() {
-        return Ok(HashSet::new());
+        return Ok(Vec::new());
     }
-    let rows: Vec<KeyRow> = Fixed { sql: READ_KEYS, binds: &[json(&wanted)?] }.load(conn)?;
-    Ok(rows.into_iter().map(|r| r.key).collect())
+    Ok(Fixed { sql: READ_KEYS, binds: &[json(&wanted)?] }.load(conn)?)
 }
 
-fn read_holds(conn: &mut SqliteConnection, ops: &[Op]) -> Result<HashMap<String, Known>, LedgerError> {
+fn read_holds(conn: &mut SqliteConnection, ops: &[Op]) -> Result<Vec<HoldState>, LedgerError> {
     let wanted: Vec<&str> = ops
         .iter()
         .filter_map(|op| match op {
@@ -302,32 +324,23 @@ fn read_holds(conn: &mut SqliteConnection, ops: &[Op]) -> Result<HashMap<String,
         })
         .collect();
     if wanted.is_empty() {
-        return Ok(HashMap::new());
+        return Ok(Vec::new());
     }
-    let rows: Vec<HoldState> = Fixed { sql: READ_HOLDS, binds: &[json(&wanted)?] }.load(conn)?;
-    Ok(rows
-        .into_iter()
-        .map(|r| {
-            let known =
-                Known { org_id: r.org_id, amount: r.amount, status: HoldStatus::parse(&r.status), placed_here: None };
-            (r.id, known)
-        })
-        .collect())
+    Ok(Fixed { sql: READ_HOLDS, binds: &[json(&wanted)?] }.load(conn)?)
 }
 
 /// The available balances of the orgs the batch's holds draw on.
-fn read_balances(
+fn read_balances<'a>(
     conn: &mut SqliteConnection,
     ops: &[Op],
-    accounts: &mut OrgAccounts,
-) -> Result<HashMap<String, i64>, LedgerError> {
-    let mut wanted: Vec<String> = ops
-        .iter()
-        .filter_map(|op| match op {
-            Op::Hold(a) => Some(accounts.get(&a.row.org_id).0.to_owned()),
-            Op::Resolve(_) => None,
-        })
-        .collect();
+    accounts: &'a OrgAccounts,
+) -> Result<HashMap<&'a str, i64>, LedgerError> {
+    let mut wanted: Vec<&'a str> = Vec::new();
+    for op in ops {
+        if let Op::Hold(a) = op {
+            wanted.push(accounts.get(&a.row.org_id)?.0);
+        }
+    }
     if wanted.is_empty() {
         return Ok(HashMap::new());
     }
@@ -335,67 +348,65 @@ fn read_balances(
     wanted.dedup();
     let rows: Vec<BalanceRow> = Fixed { sql: READ_BALANCES, binds: &[json(&wanted)?] }.load(conn)?;
     // An org without accounts has nothing to spend.
-    let mut balances: HashMap<String, i64> = wanted.into_iter().map(|id| (id, 0)).collect();
-    balances.extend(rows.into_iter().map(|r| (r.id, r.balance)));
+    let mut balances: HashMap<&'a str, i64> = wanted.iter().map(|id| (*id, 0)).collect();
+    for row in rows {
+        if let Some(balance) = balances.get_mut(row.id.as_str()) {
+            *balance = row.balance;
+        }
+    }
     Ok(balances)
 }
 
 /// The admission decision (L2, L3): against the org's available balance as
 /// the batch's earlier operations left it.
-fn decide_hold(
-    a: &HoldArgs,
-    keys: &mut HashSet<String>,
-    holds: &mut HashMap<String, Known>,
-    balances: &mut HashMap<String, i64>,
-    accounts: &mut OrgAccounts,
-    w: &mut Writes,
+fn decide_hold<'a>(
+    a: &'a HoldArgs,
+    keys: &mut HashSet<&'a str>,
+    holds: &mut HashMap<&'a str, Known<'a>>,
+    balances: &mut HashMap<&'a str, i64>,
+    accounts: &'a OrgAccounts,
+    w: &mut Writes<'a>,
 ) -> Result<HoldDone, LedgerError> {
-    if let Some(key) = &a.row.idempotency_key
-        && !keys.insert(key.clone())
+    if let Some(key) = a.row.idempotency_key.as_deref()
+        && !keys.insert(key)
     {
         return Ok(HoldDone::Exists);
     }
-    let (available, held) = accounts.get(&a.row.org_id);
+    let (available, held) = accounts.get(&a.row.org_id)?;
     let Some(have) = balances.get_mut(available) else {
         return Err(LedgerError::Inconsistent("a hold's balance was not read"));
     };
     if *have < a.row.amount {
         // Written nothing, so the key stays free for a retry.
-        if let Some(key) = &a.row.idempotency_key {
+        if let Some(key) = a.row.idempotency_key.as_deref() {
             keys.remove(key);
         }
         return Ok(HoldDone::Insufficient(*have));
     }
     *have -= a.row.amount;
-    let (created, expires) = a.stamps.clone();
+    let (created, expires) = (a.stamps.0.as_str(), a.stamps.1.as_str());
+    let entry = a.entry_id.as_str();
     w.entry(
-        (
-            a.entry_id.as_str().to_owned(),
-            "hold",
-            a.row.org_id.clone(),
-            a.row.id.clone(),
-            a.row.reference.clone(),
-            created.clone(),
-        ),
+        (entry, "hold", &a.row.org_id, &a.row.id, Cow::Borrowed(a.row.reference.as_str()), created),
         &[(available, true, -a.row.amount), (held, true, a.row.amount)],
     )?;
     holds.insert(
-        a.row.id.clone(),
+        &a.row.id,
         Known {
-            org_id: a.row.org_id.clone(),
+            org_id: &a.row.org_id,
             amount: a.row.amount,
             status: HoldStatus::Held,
             placed_here: Some(w.new_holds.len()),
         },
     );
     w.new_holds.push((
-        a.row.id.clone(),
-        a.row.org_id.clone(),
+        &a.row.id,
+        &a.row.org_id,
         a.row.amount,
         HoldStatus::Held.as_str(),
-        a.row.reference.clone(),
-        a.row.idempotency_key.clone(),
-        a.entry_id.as_str().to_owned(),
+        &a.row.reference,
+        a.row.idempotency_key.as_deref(),
+        entry,
         None,
         None,
         created,
@@ -407,12 +418,12 @@ fn decide_hold(
 
 /// Resolves a hold exactly once (L4): a hold this batch already resolved,
 /// or that was resolved before, answers "not now".
-fn decide_resolve(
-    a: &ResolveArgs,
-    holds: &mut HashMap<String, Known>,
-    balances: &mut HashMap<String, i64>,
-    accounts: &mut OrgAccounts,
-    w: &mut Writes,
+fn decide_resolve<'a>(
+    a: &'a ResolveArgs,
+    holds: &mut HashMap<&'a str, Known<'a>>,
+    balances: &mut HashMap<&'a str, i64>,
+    accounts: &'a OrgAccounts,
+    w: &mut Writes<'a>,
 ) -> Result<ResolveDone, LedgerError> {
     let Some(hold) = holds.get_mut(a.id.as_str()) else {
         return Ok(ResolveDone { found: false, resolved_now: false, amount: 0, charged: 0 });
@@ -425,40 +436,31 @@ fn decide_resolve(
     // L5: never more than the hold; the rest goes back in the same entry.
     let charge = asked.min(amount);
     let overage = asked.saturating_sub(amount);
-    let (available, held) = accounts.get(&hold.org_id);
+    let (available, held) = accounts.get(hold.org_id)?;
     if let Some(balance) = balances.get_mut(available) {
         *balance += amount - charge;
     }
     // A crash here (the crash test) must leave nothing: nothing is written yet.
     modelroute_types::failpoint("ledger.resolve.in_transaction");
-    let at = a.stamp.clone();
+    let memo =
+        if overage > 0 { Cow::Owned(resolution_memo(a.status, overage)) } else { Cow::Borrowed(a.status.as_str()) };
+    let entry = a.entry_id.as_str();
+    let id = a.id.as_str();
     w.entry(
-        (
-            a.entry_id.as_str().to_owned(),
-            a.status.as_str(),
-            hold.org_id.clone(),
-            a.id.as_str().to_owned(),
-            resolution_memo(a.status, overage),
-            at.clone(),
-        ),
-        &[
-            (held, true, -amount),
-            (Account::revenue_id_for(a.id.as_str()), false, charge),
-            (available, true, amount - charge),
-        ],
+        (entry, a.status.as_str(), hold.org_id, id, memo, &a.stamp),
+        &[(held, true, -amount), (Account::revenue_id_for(id), false, charge), (available, true, amount - charge)],
     )?;
     hold.status = a.status;
     let settled = (a.status == HoldStatus::Settled).then_some(charge);
-    let entry = a.entry_id.as_str().to_owned();
     match hold.placed_here.and_then(|i| w.new_holds.get_mut(i)) {
         // Placed by this batch: its row is written resolved.
         Some(row) => {
             row.3 = a.status.as_str();
             row.7 = Some(entry);
             row.8 = settled;
-            row.11 = Some(at);
+            row.11 = Some(&a.stamp);
         }
-        None => w.resolved.push((a.id.as_str().to_owned(), a.status.as_str(), settled, at, entry)),
+        None => w.resolved.push((id, a.status.as_str(), settled, &a.stamp, entry)),
     }
     Ok(ResolveDone { found: true, resolved_now: true, amount, charged: charge })
 }
