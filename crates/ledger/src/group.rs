@@ -20,18 +20,15 @@ use crate::LedgerError;
 use crate::batch::{Op, Outcome};
 use crate::ops::{HoldArgs, HoldDone, ResolveArgs, ResolveDone, apply_on_sqlite, run_hold_alone, run_resolve_alone};
 
-#[expect(
-    clippy::large_enum_variant,
-    reason = "a job lives in the queue briefly; a Box would cost an allocation per hold"
-)]
-enum Job {
-    Hold(HoldArgs, oneshot::Sender<Result<HoldDone, LedgerError>>),
-    Resolve(ResolveArgs, oneshot::Sender<Result<ResolveDone, LedgerError>>),
+/// An operation waiting for a batch, and where its answer goes.
+struct Job {
+    op: Op,
+    reply: Reply,
 }
 
-enum Done {
-    Hold(Result<HoldDone, LedgerError>),
-    Resolve(Result<ResolveDone, LedgerError>),
+enum Reply {
+    Hold(oneshot::Sender<Result<HoldDone, LedgerError>>),
+    Resolve(oneshot::Sender<Result<ResolveDone, LedgerError>>),
 }
 
 /// The queue of operations waiting for a batch, and its workers.
@@ -50,13 +47,13 @@ impl GroupCommit {
 
     pub(crate) async fn hold(&self, args: HoldArgs) -> Result<HoldDone, LedgerError> {
         let (reply, answer) = oneshot::channel();
-        self.tx.send(Job::Hold(args, reply)).map_err(|_| LedgerError::Stopped)?;
+        self.tx.send(Job { op: Op::Hold(args), reply: Reply::Hold(reply) }).map_err(|_| LedgerError::Stopped)?;
         answer.await.map_err(|_| LedgerError::Stopped)?
     }
 
     pub(crate) async fn resolve(&self, args: ResolveArgs) -> Result<ResolveDone, LedgerError> {
         let (reply, answer) = oneshot::channel();
-        self.tx.send(Job::Resolve(args, reply)).map_err(|_| LedgerError::Stopped)?;
+        self.tx.send(Job { op: Op::Resolve(args), reply: Reply::Resolve(reply) }).map_err(|_| LedgerError::Stopped)?;
         answer.await.map_err(|_| LedgerError::Stopped)?
     }
 }
@@ -88,59 +85,63 @@ async fn worker(pool: DbPool, mut rx: mpsc::UnboundedReceiver<Job>, max_batch: u
                     writer = None;
                 }
             }
-            None => one_by_one(&pool, batch).await,
+            None => {
+                let (ops, replies) = batch.into_iter().map(|j| (j.op, j.reply)).unzip();
+                one_by_one(&pool, ops, replies).await;
+            }
         }
     }
 }
 
-fn answer(job: Job, done: Done) {
-    match (job, done) {
-        (Job::Hold(_, reply), Done::Hold(r)) => drop(reply.send(r)),
-        (Job::Resolve(_, reply), Done::Resolve(r)) => drop(reply.send(r)),
-        (Job::Hold(_, reply), Done::Resolve(_)) => drop(reply.send(Err(LedgerError::Stopped))),
-        (Job::Resolve(_, reply), Done::Hold(_)) => drop(reply.send(Err(LedgerError::Stopped))),
+/// Sends an operation's answer (an outcome of the other kind is a bug).
+fn answer(reply: Reply, outcome: Result<Outcome, LedgerError>) {
+    match (reply, outcome) {
+        (Reply::Hold(r), Ok(Outcome::Hold(done))) => drop(r.send(Ok(done))),
+        (Reply::Resolve(r), Ok(Outcome::Resolve(done))) => drop(r.send(Ok(done))),
+        (Reply::Hold(r), Err(e)) => drop(r.send(Err(e))),
+        (Reply::Resolve(r), Err(e)) => drop(r.send(Err(e))),
+        (Reply::Hold(r), Ok(Outcome::Resolve(_))) => {
+            drop(r.send(Err(LedgerError::Inconsistent("a hold answered as a resolution"))));
+        }
+        (Reply::Resolve(r), Ok(Outcome::Hold(_))) => {
+            drop(r.send(Err(LedgerError::Inconsistent("a resolution answered as a hold"))));
+        }
     }
 }
 
-/// Each job alone, in its own transaction, with its own answer.
-async fn one_by_one(pool: &DbPool, jobs: Vec<Job>) {
-    for job in jobs {
-        let done = match &job {
-            Job::Hold(a, _) => Done::Hold(run_hold_alone(pool, a).await),
-            Job::Resolve(a, _) => Done::Resolve(run_resolve_alone(pool, a).await),
+/// Each operation alone, in its own transaction, with its own answer.
+async fn one_by_one(pool: &DbPool, ops: Vec<Op>, replies: Vec<Reply>) {
+    for (op, reply) in ops.into_iter().zip(replies) {
+        let outcome = match &op {
+            Op::Hold(a) => run_hold_alone(pool, a).await.map(Outcome::Hold),
+            Op::Resolve(a) => run_resolve_alone(pool, a).await.map(Outcome::Resolve),
         };
-        answer(job, done);
+        answer(reply, outcome);
     }
 }
 
 /// Applies `jobs` as one batch on the writer's connection and answers each;
 /// `false` when the batch failed (its operations then ran alone).
 async fn run(conn: &mut SqliteConn, pool: &DbPool, jobs: Vec<Job>) -> bool {
-    let ops: Vec<Op> = jobs
-        .iter()
-        .map(|job| match job {
-            Job::Hold(a, _) => Op::Hold(a.clone()),
-            Job::Resolve(a, _) => Op::Resolve(a.clone()),
-        })
-        .collect();
+    // The operations move to SQLite's thread and come back: nothing is copied.
+    let (ops, replies): (Vec<Op>, Vec<Reply>) = jobs.into_iter().map(|j| (j.op, j.reply)).unzip();
     // A refusal or a lost race is an outcome, not an error: any error rolls
     // the whole batch back and its operations run alone.
     match apply_on_sqlite(conn, ops).await {
-        Ok(out) => {
-            for (job, outcome) in jobs.into_iter().zip(out) {
-                answer(
-                    job,
-                    match outcome {
-                        Outcome::Hold(done) => Done::Hold(Ok(done)),
-                        Outcome::Resolve(done) => Done::Resolve(Ok(done)),
-                    },
-                );
+        Ok((_, Ok(outcomes))) => {
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                answer(reply, Ok(outcome));
             }
             true
         }
-        Err(e) => {
+        Ok((ops, Err(e))) => {
             tracing::debug!(error = %e, "a group commit failed; its operations run one by one");
-            one_by_one(pool, jobs).await;
+            one_by_one(pool, ops, replies).await;
+            false
+        }
+        Err(e) => {
+            // SQLite's thread is gone with the operations: their callers are told.
+            tracing::warn!(error = %e, "the ledger's writer thread failed");
             false
         }
     }

@@ -115,13 +115,23 @@ pub(crate) async fn on_sqlite_thread<R: Send + 'static>(
 }
 
 /// Applies `ops` as one batch in one transaction on SQLite's own thread.
-pub(crate) async fn apply_on_sqlite(conn: &mut SqliteConn, ops: Vec<Op>) -> Result<Vec<Outcome>, LedgerError> {
-    on_sqlite_thread(conn, move |c| c.immediate_transaction(|t| batch::apply(t, &ops, time::now()))).await
+/// The operations come back with the outcome, so a failed batch can run
+/// them again one by one without having copied them.
+pub(crate) async fn apply_on_sqlite(
+    conn: &mut SqliteConn,
+    ops: Vec<Op>,
+) -> Result<(Vec<Op>, Result<Vec<Outcome>, LedgerError>), LedgerError> {
+    on_sqlite_thread(conn, move |c| {
+        let outcomes = c.immediate_transaction(|t| batch::apply(t, &ops, time::now()));
+        Ok((ops, outcomes))
+    })
+    .await
 }
 
 /// One operation alone, in its own transaction.
 async fn apply_alone(conn: &mut SqliteConn, op: Op) -> Result<Outcome, LedgerError> {
-    apply_on_sqlite(conn, vec![op]).await?.pop().ok_or(LedgerError::Inconsistent("an operation had no outcome"))
+    let (_, outcomes) = apply_on_sqlite(conn, vec![op]).await?;
+    outcomes?.pop().ok_or(LedgerError::Inconsistent("an operation had no outcome"))
 }
 
 /// Whether PostgreSQL aborted the statement to break a deadlock or a
