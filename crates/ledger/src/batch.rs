@@ -46,6 +46,24 @@ pub(crate) enum Outcome {
     Resolve(ResolveDone),
 }
 
+impl Outcome {
+    /// A hold's outcome (the other kind is a bug).
+    pub(crate) const fn into_hold(self) -> Result<HoldDone, LedgerError> {
+        match self {
+            Self::Hold(done) => Ok(done),
+            Self::Resolve(_) => Err(LedgerError::Inconsistent("a hold answered as a resolution")),
+        }
+    }
+
+    /// A resolution's outcome (the other kind is a bug).
+    pub(crate) const fn into_resolve(self) -> Result<ResolveDone, LedgerError> {
+        match self {
+            Self::Resolve(done) => Ok(done),
+            Self::Hold(_) => Err(LedgerError::Inconsistent("a resolution answered as a hold")),
+        }
+    }
+}
+
 const READ_KEYS: &str =
     "SELECT idempotency_key AS key FROM ledger_holds WHERE idempotency_key IN (SELECT value FROM jsonb_each(?))";
 const READ_HOLDS: &str =

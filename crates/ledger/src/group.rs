@@ -95,17 +95,9 @@ async fn worker(pool: DbPool, mut rx: mpsc::UnboundedReceiver<Job>, max_batch: u
 
 /// Sends an operation's answer (an outcome of the other kind is a bug).
 fn answer(reply: Reply, outcome: Result<Outcome, LedgerError>) {
-    match (reply, outcome) {
-        (Reply::Hold(r), Ok(Outcome::Hold(done))) => drop(r.send(Ok(done))),
-        (Reply::Resolve(r), Ok(Outcome::Resolve(done))) => drop(r.send(Ok(done))),
-        (Reply::Hold(r), Err(e)) => drop(r.send(Err(e))),
-        (Reply::Resolve(r), Err(e)) => drop(r.send(Err(e))),
-        (Reply::Hold(r), Ok(Outcome::Resolve(_))) => {
-            drop(r.send(Err(LedgerError::Inconsistent("a hold answered as a resolution"))));
-        }
-        (Reply::Resolve(r), Ok(Outcome::Hold(_))) => {
-            drop(r.send(Err(LedgerError::Inconsistent("a resolution answered as a hold"))));
-        }
+    match reply {
+        Reply::Hold(r) => drop(r.send(outcome.and_then(Outcome::into_hold))),
+        Reply::Resolve(r) => drop(r.send(outcome.and_then(Outcome::into_resolve))),
     }
 }
 

@@ -172,10 +172,7 @@ async fn hold_once(pool: &DbPool, a: &HoldArgs) -> Result<HoldDone, LedgerError>
             let c: &mut PgConn = &mut c;
             hold_pg(c, a).await
         }
-        DbConn::Sqlite(mut c) => match apply_alone(&mut c, Op::Hold(a.clone())).await? {
-            Outcome::Hold(done) => Ok(done),
-            Outcome::Resolve(_) => Err(LedgerError::Inconsistent("a hold answered as a resolution")),
-        },
+        DbConn::Sqlite(mut c) => apply_alone(&mut c, Op::Hold(a.clone())).await?.into_hold(),
     }
 }
 
@@ -191,9 +188,6 @@ async fn resolve_once(pool: &DbPool, a: &ResolveArgs) -> Result<ResolveDone, Led
             // One statement: atomic on its own.
             resolve_pg(c, a).await
         }
-        DbConn::Sqlite(mut c) => match apply_alone(&mut c, Op::Resolve(a.clone())).await? {
-            Outcome::Resolve(done) => Ok(done),
-            Outcome::Hold(_) => Err(LedgerError::Inconsistent("a resolution answered as a hold")),
-        },
+        DbConn::Sqlite(mut c) => apply_alone(&mut c, Op::Resolve(a.clone())).await?.into_resolve(),
     }
 }
