@@ -54,15 +54,22 @@ impl Backend {
 pub enum DbPool {
     /// PostgreSQL.
     Postgres(Pool<PgConn>),
-    /// SQLite.
-    Sqlite(Pool<SqliteConn>),
+    /// SQLite, and how to open a connection of its own to the same file.
+    Sqlite(Pool<SqliteConn>, SqliteFile),
+}
+
+/// Where a SQLite pool's file is and how its connections are set up.
+#[derive(Clone, Debug)]
+pub struct SqliteFile {
+    path: std::sync::Arc<str>,
+    busy_timeout_ms: u64,
 }
 
 impl std::fmt::Debug for DbPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let status = match self {
             Self::Postgres(p) => p.status(),
-            Self::Sqlite(p) => p.status(),
+            Self::Sqlite(p, _) => p.status(),
         };
         f.debug_struct("DbPool")
             .field("backend", &self.backend())
@@ -130,7 +137,8 @@ impl DbPool {
                     .runtime(Runtime::Tokio1)
                     .build()
                     .map_err(|e| DbError::Connect(e.to_string()))?;
-                Self::Sqlite(pool)
+                let file = SqliteFile { path: path.to_string_lossy().into(), busy_timeout_ms: busy };
+                Self::Sqlite(pool, file)
             }
         };
         drop(pool.get().await?);
@@ -142,7 +150,7 @@ impl DbPool {
     pub const fn backend(&self) -> Backend {
         match self {
             Self::Postgres(_) => Backend::Postgres,
-            Self::Sqlite(_) => Backend::Sqlite,
+            Self::Sqlite(..) => Backend::Sqlite,
         }
     }
 
@@ -153,24 +161,29 @@ impl DbPool {
     pub async fn get(&self) -> Result<DbConn, DbError> {
         match self {
             Self::Postgres(p) => p.get().await.map(DbConn::Postgres).map_err(pool_error),
-            Self::Sqlite(p) => p.get().await.map(DbConn::Sqlite).map_err(pool_error),
+            Self::Sqlite(p, _) => p.get().await.map(DbConn::Sqlite).map_err(pool_error),
         }
     }
 
-    /// A SQLite connection of its own for a long-lived single writer (the
-    /// ledger's group commit): taken out of the pool, which opens another in
-    /// its place, so its page cache stays warm between transactions instead
-    /// of going to whichever connection is free. `None` on PostgreSQL.
+    /// A SQLite connection of its own for a long-lived single writer on a
+    /// thread of its own (the ledger's group commit): opened outside the
+    /// pool, blocking, with the pool's settings and a 64 MiB page cache, so
+    /// the hot pages of the tables and indexes it writes stay warm from one
+    /// transaction to the next. `None` on PostgreSQL.
+    ///
+    /// Blocking: call it from the thread that will use the connection.
     ///
     /// # Errors
-    /// [`DbError::PoolTimeout`] or [`DbError::Connect`].
-    pub async fn dedicated_sqlite(&self) -> Result<Option<SqliteConn>, DbError> {
+    /// [`DbError::Connect`] or [`DbError::Query`] (the settings).
+    pub fn open_sqlite_writer(&self) -> Result<Option<SqliteConnection>, DbError> {
+        use diesel::Connection as _;
+        use diesel::connection::SimpleConnection as _;
         match self {
             Self::Postgres(_) => Ok(None),
-            Self::Sqlite(p) => {
-                let mut conn = Object::take(p.get().await.map_err(pool_error)?);
-                // The hot pages of the tables and indexes it writes (64 MiB at most).
-                conn.batch_execute("PRAGMA cache_size = -65536").await?;
+            Self::Sqlite(_, file) => {
+                let mut conn = SqliteConnection::establish(&file.path).map_err(|e| DbError::Connect(e.to_string()))?;
+                conn.batch_execute(&sqlite_pragmas(file.busy_timeout_ms))?;
+                conn.batch_execute("PRAGMA cache_size = -65536")?;
                 Ok(Some(conn))
             }
         }

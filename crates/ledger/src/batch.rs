@@ -3,8 +3,8 @@
 //! applied in one transaction with a fixed number of statements whatever its
 //! size: read what the batch needs (balances, holds, idempotency keys), decide
 //! every operation in order in memory, then write every row of a kind with
-//! one statement. The rows travel as one JSON array per statement
-//! (`jsonb_each`), so each statement's SQL is fixed and stays prepared.
+//! statement (or a few, in chunks of fixed sizes: `rows.rs`). The rows are
+//! bound parameters of statements that stay prepared.
 //!
 //! It runs on the connection's own thread inside `BEGIN IMMEDIATE`: SQLite's
 //! one writer holds the lock from the first read to the commit, so what the
@@ -18,15 +18,13 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use chrono::NaiveDateTime;
-use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
-use diesel::sql_types::{BigInt, Text, Untyped};
-use diesel::sqlite::Sqlite;
-use diesel::{QueryResult, QueryableByName, RunQueryDsl, SqliteConnection};
+use diesel::sql_types::{BigInt, Text};
+use diesel::{QueryableByName, SqliteConnection};
 use modelroute_types::OrgId;
-use serde::Serialize;
 
 use crate::accounts::{Account, Kind};
 use crate::ops::{HoldArgs, HoldDone, ResolveArgs, ResolveDone};
+use crate::rows::{self, Shape};
 use crate::sql::resolution_memo;
 use crate::{HoldStatus, LedgerError};
 
@@ -64,61 +62,45 @@ impl Outcome {
     }
 }
 
-const READ_KEYS: &str =
-    "SELECT idempotency_key AS key FROM ledger_holds WHERE idempotency_key IN (SELECT value FROM jsonb_each(?))";
-const READ_HOLDS: &str =
-    "SELECT id, org_id, amount, status FROM ledger_holds WHERE id IN (SELECT value FROM jsonb_each(?))";
-const READ_BALANCES: &str = "SELECT id, balance FROM ledger_accounts WHERE id IN (SELECT value FROM jsonb_each(?))";
-const INSERT_ENTRIES: &str = "INSERT INTO ledger_entries (id, kind, org_id, hold_id, idempotency_key, memo, created_at) \
-     SELECT value->>0, value->>1, value->>2, value->>3, NULL, value->>4, value->>5 FROM jsonb_each(?)";
-const INSERT_POSTINGS: &str = "INSERT INTO ledger_postings (entry_id, account_id, amount) \
-     SELECT value->>0, value->>1, value->>2 FROM jsonb_each(?)";
-const INSERT_HOLDS: &str = "INSERT INTO ledger_holds (id, org_id, amount, status, reference, idempotency_key, \
-     hold_entry_id, resolve_entry_id, settled_amount, created_at, expires_at, resolved_at) \
-     SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>7, value->>8, \
-     value->>9, value->>10, value->>11 FROM jsonb_each(?)";
+const READ_KEYS: Shape = Shape {
+    head: "SELECT idempotency_key AS key FROM ledger_holds WHERE idempotency_key IN (",
+    tail: ")",
+    parenthesised: false,
+};
+const READ_HOLDS: Shape = Shape {
+    head: "SELECT id, org_id, amount, status FROM ledger_holds WHERE id IN (",
+    tail: ")",
+    parenthesised: false,
+};
+const READ_BALANCES: Shape =
+    Shape { head: "SELECT id, balance FROM ledger_accounts WHERE id IN (", tail: ")", parenthesised: false };
+const INSERT_ENTRIES: Shape = Shape {
+    head: "INSERT INTO ledger_entries (id, kind, org_id, hold_id, memo, created_at) VALUES ",
+    tail: "",
+    parenthesised: true,
+};
+const INSERT_POSTINGS: Shape =
+    Shape { head: "INSERT INTO ledger_postings (entry_id, account_id, amount) VALUES ", tail: "", parenthesised: true };
+const INSERT_HOLDS: Shape = Shape {
+    head: "INSERT INTO ledger_holds (id, org_id, amount, status, reference, idempotency_key, hold_entry_id, \
+           resolve_entry_id, settled_amount, created_at, expires_at, resolved_at) VALUES ",
+    tail: "",
+    parenthesised: true,
+};
 // `+status`: the lookup goes by id (the primary key), not by the open-holds index.
-const RESOLVE_HOLDS: &str = "UPDATE ledger_holds SET status = j.value->>1, settled_amount = j.value->>2, \
-     resolved_at = j.value->>3, resolve_entry_id = j.value->>4 FROM jsonb_each(?) AS j \
-     WHERE ledger_holds.id = j.value->>0 AND +ledger_holds.status = 'held'";
-// The guard: a customer account (third element 1) never goes below zero.
-const MOVE_BALANCES: &str = "UPDATE ledger_accounts SET balance = balance + (j.value->>1), updated_at = ? \
-     FROM jsonb_each(?) AS j WHERE ledger_accounts.id = j.value->>0 \
-     AND (j.value->>2 = 0 OR ledger_accounts.balance + (j.value->>1) >= 0)";
-
-/// One of this module's statements with its text parameters, in the order
-/// of the `?`s. Unlike `diesel::sql_query`, which is never cached, diesel
-/// keeps these prepared (keyed by their SQL), so a batch parses nothing.
-struct Fixed<'a> {
-    sql: &'static str,
-    binds: &'a [String],
-}
-
-impl QueryFragment<Sqlite> for Fixed<'_> {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
-        if self.sql.matches('?').count() != self.binds.len() {
-            return Err(diesel::result::Error::QueryBuilderError("parameters do not match the statement".into()));
-        }
-        let mut pieces = self.sql.split('?');
-        out.push_sql(pieces.next().unwrap_or_default());
-        for (bind, piece) in self.binds.iter().zip(pieces) {
-            out.push_bind_param::<Text, String>(bind)?;
-            out.push_sql(piece);
-        }
-        Ok(())
-    }
-}
-
-impl QueryId for Fixed<'_> {
-    type QueryId = ();
-    const HAS_STATIC_QUERY_ID: bool = false;
-}
-
-impl Query for Fixed<'_> {
-    type SqlType = Untyped;
-}
-
-impl<C> RunQueryDsl<C> for Fixed<'_> {}
+const RESOLVE_HOLDS: Shape = Shape {
+    head: "UPDATE ledger_holds SET status = j.column2, settled_amount = j.column3, resolved_at = j.column4, \
+           resolve_entry_id = j.column5 FROM (VALUES ",
+    tail: ") AS j WHERE ledger_holds.id = j.column1 AND +ledger_holds.status = 'held'",
+    parenthesised: true,
+};
+// The guard: a customer account (third column 1) never goes below zero.
+const MOVE_BALANCES: Shape = Shape {
+    head: "UPDATE ledger_accounts SET balance = balance + j.column2, updated_at = j.column4 FROM (VALUES ",
+    tail: ") AS j WHERE ledger_accounts.id = j.column1 \
+           AND (j.column3 = 0 OR ledger_accounts.balance + j.column2 >= 0)",
+    parenthesised: true,
+};
 
 #[derive(QueryableByName)]
 struct KeyRow {
@@ -217,42 +199,27 @@ impl<'a> Writes<'a> {
 
     fn flush(self, conn: &mut SqliteConnection, now: NaiveDateTime) -> Result<(), LedgerError> {
         // Entries first: postings and holds refer to them (foreign keys).
-        execute(conn, INSERT_ENTRIES, &self.entries)?;
-        execute(conn, INSERT_POSTINGS, &self.postings)?;
-        execute(conn, INSERT_HOLDS, &self.new_holds)?;
+        rows::execute(conn, &INSERT_ENTRIES, &self.entries)?;
+        rows::execute(conn, &INSERT_POSTINGS, &self.postings)?;
+        rows::execute(conn, &INSERT_HOLDS, &self.new_holds)?;
         // Resolved exactly once (L4): each update still insists on `held`.
-        if execute(conn, RESOLVE_HOLDS, &self.resolved)? != self.resolved.len() {
+        if rows::execute(conn, &RESOLVE_HOLDS, &self.resolved)? != self.resolved.len() {
             return Err(LedgerError::Inconsistent("a hold to resolve was not open"));
         }
-        let moves: Vec<(&str, i64, u8)> = self
+        let now = stamp(now);
+        let moves: Vec<(&str, i64, i64, &str)> = self
             .deltas
             .iter()
             .filter(|(_, (d, _))| *d != 0)
-            .map(|(id, (d, customer))| (*id, *d, u8::from(*customer)))
+            .map(|(id, (d, customer))| (*id, *d, i64::from(*customer), now.as_str()))
             .collect();
-        if moves.is_empty() {
-            return Ok(());
-        }
-        let moved = Fixed { sql: MOVE_BALANCES, binds: &[stamp(now), json(&moves)?] }.execute(conn)?;
-        if moved != moves.len() {
+        if rows::execute(conn, &MOVE_BALANCES, &moves)? != moves.len() {
             // The decision and the guard disagree: a bug or a broken
             // database. The caller's transaction rolls everything back.
             return Err(LedgerError::Inconsistent("a balance guard refused a decided posting"));
         }
         Ok(())
     }
-}
-
-fn json<T: Serialize>(rows: &T) -> Result<String, LedgerError> {
-    serde_json::to_string(rows).map_err(|e| diesel::result::Error::SerializationError(Box::new(e)).into())
-}
-
-/// Runs a statement over `rows` (skipped when there are none); rows changed.
-fn execute<T: Serialize>(conn: &mut SqliteConnection, sql: &'static str, rows: &[T]) -> Result<usize, LedgerError> {
-    if rows.is_empty() {
-        return Ok(0);
-    }
-    Ok(Fixed { sql, binds: &[json(&rows)?] }.execute(conn)?)
 }
 
 /// The ids of the available and held accounts of every org the batch
@@ -330,7 +297,7 @@ fn read_keys(conn: &mut SqliteConnection, ops: &[Op]) -> Result<Vec<KeyRow>, Led
     if wanted.is_empty() {
         return Ok(Vec::new());
     }
-    Ok(Fixed { sql: READ_KEYS, binds: &[json(&wanted)?] }.load(conn)?)
+    rows::load(conn, &READ_KEYS, &wanted)
 }
 
 fn read_holds(conn: &mut SqliteConnection, ops: &[Op]) -> Result<Vec<HoldState>, LedgerError> {
@@ -344,7 +311,7 @@ fn read_holds(conn: &mut SqliteConnection, ops: &[Op]) -> Result<Vec<HoldState>,
     if wanted.is_empty() {
         return Ok(Vec::new());
     }
-    Ok(Fixed { sql: READ_HOLDS, binds: &[json(&wanted)?] }.load(conn)?)
+    rows::load(conn, &READ_HOLDS, &wanted)
 }
 
 /// The available balances of the orgs the batch's holds draw on.
@@ -364,10 +331,10 @@ fn read_balances<'a>(
     }
     wanted.sort_unstable();
     wanted.dedup();
-    let rows: Vec<BalanceRow> = Fixed { sql: READ_BALANCES, binds: &[json(&wanted)?] }.load(conn)?;
+    let found: Vec<BalanceRow> = rows::load(conn, &READ_BALANCES, &wanted)?;
     // An org without accounts has nothing to spend.
     let mut balances: HashMap<&'a str, i64> = wanted.iter().map(|id| (*id, 0)).collect();
-    for row in rows {
+    for row in found {
         if let Some(balance) = balances.get_mut(row.id.as_str()) {
             *balance = row.balance;
         }

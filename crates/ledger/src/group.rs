@@ -2,10 +2,18 @@
 //! are being written go into the same transaction, so one commit and one
 //! acquisition of SQLite's write lock serve many operations. At low load a
 //! batch is one operation and nothing waits: the writer takes what is queued
-//! the moment it is free. The whole batch runs in one hop to the
-//! connection's thread and is applied set-wise (`batch.rs`): a fixed number
-//! of statements per batch, whatever its size. A refusal writes nothing; an
-//! unexpected error rolls the batch back and its operations run alone.
+//! the moment it is free. Batches are applied set-wise (`batch.rs`): a fixed
+//! number of statements per batch, whatever its size. A refusal writes
+//! nothing; an unexpected error rolls the batch back and its operations run
+//! alone, on a fresh connection.
+//!
+//! The writer is an OS thread of its own that owns its connection: it takes
+//! the next batch the moment it has answered the last, while the callers it
+//! answered run on the async runtime's threads. (Running each batch through
+//! the connection pool's hop to a blocking thread left the writer idle
+//! between batches: measured at ~1 busy core of 2.) It is not a task of any
+//! runtime, so no runtime waits for it on shutdown; it ends when the last
+//! sender (the last clone of the ledger) is dropped.
 //!
 //! Not on PostgreSQL: each operation there is already one statement, many
 //! run at once on separate connections, and PostgreSQL flushes concurrent
@@ -13,12 +21,14 @@
 //! them hold row locks longer and wait on each other: measured 9× slower at
 //! concurrency 16 (docs/PERFORMANCE.md).
 
-use modelroute_db::{DbPool, SqliteConn};
+use diesel::SqliteConnection;
+use modelroute_db::DbPool;
+use modelroute_types::time;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::LedgerError;
-use crate::batch::{Op, Outcome};
-use crate::ops::{HoldArgs, HoldDone, ResolveArgs, ResolveDone, apply_on_sqlite, run_hold_alone, run_resolve_alone};
+use crate::batch::{self, Op, Outcome};
+use crate::ops::{HoldArgs, HoldDone, ResolveArgs, ResolveDone};
 
 /// An operation waiting for a batch, and where its answer goes.
 struct Job {
@@ -31,18 +41,28 @@ enum Reply {
     Resolve(oneshot::Sender<Result<ResolveDone, LedgerError>>),
 }
 
-/// The queue of operations waiting for a batch, and its workers.
+/// The queue of operations waiting for a batch, and its writer thread.
 #[derive(Debug)]
 pub(crate) struct GroupCommit {
     tx: mpsc::UnboundedSender<Job>,
 }
 
 impl GroupCommit {
-    /// Starts the batch writer over `pool` (a SQLite pool).
-    pub(crate) fn start(pool: &DbPool, max_batch: usize) -> Self {
+    /// Starts the writer thread over `pool` (a SQLite pool).
+    ///
+    /// # Errors
+    /// [`LedgerError::Stopped`] when the thread cannot be started.
+    pub(crate) fn start(pool: &DbPool, max_batch: usize) -> Result<Self, LedgerError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(worker(pool.clone(), rx, max_batch.max(1)));
-        Self { tx }
+        let pool = pool.clone();
+        std::thread::Builder::new()
+            .name("ledger-writer".into())
+            .spawn(move || writer(&pool, rx, max_batch.max(1)))
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot start the ledger's writer thread");
+                LedgerError::Stopped
+            })?;
+        Ok(Self { tx })
     }
 
     pub(crate) async fn hold(&self, args: HoldArgs) -> Result<HoldDone, LedgerError> {
@@ -58,39 +78,59 @@ impl GroupCommit {
     }
 }
 
-async fn worker(pool: DbPool, mut rx: mpsc::UnboundedReceiver<Job>, max_batch: usize) {
-    // The writer's own connection: its page cache stays warm from one batch
-    // to the next. Replaced after a failed batch.
-    let mut writer: Option<SqliteConn> = None;
-    loop {
-        let batch = {
-            let Some(first) = rx.recv().await else { return };
-            let mut batch = vec![first];
-            while batch.len() < max_batch {
-                match rx.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
+/// The writer thread: one batch at a time, until every sender is gone.
+fn writer(pool: &DbPool, mut rx: mpsc::UnboundedReceiver<Job>, max_batch: usize) {
+    // Its own connection: the page cache stays warm from one batch to the
+    // next. Replaced after a failed batch.
+    let mut conn: Option<SqliteConnection> = None;
+    while let Some(first) = rx.blocking_recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < max_batch {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
             }
-            batch
-        };
-        metrics::histogram!("ledger_group_commit_batch_size").record(u32::try_from(batch.len()).unwrap_or(u32::MAX));
-        if writer.is_none() {
-            writer = pool.dedicated_sqlite().await.ok().flatten();
         }
-        match writer.as_mut() {
-            Some(conn) => {
-                let ok = run(conn, &pool, batch).await;
-                if !ok {
-                    writer = None;
+        metrics::histogram!("ledger_group_commit_batch_size").record(u32::try_from(jobs.len()).unwrap_or(u32::MAX));
+        let (ops, replies): (Vec<Op>, Vec<Reply>) = jobs.into_iter().map(|j| (j.op, j.reply)).unzip();
+        let outcome =
+            connected(pool, &mut conn).and_then(|c| c.immediate_transaction(|t| batch::apply(t, &ops, time::now())));
+        match outcome {
+            Ok(outcomes) => {
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    answer(reply, Ok(outcome));
                 }
             }
-            None => {
-                let (ops, replies) = batch.into_iter().map(|j| (j.op, j.reply)).unzip();
-                one_by_one(&pool, ops, replies).await;
+            // A refusal or a lost race is an outcome, not an error: any
+            // error rolled the whole batch back. Its operations run alone
+            // on a fresh connection, each with its own answer.
+            Err(e) => {
+                tracing::debug!(error = %e, "a group commit failed; its operations run one by one");
+                conn = None;
+                for (op, reply) in ops.iter().zip(replies) {
+                    answer(reply, alone(pool, &mut conn, op));
+                }
             }
         }
     }
+}
+
+/// One operation in its own transaction.
+fn alone(pool: &DbPool, conn: &mut Option<SqliteConnection>, op: &Op) -> Result<Outcome, LedgerError> {
+    let c = connected(pool, conn)?;
+    let mut outcomes = c.immediate_transaction(|t| batch::apply(t, std::slice::from_ref(op), time::now()))?;
+    outcomes.pop().ok_or(LedgerError::Inconsistent("an operation had no outcome"))
+}
+
+/// The writer's connection, opened when there is none.
+fn connected<'c>(
+    pool: &DbPool,
+    conn: &'c mut Option<SqliteConnection>,
+) -> Result<&'c mut SqliteConnection, LedgerError> {
+    if conn.is_none() {
+        *conn = pool.open_sqlite_writer()?;
+    }
+    conn.as_mut().ok_or(LedgerError::Inconsistent("group commit runs on SQLite only"))
 }
 
 /// Sends an operation's answer (an outcome of the other kind is a bug).
@@ -98,43 +138,5 @@ fn answer(reply: Reply, outcome: Result<Outcome, LedgerError>) {
     match reply {
         Reply::Hold(r) => drop(r.send(outcome.and_then(Outcome::into_hold))),
         Reply::Resolve(r) => drop(r.send(outcome.and_then(Outcome::into_resolve))),
-    }
-}
-
-/// Each operation alone, in its own transaction, with its own answer.
-async fn one_by_one(pool: &DbPool, ops: Vec<Op>, replies: Vec<Reply>) {
-    for (op, reply) in ops.into_iter().zip(replies) {
-        let outcome = match &op {
-            Op::Hold(a) => run_hold_alone(pool, a).await.map(Outcome::Hold),
-            Op::Resolve(a) => run_resolve_alone(pool, a).await.map(Outcome::Resolve),
-        };
-        answer(reply, outcome);
-    }
-}
-
-/// Applies `jobs` as one batch on the writer's connection and answers each;
-/// `false` when the batch failed (its operations then ran alone).
-async fn run(conn: &mut SqliteConn, pool: &DbPool, jobs: Vec<Job>) -> bool {
-    // The operations move to SQLite's thread and come back: nothing is copied.
-    let (ops, replies): (Vec<Op>, Vec<Reply>) = jobs.into_iter().map(|j| (j.op, j.reply)).unzip();
-    // A refusal or a lost race is an outcome, not an error: any error rolls
-    // the whole batch back and its operations run alone.
-    match apply_on_sqlite(conn, ops).await {
-        Ok((_, Ok(outcomes))) => {
-            for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                answer(reply, Ok(outcome));
-            }
-            true
-        }
-        Ok((ops, Err(e))) => {
-            tracing::debug!(error = %e, "a group commit failed; its operations run one by one");
-            one_by_one(pool, ops, replies).await;
-            false
-        }
-        Err(e) => {
-            // SQLite's thread is gone with the operations: their callers are told.
-            tracing::warn!(error = %e, "the ledger's writer thread failed");
-            false
-        }
     }
 }

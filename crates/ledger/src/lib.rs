@@ -27,6 +27,7 @@ mod config;
 mod error;
 mod group;
 mod ops;
+mod rows;
 mod sql;
 
 use std::future::Future;
