@@ -17,6 +17,7 @@ pub mod schema;
 pub mod schema_gen;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod wal;
 
 pub use config::{DatabaseConfig, DatabaseUrl};
 pub use error::DbError;

@@ -84,6 +84,15 @@ impl TestDb {
         &self.pool
     }
 
+    /// The SQLite file, for a SQLite database.
+    #[must_use]
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        match &self.cleanup {
+            Cleanup::Dir(dir) => Some(dir.join("test.db")),
+            Cleanup::PgDatabase { .. } => None,
+        }
+    }
+
     /// A `[database]` section pointing at this database (for a test server).
     #[must_use]
     pub fn config(&self) -> DatabaseConfig {

@@ -6,7 +6,8 @@
 //! `MODELROUTE_TEST_POSTGRES_URL` is set (`.ci/run` sets it); SQLite with and
 //! without group commit; `PAIRS_BACKEND=sqlite|postgres` picks one backend,
 //! `PAIRS_CONCURRENCY=1,256` the concurrencies (default 1, 16, 64, 256,
-//! 1024, 2048), `PAIRS_MAX_BATCH` the group-commit batch limit.
+//! 1024, 2048), `PAIRS_MAX_BATCH` the group-commit batch limit,
+//! `PAIRS_GROUP_COMMIT=on|off` one SQLite configuration.
 
 #![allow(
     clippy::unwrap_used,
@@ -140,10 +141,14 @@ fn bench(c: &mut Criterion) {
         |_| vec![1, 16, 64, 256, 1024, 2048],
         |v| v.split(',').map(|n| n.trim().parse().unwrap()).collect(),
     );
+    let grouping: Option<bool> = std::env::var("PAIRS_GROUP_COMMIT").ok().map(|v| v == "on");
     let max_batch: Option<usize> = std::env::var("PAIRS_MAX_BATCH").ok().map(|v| v.parse().unwrap());
     // Group commit is SQLite's only (the setting does nothing on PostgreSQL).
     for (backend, grouped) in [("sqlite", false), ("sqlite", true), ("postgres", false)] {
         if !backends.contains(&backend) || only.as_deref().is_some_and(|o| o != backend) {
+            continue;
+        }
+        if backend == "sqlite" && grouping.is_some_and(|g| g != grouped) {
             continue;
         }
         let db = rt

@@ -22,13 +22,19 @@
 //! concurrency 16 (docs/PERFORMANCE.md).
 
 use diesel::SqliteConnection;
+use diesel::connection::SimpleConnection as _;
 use modelroute_db::DbPool;
+use modelroute_db::wal::{WAL_CAP_FRAMES, WalCheckpointer};
 use modelroute_types::time;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::LedgerError;
 use crate::batch::{self, Op, Outcome};
 use crate::ops::{HoldArgs, HoldDone, ResolveArgs, ResolveDone};
+
+/// How often the checkpoint thread copies the WAL back while the writer
+/// commits.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// An operation waiting for a batch, and where its answer goes.
 struct Job {
@@ -83,6 +89,8 @@ fn writer(pool: &DbPool, mut rx: mpsc::UnboundedReceiver<Job>, max_batch: usize)
     // Its own connection: the page cache stays warm from one batch to the
     // next. Replaced after a failed batch.
     let mut conn: Option<SqliteConnection> = None;
+    // WAL checkpoints run on a thread of their own (`modelroute_db::wal`).
+    let checkpoints = WalCheckpointer::start(pool, CHECKPOINT_EVERY, WAL_CAP_FRAMES);
     while let Some(first) = rx.blocking_recv() {
         let mut jobs = vec![first];
         while jobs.len() < max_batch {
@@ -93,12 +101,20 @@ fn writer(pool: &DbPool, mut rx: mpsc::UnboundedReceiver<Job>, max_batch: usize)
         }
         metrics::histogram!("ledger_group_commit_batch_size").record(u32::try_from(jobs.len()).unwrap_or(u32::MAX));
         let (ops, replies): (Vec<Op>, Vec<Reply>) = jobs.into_iter().map(|j| (j.op, j.reply)).unzip();
-        let outcome =
-            connected(pool, &mut conn).and_then(|c| c.immediate_transaction(|t| batch::apply(t, &ops, time::now())));
+        let outcome = connected(pool, &mut conn, checkpoints.as_ref())
+            .and_then(|c| c.immediate_transaction(|t| batch::apply(t, &ops, time::now())));
         match outcome {
             Ok(outcomes) => {
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     answer(reply, Ok(outcome));
+                }
+                if let (Some(ckpt), Some(c)) = (checkpoints.as_ref(), conn.as_mut()) {
+                    ckpt.committed();
+                    if ckpt.over_cap()
+                        && let Err(e) = ckpt.finish(c)
+                    {
+                        tracing::warn!(error = %e, "the writer's WAL checkpoint failed");
+                    }
                 }
             }
             // A refusal or a lost race is an outcome, not an error: any
@@ -108,7 +124,7 @@ fn writer(pool: &DbPool, mut rx: mpsc::UnboundedReceiver<Job>, max_batch: usize)
                 tracing::debug!(error = %e, "a group commit failed; its operations run one by one");
                 conn = None;
                 for (op, reply) in ops.iter().zip(replies) {
-                    answer(reply, alone(pool, &mut conn, op));
+                    answer(reply, alone(pool, &mut conn, checkpoints.as_ref(), op));
                 }
             }
         }
@@ -116,19 +132,30 @@ fn writer(pool: &DbPool, mut rx: mpsc::UnboundedReceiver<Job>, max_batch: usize)
 }
 
 /// One operation in its own transaction.
-fn alone(pool: &DbPool, conn: &mut Option<SqliteConnection>, op: &Op) -> Result<Outcome, LedgerError> {
-    let c = connected(pool, conn)?;
+fn alone(
+    pool: &DbPool,
+    conn: &mut Option<SqliteConnection>,
+    checkpoints: Option<&WalCheckpointer>,
+    op: &Op,
+) -> Result<Outcome, LedgerError> {
+    let c = connected(pool, conn, checkpoints)?;
     let mut outcomes = c.immediate_transaction(|t| batch::apply(t, std::slice::from_ref(op), time::now()))?;
     outcomes.pop().ok_or(LedgerError::Inconsistent("an operation had no outcome"))
 }
 
-/// The writer's connection, opened when there is none.
+/// The writer's connection, opened when there is none; it leaves WAL
+/// checkpoints to the checkpoint thread when there is one.
 fn connected<'c>(
     pool: &DbPool,
     conn: &'c mut Option<SqliteConnection>,
+    checkpoints: Option<&WalCheckpointer>,
 ) -> Result<&'c mut SqliteConnection, LedgerError> {
     if conn.is_none() {
-        *conn = pool.open_sqlite_writer()?;
+        let mut opened = pool.open_sqlite_writer()?;
+        if let (Some(c), Some(_)) = (opened.as_mut(), checkpoints) {
+            c.batch_execute("PRAGMA wal_autocheckpoint = 0").map_err(modelroute_db::DbError::from)?;
+        }
+        *conn = opened;
     }
     conn.as_mut().ok_or(LedgerError::Inconsistent("group commit runs on SQLite only"))
 }
