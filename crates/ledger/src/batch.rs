@@ -62,45 +62,28 @@ impl Outcome {
     }
 }
 
-const READ_KEYS: Shape = Shape {
-    head: "SELECT idempotency_key AS key FROM ledger_holds WHERE idempotency_key IN (",
-    tail: ")",
-    parenthesised: false,
-};
-const READ_HOLDS: Shape = Shape {
-    head: "SELECT id, org_id, amount, status FROM ledger_holds WHERE id IN (",
-    tail: ")",
-    parenthesised: false,
-};
-const READ_BALANCES: Shape =
-    Shape { head: "SELECT id, balance FROM ledger_accounts WHERE id IN (", tail: ")", parenthesised: false };
-const INSERT_ENTRIES: Shape = Shape {
-    head: "INSERT INTO ledger_entries (id, kind, org_id, hold_id, memo, created_at) VALUES ",
-    tail: "",
-    parenthesised: true,
-};
-const INSERT_POSTINGS: Shape =
-    Shape { head: "INSERT INTO ledger_postings (entry_id, account_id, amount) VALUES ", tail: "", parenthesised: true };
-const INSERT_HOLDS: Shape = Shape {
-    head: "INSERT INTO ledger_holds (id, org_id, amount, status, reference, idempotency_key, hold_entry_id, \
-           resolve_entry_id, settled_amount, created_at, expires_at, resolved_at) VALUES ",
-    tail: "",
-    parenthesised: true,
-};
+const READ_KEYS: Shape = Shape::in_list("SELECT idempotency_key AS key FROM ledger_holds WHERE idempotency_key IN (");
+const READ_HOLDS: Shape = Shape::in_list("SELECT id, org_id, amount, status FROM ledger_holds WHERE id IN (");
+const READ_BALANCES: Shape = Shape::in_list("SELECT id, balance FROM ledger_accounts WHERE id IN (");
+const INSERT_ENTRIES: Shape =
+    Shape::values("INSERT INTO ledger_entries (id, kind, org_id, hold_id, memo, created_at) VALUES ", "");
+const INSERT_POSTINGS: Shape = Shape::values("INSERT INTO ledger_postings (entry_id, account_id, amount) VALUES ", "");
+const INSERT_HOLDS: Shape = Shape::values(
+    "INSERT INTO ledger_holds (id, org_id, amount, status, reference, idempotency_key, hold_entry_id, \
+     resolve_entry_id, settled_amount, created_at, expires_at, resolved_at) VALUES ",
+    "",
+);
 // `+status`: the lookup goes by id (the primary key), not by the open-holds index.
-const RESOLVE_HOLDS: Shape = Shape {
-    head: "UPDATE ledger_holds SET status = j.column2, settled_amount = j.column3, resolved_at = j.column4, \
-           resolve_entry_id = j.column5 FROM (VALUES ",
-    tail: ") AS j WHERE ledger_holds.id = j.column1 AND +ledger_holds.status = 'held'",
-    parenthesised: true,
-};
+const RESOLVE_HOLDS: Shape = Shape::values(
+    "UPDATE ledger_holds SET status = j.column2, settled_amount = j.column3, resolved_at = j.column4, \
+     resolve_entry_id = j.column5 FROM (VALUES ",
+    ") AS j WHERE ledger_holds.id = j.column1 AND +ledger_holds.status = 'held'",
+);
 // The guard: a customer account (third column 1) never goes below zero.
-const MOVE_BALANCES: Shape = Shape {
-    head: "UPDATE ledger_accounts SET balance = balance + j.column2, updated_at = j.column4 FROM (VALUES ",
-    tail: ") AS j WHERE ledger_accounts.id = j.column1 \
-           AND (j.column3 = 0 OR ledger_accounts.balance + j.column2 >= 0)",
-    parenthesised: true,
-};
+const MOVE_BALANCES: Shape = Shape::values(
+    "UPDATE ledger_accounts SET balance = balance + j.column2, updated_at = j.column4 FROM (VALUES ",
+    ") AS j WHERE ledger_accounts.id = j.column1 AND (j.column3 = 0 OR ledger_accounts.balance + j.column2 >= 0)",
+);
 
 #[derive(QueryableByName)]
 struct KeyRow {

@@ -95,9 +95,22 @@ tuple_row!(A B C D E F G H I J K L);
 /// A statement over rows: `head`, the rows, `tail`. Each row is wrapped in
 /// parentheses for `VALUES`, or not for an `IN` list.
 pub(crate) struct Shape {
-    pub(crate) head: &'static str,
-    pub(crate) tail: &'static str,
-    pub(crate) parenthesised: bool,
+    head: &'static str,
+    tail: &'static str,
+    parenthesised: bool,
+}
+
+impl Shape {
+    /// `head` (ending in `IN (`), then the rows' values, then `)`.
+    pub(crate) const fn in_list(head: &'static str) -> Self {
+        Self { head, tail: ")", parenthesised: false }
+    }
+
+    /// `head` (ending in `VALUES `), then the rows, each in parentheses,
+    /// then `tail`.
+    pub(crate) const fn values(head: &'static str, tail: &'static str) -> Self {
+        Self { head, tail, parenthesised: true }
+    }
 }
 
 struct Statement<'r, R> {
