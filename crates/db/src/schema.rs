@@ -90,6 +90,8 @@ diesel::table! {
         input_price -> Nullable<BigInt>,
         output_price -> Nullable<BigInt>,
         price_version -> Nullable<Text>,
+        request_price -> Nullable<BigInt>,
+        settlement_entry_id -> Nullable<Text>,
     }
 }
 

@@ -664,6 +664,8 @@ impl<L: Ledger + 'static> Executor<L> {
             input_price: None,
             output_price: None,
             price_version: None,
+            request_price: None,
+            settlement_entry_id: None,
         };
         // The record is written while the provider is called: the hold is
         // already placed (the admission decision), and nothing reaches the
@@ -735,6 +737,8 @@ impl<L: Ledger + 'static> Executor<L> {
             executions::input_price.eq(Some(route.input_price.per_million().units())),
             executions::output_price.eq(Some(route.output_price.per_million().units())),
             executions::price_version.eq(Some(admitted.price_version.as_str())),
+            executions::request_price.eq(Some(route.request_price.units())),
+            executions::settlement_entry_id.eq(Some(resolution.entry_id.as_str())),
         );
         update_execution!(self.inner.pool, admitted.id.as_str(), update)?;
         Ok(resolution.charged)

@@ -72,6 +72,8 @@ pub(crate) struct ExecutionRow {
     pub(crate) input_price: Option<i64>,
     pub(crate) output_price: Option<i64>,
     pub(crate) price_version: Option<String>,
+    pub(crate) request_price: Option<i64>,
+    pub(crate) settlement_entry_id: Option<String>,
 }
 
 /// An execution as its org sees it. Routes appear by opaque id only.

@@ -58,10 +58,14 @@ pub struct UsageRecord {
     pub output_price: Option<PricePerMTok>,
     /// The price table's version.
     pub price_version: Option<String>,
+    /// The flat price per request (USD).
+    pub request_price: Option<Money>,
     /// What was charged.
     pub cost: Money,
     /// The hold that paid for it.
     pub hold_id: Option<String>,
+    /// The journal entry that settled the hold.
+    pub settlement_id: Option<String>,
 }
 
 /// One page of records.
@@ -90,8 +94,10 @@ impl From<ExecutionRow> for UsageRecord {
             input_price: price(r.input_price),
             output_price: price(r.output_price),
             price_version: r.price_version,
+            request_price: r.request_price.map(Money::from_units),
             cost: Money::from_units(r.cost.unwrap_or(0)),
             hold_id: r.hold_id,
+            settlement_id: r.settlement_entry_id,
         }
     }
 }

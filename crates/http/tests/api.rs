@@ -398,7 +398,13 @@ db_test!(async fn anthropic_messages_streamed_and_not_with_anthropic_errors(db) 
 });
 
 db_test!(async fn usage_records_page_filter_export_and_stay_in_their_org(db) {
-    let app = spawn(db, |_| {}).await;
+    // A flat per-request price on one model, at cost (no margin).
+    let app = spawn(db, |s| {
+        let large = s.catalogue.models.iter_mut().find(|m| m.slug == "builtin/echo-large").unwrap();
+        large.routes[0].request_price = "0.002".parse().unwrap();
+        large.routes[0].margin_bps = Some(0);
+    })
+    .await;
     let (before, _) = app.available().await;
     for model in ["builtin/echo", "builtin/echo-large", "builtin/echo"] {
         assert_eq!(app.chat(hello(model)).await.status, StatusCode::OK);
@@ -414,6 +420,8 @@ db_test!(async fn usage_records_page_filter_export_and_stay_in_their_org(db) {
     assert_eq!(r["input_price_per_mtok"], "0.100000000");
     assert_eq!(r["output_price_per_mtok"], "0.400000000");
     assert!(r["input_tokens"].as_u64().unwrap() > 0 && r["hold_id"].as_str().unwrap().starts_with("hold_"));
+    assert_eq!(r["request_price"], "0.000000000");
+    let settlement = r["settlement_id"].as_str().unwrap().to_owned();
     let cursor = first["next_cursor"].as_str().unwrap();
     let second = app.get(&format!("/v1/usage?limit=2&cursor={cursor}")).await.json();
     assert_eq!(second["data"].as_array().unwrap().len(), 1);
@@ -421,6 +429,16 @@ db_test!(async fn usage_records_page_filter_export_and_stay_in_their_org(db) {
     let large = app.get("/v1/usage?model=builtin/echo-large").await.json();
     assert_eq!(large["data"].as_array().unwrap().len(), 1);
     assert_eq!(large["data"][0]["input_price_per_mtok"], "1.000000000");
+    assert_eq!(large["data"][0]["request_price"], "0.002000000");
+    let tokens = |k: &str| i64::try_from(large["data"][0][k].as_u64().unwrap()).unwrap();
+    // Input at $1/M is 1,000 nano-USD a token; output at its price; plus the request.
+    let output_nano_per_token =
+        large["data"][0]["output_price_per_mtok"].as_str().unwrap().parse::<Money>().unwrap().units() / 1_000_000;
+    assert_eq!(
+        large["data"][0]["cost"]["nano_usd"].as_i64().unwrap(),
+        tokens("input_tokens") * 1_000 + tokens("output_tokens") * output_nano_per_token + 2_000_000,
+        "the request price is charged"
+    );
     // The records add up to what the balance lost.
     let all = app.get("/v1/usage").await.json();
     let billed: i64 = all["data"].as_array().unwrap().iter().map(|r| r["cost"]["nano_usd"].as_i64().unwrap()).sum();
@@ -434,6 +452,9 @@ db_test!(async fn usage_records_page_filter_export_and_stay_in_their_org(db) {
     let sum: i64 = journal.iter().map(|e| e["available"]["nano_usd"].as_i64().unwrap()).sum();
     assert_eq!(sum, balance["available"]["nano_usd"].as_i64().unwrap(), "the journal replays to the balance");
     assert!(journal.iter().all(|e| e["held"]["nano_usd"].as_i64().unwrap() != 0 || e["kind"] == "credit"));
+    // The usage record names the entry that settled its hold.
+    let settled = journal.iter().find(|e| e["id"] == settlement.as_str()).unwrap();
+    assert_eq!((settled["kind"].as_str(), &settled["hold_id"]), (Some("settled"), &first["data"][0]["hold_id"]));
     // CSV: a header and the same three records.
     let csv = app.get("/v1/usage.csv").await;
     assert_eq!(csv.status, StatusCode::OK);
@@ -441,6 +462,8 @@ db_test!(async fn usage_records_page_filter_export_and_stay_in_their_org(db) {
     let lines: Vec<&str> = csv.body.lines().collect();
     assert_eq!(lines.len(), 4, "{}", csv.body);
     assert!(lines[0].starts_with("execution_id,created_at,project_id"));
+    assert!(lines[0].ends_with(",hold_id,request_price_usd,settlement_id"), "{}", lines[0]);
+    assert!(lines[1].ends_with(&format!(",0.000000000,{settlement}")), "{}", lines[1]);
     assert!(lines[1].contains(",builtin/echo,") && lines[1].contains(",succeeded,"));
     // A time range that ends before them, and bad filters.
     assert_eq!(app.get("/v1/usage?to=2020-01-01T00:00:00Z").await.json()["data"].as_array().unwrap().len(), 0);

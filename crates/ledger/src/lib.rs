@@ -102,6 +102,8 @@ pub struct Hold {
 pub struct Resolution {
     /// The hold.
     pub hold_id: HoldId,
+    /// The journal entry that resolved it (the same on a replay).
+    pub entry_id: EntryId,
     /// How it ended.
     pub status: HoldStatus,
     /// Moved to revenue.

@@ -90,15 +90,18 @@ impl HoldRow {
     }
 
     /// The outcome a replayed resolution returns.
-    fn resolution(&self) -> Resolution {
+    fn resolution(&self) -> Result<Resolution, LedgerError> {
         let charged = self.settled_amount.unwrap_or(0);
-        Resolution {
+        let entry =
+            self.resolve_entry_id.clone().ok_or(LedgerError::Inconsistent("a resolved hold without its entry"))?;
+        Ok(Resolution {
             hold_id: HoldId::from_trusted(self.id.clone()),
+            entry_id: EntryId::from_trusted(entry),
             status: HoldStatus::parse(&self.status),
             charged: Money::from_units(charged),
             released: Money::from_units(self.amount - charged),
             overage: Money::ZERO,
-        }
+        })
     }
 }
 
@@ -388,7 +391,9 @@ impl SqlLedger {
             return Err(LedgerError::NonPositiveAmount(requested.unwrap_or_default()));
         }
         let now = time::now();
-        let args = ResolveArgs { id: id.clone(), requested, status, entry_id: EntryId::new(), now, stamp: stamp(now) };
+        let entry_id = EntryId::new();
+        let args =
+            ResolveArgs { id: id.clone(), requested, status, entry_id: entry_id.clone(), now, stamp: stamp(now) };
         let done = match &self.group {
             Some(group) => group.resolve(args).await?,
             None => run_resolve_alone(&self.pool, &args).await?,
@@ -405,6 +410,7 @@ impl SqlLedger {
         }
         Ok(Resolution {
             hold_id: id.clone(),
+            entry_id,
             status,
             charged: Money::from_units(done.charged),
             released: Money::from_units(done.amount - done.charged),
@@ -519,7 +525,7 @@ impl SqlLedger {
 fn replay(row: &HoldRow, wanted: HoldStatus) -> Result<Resolution, LedgerError> {
     let status = HoldStatus::parse(&row.status);
     let same = status == wanted || (wanted == HoldStatus::Released && status == HoldStatus::Expired);
-    if same { Ok(row.resolution()) } else { Err(LedgerError::AlreadyResolved(status)) }
+    if same { row.resolution() } else { Err(LedgerError::AlreadyResolved(status)) }
 }
 
 impl SqlLedger {

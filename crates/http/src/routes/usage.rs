@@ -67,9 +67,11 @@ fn record_json(r: &UsageRecord) -> Value {
         "output_tokens": r.output_tokens,
         "input_price_per_mtok": r.input_price,
         "output_price_per_mtok": r.output_price,
+        "request_price": r.request_price.map(|p| p.to_usd_string()),
         "price_version": r.price_version,
         "cost": money(r.cost),
         "hold_id": r.hold_id,
+        "settlement_id": r.settlement_id,
     })
 }
 
@@ -97,7 +99,8 @@ pub(crate) async fn csv(state: State, caller: Caller, req: HttpRequest) -> Resul
     filter.limit = 1000;
     let mut out = String::from(
         "execution_id,created_at,project_id,api_key_id,model,route,status,input_tokens,output_tokens,\
-         input_price_per_mtok_usd,output_price_per_mtok_usd,price_version,cost_usd,cost_nano_usd,hold_id\n",
+         input_price_per_mtok_usd,output_price_per_mtok_usd,price_version,cost_usd,cost_nano_usd,hold_id,\
+         request_price_usd,settlement_id\n",
     );
     let mut rows = 0;
     loop {
@@ -122,6 +125,8 @@ pub(crate) async fn csv(state: State, caller: Caller, req: HttpRequest) -> Resul
                 r.cost.to_usd_string(),
                 r.cost.units().to_string(),
                 r.hold_id.clone().unwrap_or_default(),
+                r.request_price.map(|p| p.to_usd_string()).unwrap_or_default(),
+                r.settlement_id.clone().unwrap_or_default(),
             ];
             out.push_str(&line.iter().map(|f| field(f)).collect::<Vec<_>>().join(","));
             out.push('\n');
