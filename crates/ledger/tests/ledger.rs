@@ -73,6 +73,7 @@ db_test!(async fn a_hold_resolves_exactly_once(db) {
     let first = l.settle(&h.id, usd("0.25")).await.unwrap();
     let again = l.settle(&h.id, usd("0.90")).await.unwrap();
     assert_eq!(again.charged, first.charged, "a replay returns the first outcome");
+    assert_eq!(again.entry_id, first.entry_id, "and names the entry that settled it");
     assert!(matches!(l.release(&h.id).await, Err(LedgerError::AlreadyResolved(HoldStatus::Settled))));
     // Concurrent settlements of one hold: one wins, the ledger stays sound.
     let h = l.hold(hold_req(&org, usd("1"))).await.unwrap();
