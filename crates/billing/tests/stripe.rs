@@ -44,15 +44,20 @@ fn config(stripe: &StripeStandIn) -> BillingConfig {
     c
 }
 
-async fn setup(db: TestDb) -> Setup {
-    let stripe = StripeStandIn::start().await;
-    let ledger = SqlLedger::open(db.pool().clone(), LedgerConfig::default()).await.unwrap();
+async fn insert_org(db: &TestDb) -> OrgId {
     let org = OrgId::new();
     let q = format!("INSERT INTO orgs (id, name, created_at) VALUES ('{org}', 'Acme', CURRENT_TIMESTAMP)");
     match db.pool().get().await.unwrap() {
         DbConn::Postgres(mut c) => diesel::sql_query(q).execute(&mut c).await.unwrap(),
         DbConn::Sqlite(mut c) => diesel::sql_query(q).execute(&mut c).await.unwrap(),
     };
+    org
+}
+
+async fn setup(db: TestDb) -> Setup {
+    let stripe = StripeStandIn::start().await;
+    let ledger = SqlLedger::open(db.pool().clone(), LedgerConfig::default()).await.unwrap();
+    let org = insert_org(&db).await;
     ledger.open_org_accounts(&org).await.unwrap();
     let told = Arc::new(Told::default());
     let billing = Billing::new(db.pool().clone(), ledger.clone(), config(&stripe), told.clone()).unwrap();
@@ -186,6 +191,34 @@ db_test!(async fn a_low_balance_is_told_once_per_fall(db) {
     s.ledger.adjust(&s.org, usd("-4.5"), "test", None).await.unwrap();
     s.billing.check_balances().await.unwrap();
     assert_eq!(lows(&s), 2, "again after recovering and falling");
+});
+
+db_test!(async fn a_balance_check_writes_only_where_something_changes(db) {
+    let s = setup(db).await;
+    let mut config = config(&s.stripe);
+    config.low_balance_alert = usd("1");
+    let billing = Billing::new(s.db.pool().clone(), s.ledger.clone(), config, s.told.clone()).unwrap();
+    // Twenty orgs with money that never touched their billing settings,
+    // and `s.org`, never configured either, with nothing.
+    for _ in 0..20 {
+        let org = insert_org(&s.db).await;
+        s.ledger.credit(&org, usd("5"), modelroute_ledger::CreditSource::Grant, None).await.unwrap();
+    }
+    billing.check_balances().await.unwrap();
+    billing.check_balances().await.unwrap();
+    // Only the org below the default alert got a settings row (to claim its
+    // alert, once); the others were read, not written.
+    let rows: i64 = {
+        use diesel::QueryDsl as _;
+        use modelroute_db::schema::billing_settings::dsl::billing_settings;
+        match s.db.pool().get().await.unwrap() {
+            DbConn::Postgres(mut c) => billing_settings.count().get_result(&mut c).await.unwrap(),
+            DbConn::Sqlite(mut c) => billing_settings.count().get_result(&mut c).await.unwrap(),
+        }
+    };
+    assert_eq!(rows, 1);
+    let told = s.told.0.lock().unwrap().clone();
+    assert_eq!(told, [(s.org.clone(), Alert::LowBalance { available: Money::ZERO, threshold: usd("1") })]);
 });
 
 db_test!(async fn without_stripe_billing_is_manual_credits(db) {

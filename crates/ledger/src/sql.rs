@@ -9,6 +9,7 @@ use modelroute_db::{DbPool, db_run, db_transaction, is_unique_violation};
 use modelroute_types::{EntryId, HoldId, Money, OrgId, time};
 use serde::Serialize;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::accounts::{Account, Kind, REVENUE_SHARDS};
@@ -416,6 +417,25 @@ impl SqlLedger {
             released: Money::from_units(done.amount - done.charged),
             overage: Money::from_units(overage),
         })
+    }
+
+    /// Every org's available balance, in one query (orgs without accounts
+    /// are absent: their balance is zero). For periodic checks over all
+    /// orgs, which would otherwise ask once per org.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn available_balances(&self) -> Result<HashMap<OrgId, Money>, LedgerError> {
+        let rows: Vec<(Option<String>, i64)> = db_run!(self.pool, |conn| ledger_accounts::table
+            .filter(ledger_accounts::kind.eq(Kind::Available.as_str()))
+            .filter(ledger_accounts::org_id.is_not_null())
+            .select((ledger_accounts::org_id, ledger_accounts::balance))
+            .load(conn)
+            .await)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(org, balance)| Some((OrgId::from_trusted(org?), Money::from_units(balance))))
+            .collect())
     }
 
     /// The org's most recent journal entries (newest first), each with its
