@@ -110,8 +110,10 @@ impl WalCheckpointer {
     /// The checkpoint failed.
     pub fn finish(&self, conn: &mut SqliteConnection) -> Result<Checkpoint, DbError> {
         let done = checkpoint_passive(conn)?;
+        metrics::counter!("sqlite_wal_checkpoints_total", "by" => "writer").increment(1);
         if done.complete() {
             self.frames.store(0, Ordering::Relaxed);
+            metrics::gauge!("sqlite_wal_frames").set(0.0);
         }
         Ok(done)
     }
@@ -133,7 +135,11 @@ fn run(pool: &DbPool, wake: &Receiver<()>, frames: &AtomicI64, every: Duration) 
         }
         if let Some(c) = conn.as_mut() {
             match checkpoint_passive(c) {
-                Ok(done) => frames.store(i64::from(done.log), Ordering::Relaxed),
+                Ok(done) => {
+                    frames.store(i64::from(done.log), Ordering::Relaxed);
+                    metrics::counter!("sqlite_wal_checkpoints_total", "by" => "thread").increment(1);
+                    metrics::gauge!("sqlite_wal_frames").set(f64::from(done.log));
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "a WAL checkpoint failed");
                     conn = None;

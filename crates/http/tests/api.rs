@@ -30,7 +30,7 @@ struct TestApp {
     org: OrgId,
     services: Services,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
-    _db: TestDb,
+    db: TestDb,
 }
 
 struct Reply {
@@ -53,7 +53,7 @@ async fn spawn(db: TestDb, tweak: impl FnOnce(&mut Settings)) -> TestApp {
         org: s.bootstrap.org.id,
         services: s.services,
         client: Client::builder(TokioExecutor::new()).build_http(),
-        _db: db,
+        db,
     }
 }
 
@@ -160,6 +160,14 @@ db_test!(async fn a_paid_completion_settles_its_actual_cost(db) {
     let (after, held) = app.available().await;
     assert_eq!((before.units() - after.units(), held), (cost, Money::ZERO));
     app.assert_ledger_sound().await;
+    // Prometheus sees the request and, on SQLite, the ledger writer's batches.
+    let metrics = app.get("/metrics").await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    assert!(metrics.body.contains("modelroute_http_requests_total"), "{}", metrics.body);
+    if app.db.pool().backend() == modelroute_db::Backend::Sqlite {
+        assert!(metrics.body.contains("ledger_group_commit_batch_size"), "{}", metrics.body);
+        assert!(metrics.body.contains("ledger_group_commit_seconds"), "{}", metrics.body);
+    }
 });
 
 db_test!(async fn a_streamed_completion_ends_with_done_and_settles(db) {

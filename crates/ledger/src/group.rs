@@ -101,10 +101,12 @@ fn writer(pool: &DbPool, mut rx: mpsc::UnboundedReceiver<Job>, max_batch: usize)
         }
         metrics::histogram!("ledger_group_commit_batch_size").record(u32::try_from(jobs.len()).unwrap_or(u32::MAX));
         let (ops, replies): (Vec<Op>, Vec<Reply>) = jobs.into_iter().map(|j| (j.op, j.reply)).unzip();
+        let started = std::time::Instant::now();
         let outcome = connected(pool, &mut conn, checkpoints.as_ref())
             .and_then(|c| c.immediate_transaction(|t| batch::apply(t, &ops, time::now())));
         match outcome {
             Ok(outcomes) => {
+                metrics::histogram!("ledger_group_commit_seconds").record(started.elapsed().as_secs_f64());
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     answer(reply, Ok(outcome));
                 }
@@ -122,6 +124,7 @@ fn writer(pool: &DbPool, mut rx: mpsc::UnboundedReceiver<Job>, max_batch: usize)
             // on a fresh connection, each with its own answer.
             Err(e) => {
                 tracing::debug!(error = %e, "a group commit failed; its operations run one by one");
+                metrics::counter!("ledger_group_commit_failures_total").increment(1);
                 conn = None;
                 for (op, reply) in ops.iter().zip(replies) {
                     answer(reply, alone(pool, &mut conn, checkpoints.as_ref(), op));
