@@ -27,6 +27,7 @@ mod config;
 mod error;
 mod group;
 mod ops;
+mod pgcall;
 mod rows;
 mod sql;
 

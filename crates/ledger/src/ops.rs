@@ -5,12 +5,12 @@
 
 use chrono::NaiveDateTime;
 use diesel::SqliteConnection;
-use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
 use modelroute_db::{DbConn, DbPool, PgConn, SqliteConn};
 use modelroute_types::{EntryId, HoldId, Money, OrgId, time};
 
 use crate::accounts::{Account, Kind};
 use crate::batch::{self, Op, Outcome};
+use crate::pgcall::{Arg, Call};
 use crate::sql::{HoldOutcome, HoldRow, ResolveOutcome};
 use crate::{HoldStatus, LedgerError};
 
@@ -64,20 +64,22 @@ pub(crate) async fn hold_pg(conn: &mut PgConn, a: &HoldArgs) -> Result<HoldDone,
     use diesel_async::RunQueryDsl as _;
     let org = OrgId::from_trusted(a.row.org_id.clone());
     let (available, held) = (Account::org(&org, Kind::Available), Account::org(&org, Kind::Held));
-    let out: HoldOutcome =
-        diesel::sql_query("SELECT outcome, available FROM ledger_hold($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
-            .bind::<Text, _>(&a.row.id)
-            .bind::<Text, _>(a.entry_id.as_str())
-            .bind::<Text, _>(&a.row.org_id)
-            .bind::<Text, _>(available.id.as_str())
-            .bind::<Text, _>(held.id.as_str())
-            .bind::<BigInt, _>(a.row.amount)
-            .bind::<Text, _>(&a.row.reference)
-            .bind::<Nullable<Text>, _>(a.row.idempotency_key.as_deref())
-            .bind::<Timestamp, _>(a.now)
-            .bind::<Timestamp, _>(a.row.expires_at)
-            .get_result(conn)
-            .await?;
+    let call = Call {
+        head: "SELECT outcome, available FROM ledger_hold(",
+        args: vec![
+            Arg::Text(&a.row.id),
+            Arg::Text(a.entry_id.as_str()),
+            Arg::Text(&a.row.org_id),
+            Arg::Text(available.id.as_str()),
+            Arg::Text(held.id.as_str()),
+            Arg::Int(&a.row.amount),
+            Arg::Text(&a.row.reference),
+            Arg::OptText(&a.row.idempotency_key),
+            Arg::Time(&a.now),
+            Arg::Time(&a.row.expires_at),
+        ],
+    };
+    let out: HoldOutcome = call.get_result(conn).await?;
     Ok(match out.outcome.as_str() {
         "placed" => HoldDone::Placed,
         "exists" => HoldDone::Exists,
@@ -87,16 +89,20 @@ pub(crate) async fn hold_pg(conn: &mut PgConn, a: &HoldArgs) -> Result<HoldDone,
 
 pub(crate) async fn resolve_pg(conn: &mut PgConn, a: &ResolveArgs) -> Result<ResolveDone, LedgerError> {
     use diesel_async::RunQueryDsl as _;
-    let out: ResolveOutcome =
-        diesel::sql_query("SELECT status, amount, charged, resolved_now FROM ledger_resolve($1, $2, $3, $4, $5, $6)")
-            .bind::<Text, _>(a.id.as_str())
-            .bind::<Text, _>(a.status.as_str())
-            .bind::<Nullable<BigInt>, _>(a.requested.map(Money::units))
-            .bind::<Text, _>(a.entry_id.as_str())
-            .bind::<Text, _>(Account::revenue_for(a.id.as_str()).id.as_str())
-            .bind::<Timestamp, _>(a.now)
-            .get_result(conn)
-            .await?;
+    let requested = a.requested.map(Money::units);
+    let revenue = Account::revenue_for(a.id.as_str());
+    let call = Call {
+        head: "SELECT status, amount, charged, resolved_now FROM ledger_resolve(",
+        args: vec![
+            Arg::Text(a.id.as_str()),
+            Arg::Text(a.status.as_str()),
+            Arg::OptInt(&requested),
+            Arg::Text(a.entry_id.as_str()),
+            Arg::Text(revenue.id.as_str()),
+            Arg::Time(&a.now),
+        ],
+    };
+    let out: ResolveOutcome = call.get_result(conn).await?;
     Ok(ResolveDone {
         found: out.status.is_some(),
         resolved_now: out.resolved_now,
