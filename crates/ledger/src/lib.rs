@@ -18,6 +18,9 @@
 //! the admission decision. A hold resolves exactly once: resolution is a
 //! conditional status change `held → settled | released | expired`, and a
 //! second attempt reads back the first outcome.
+//!
+//! `examples/prepaid.rs` uses it on its own (`cargo run -p modelroute-ledger
+//! --example prepaid`).
 
 #![deny(clippy::float_arithmetic)]
 
