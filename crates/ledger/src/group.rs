@@ -110,14 +110,6 @@ fn writer(pool: &DbPool, mut rx: mpsc::UnboundedReceiver<Job>, max_batch: usize)
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     answer(reply, Ok(outcome));
                 }
-                if let (Some(ckpt), Some(c)) = (checkpoints.as_ref(), conn.as_mut()) {
-                    ckpt.committed();
-                    if ckpt.over_cap()
-                        && let Err(e) = ckpt.finish(c)
-                    {
-                        tracing::warn!(error = %e, "the writer's WAL checkpoint failed");
-                    }
-                }
             }
             // A refusal or a lost race is an outcome, not an error: any
             // error rolled the whole batch back. Its operations run alone
@@ -129,6 +121,16 @@ fn writer(pool: &DbPool, mut rx: mpsc::UnboundedReceiver<Job>, max_batch: usize)
                 for (op, reply) in ops.iter().zip(replies) {
                     answer(reply, alone(pool, &mut conn, checkpoints.as_ref(), op));
                 }
+            }
+        }
+        // Whichever way the batch went, its commits are the checkpoint
+        // thread's to copy back; past the cap the writer finishes one.
+        if let (Some(ckpt), Some(c)) = (checkpoints.as_ref(), conn.as_mut()) {
+            ckpt.committed();
+            if ckpt.over_cap()
+                && let Err(e) = ckpt.finish(c)
+            {
+                tracing::warn!(error = %e, "the writer's WAL checkpoint failed");
             }
         }
     }
