@@ -204,7 +204,8 @@ impl DbPool {
 fn sqlite_pragmas(busy_timeout_ms: u64) -> String {
     format!(
         "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = {busy_timeout_ms}; \
-         PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 10000;"
+         PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = {};",
+        crate::wal::WAL_CAP_FRAMES
     )
 }
 

@@ -90,32 +90,35 @@ impl WalCheckpointer {
         Some(Self { wake, frames, cap })
     }
 
-    /// Tells the thread the writer committed (never blocks).
-    pub fn committed(&self) {
-        // Full: a wake-up is already pending.
-        self.wake.try_send(()).ok();
+    /// Leaves the checkpoints of `conn`, the writer's connection, to the
+    /// thread: turns its autocheckpoint off.
+    ///
+    /// # Errors
+    /// The statement failed.
+    pub fn take_over(&self, conn: &mut SqliteConnection) -> Result<(), DbError> {
+        use diesel::connection::SimpleConnection as _;
+        Ok(conn.batch_execute("PRAGMA wal_autocheckpoint = 0")?)
     }
 
-    /// Whether the WAL has grown past its cap and the writer should
-    /// finish a checkpoint ([`Self::finish`]).
-    #[must_use]
-    pub fn over_cap(&self) -> bool {
-        self.frames.load(Ordering::Relaxed) > self.cap
-    }
-
-    /// The writer finishes a checkpoint on its own connection, between its
-    /// transactions.
+    /// Call after each of the writer's commits, between its transactions:
+    /// wakes the thread (never blocks) and, when the WAL has grown past its
+    /// cap, finishes a checkpoint on the writer's connection (its outcome).
     ///
     /// # Errors
     /// The checkpoint failed.
-    pub fn finish(&self, conn: &mut SqliteConnection) -> Result<Checkpoint, DbError> {
+    pub fn after_commit(&self, conn: &mut SqliteConnection) -> Result<Option<Checkpoint>, DbError> {
+        // Full: a wake-up is already pending.
+        self.wake.try_send(()).ok();
+        if self.frames.load(Ordering::Relaxed) <= self.cap {
+            return Ok(None);
+        }
         let done = checkpoint_passive(conn)?;
         metrics::counter!("sqlite_wal_checkpoints_total", "by" => "writer").increment(1);
         if done.complete() {
             self.frames.store(0, Ordering::Relaxed);
             metrics::gauge!("sqlite_wal_frames").set(0.0);
         }
-        Ok(done)
+        Ok(Some(done))
     }
 }
 

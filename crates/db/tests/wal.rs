@@ -13,26 +13,23 @@ const COMMIT: &str = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FR
      INSERT INTO filler (v) SELECT hex(randomblob(2000)) FROM n";
 
 /// Writes `commits` transactions as the ledger's writer does (autocheckpoint
-/// off, the checkpoint thread told of each commit); whether the writer
-/// finishes checkpoints past the cap is `finish`. The WAL's largest size.
-fn write(db: &TestDb, commits: usize, finish: bool) -> u64 {
+/// off, `after_commit` after each). The WAL's largest size.
+fn write(db: &TestDb, commits: usize) -> u64 {
     let pool = db.pool().clone();
     let wal = db.sqlite_path().unwrap().with_extension("db-wal");
     let ckpt = WalCheckpointer::start(&pool, Duration::from_millis(2), 200).expect("started");
     let mut conn = pool.open_sqlite_writer().unwrap().expect("SQLite");
-    conn.batch_execute("PRAGMA wal_autocheckpoint = 0; CREATE TABLE filler (v TEXT NOT NULL)").unwrap();
+    ckpt.take_over(&mut conn).unwrap();
+    conn.batch_execute("CREATE TABLE filler (v TEXT NOT NULL)").unwrap();
     let (mut finished, mut biggest) = (0, 0);
     for _ in 0..commits {
         conn.immediate_transaction(|c| c.batch_execute(COMMIT)).unwrap();
-        ckpt.committed();
-        if finish && ckpt.over_cap() && ckpt.finish(&mut conn).unwrap().complete() {
+        if ckpt.after_commit(&mut conn).unwrap().is_some_and(|c| c.complete()) {
             finished += 1;
         }
         biggest = biggest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
     }
-    if finish {
-        assert!(finished > 0, "the writer never finished a checkpoint");
-    }
+    assert!(finished > 0, "the writer never finished a checkpoint");
     biggest
 }
 
@@ -43,7 +40,7 @@ fn write(db: &TestDb, commits: usize, finish: bool) -> u64 {
 async fn a_busy_writer_keeps_its_wal_bounded() {
     let db = TestDb::sqlite().await;
     let biggest = tokio::task::spawn_blocking(move || {
-        let biggest = write(&db, 400, true);
+        let biggest = write(&db, 400);
         // Once the writer stops, a checkpoint catches up (the thread may
         // still be finishing its last one: busy).
         let mut conn = db.pool().open_sqlite_writer().unwrap().unwrap();

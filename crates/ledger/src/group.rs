@@ -22,7 +22,6 @@
 //! concurrency 16 (docs/PERFORMANCE.md).
 
 use diesel::SqliteConnection;
-use diesel::connection::SimpleConnection as _;
 use modelroute_db::DbPool;
 use modelroute_db::wal::{WAL_CAP_FRAMES, WalCheckpointer};
 use modelroute_types::time;
@@ -125,13 +124,10 @@ fn writer(pool: &DbPool, mut rx: mpsc::UnboundedReceiver<Job>, max_batch: usize)
         }
         // Whichever way the batch went, its commits are the checkpoint
         // thread's to copy back; past the cap the writer finishes one.
-        if let (Some(ckpt), Some(c)) = (checkpoints.as_ref(), conn.as_mut()) {
-            ckpt.committed();
-            if ckpt.over_cap()
-                && let Err(e) = ckpt.finish(c)
-            {
-                tracing::warn!(error = %e, "the writer's WAL checkpoint failed");
-            }
+        if let (Some(ckpt), Some(c)) = (checkpoints.as_ref(), conn.as_mut())
+            && let Err(e) = ckpt.after_commit(c)
+        {
+            tracing::warn!(error = %e, "the writer's WAL checkpoint failed");
         }
     }
 }
@@ -157,8 +153,8 @@ fn connected<'c>(
 ) -> Result<&'c mut SqliteConnection, LedgerError> {
     if conn.is_none() {
         let mut opened = pool.open_sqlite_writer()?;
-        if let (Some(c), Some(_)) = (opened.as_mut(), checkpoints) {
-            c.batch_execute("PRAGMA wal_autocheckpoint = 0").map_err(modelroute_db::DbError::from)?;
+        if let (Some(c), Some(ckpt)) = (opened.as_mut(), checkpoints) {
+            ckpt.take_over(c)?;
         }
         *conn = opened;
     }
