@@ -190,6 +190,10 @@ async fn main() -> Result<()> {
 }
 
 async fn serve(settings: Settings, config: Option<PathBuf>) -> Result<()> {
+    match modelroute_http::raise_descriptor_limit() {
+        Ok(limit) => tracing::info!(open_files = ?limit, "descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the descriptor limit"),
+    }
     let app = Application::build(settings).await.context("starting the server")?;
     if let Some(b) = &app.bootstrap {
         println!("First start: created org {} and project {}.", b.org.id, b.project.id);

@@ -35,7 +35,8 @@ pub fn verify_signature(payload: &[u8], header: &str, secret: &str, now_unix: i6
         }
     }
     let t = timestamp.ok_or_else(|| bad("no timestamp"))?;
-    if (now_unix - t).abs() > TOLERANCE_SECS {
+    // Checked: a timestamp near i64::MIN or MAX is refused, not overflowed.
+    if now_unix.checked_sub(t).and_then(i64::checked_abs).is_none_or(|d| d > TOLERANCE_SECS) {
         return Err(bad("the timestamp is outside the tolerance"));
     }
     if signatures.is_empty() {
@@ -78,6 +79,12 @@ mod tests {
         // Several v1 signatures (a rolled secret): any one may match.
         let rolled = format!("{},v1={}", header, "ab".repeat(32));
         verify_signature(payload, &rolled, "whsec_test", 1_000_000).unwrap();
+        let extremes = [format!("t={},v1=00", i64::MIN), format!("t={},v1=00", i64::MAX), "t=-1,v1=00".into()];
+        for extreme in &extremes {
+            assert!(verify_signature(payload, extreme, "whsec_test", 1_000_000).is_err(), "{extreme}");
+            assert!(verify_signature(payload, extreme, "whsec_test", i64::MIN).is_err(), "{extreme} at MIN");
+            assert!(verify_signature(payload, extreme, "whsec_test", i64::MAX).is_err(), "{extreme} at MAX");
+        }
         for garbage in ["", "t=abc,v1=00", "v1=00", "t=1000000"] {
             assert!(verify_signature(payload, garbage, "whsec_test", 1_000_000).is_err(), "{garbage}");
         }

@@ -13,8 +13,7 @@ diesel::table! {
         expires_at -> Nullable<Timestamp>,
         revoked_at -> Nullable<Timestamp>,
         last_used_at -> Nullable<Timestamp>,
-        previous_secret_hmac -> Nullable<Text>,
-        previous_valid_until -> Nullable<Timestamp>,
+        previous_secrets -> Text,
     }
 }
 

@@ -7,7 +7,7 @@ use diesel_async::RunQueryDsl;
 use futures_util::StreamExt as _;
 use modelroute_db::schema::executions;
 use modelroute_db::{DbPool, db_run};
-use modelroute_ledger::{Hold, HoldRequest, HoldStatus, Ledger, LedgerError};
+use modelroute_ledger::{Hold, HoldRequest, HoldStatus, Ledger, LedgerError, Resolution};
 use modelroute_providers::{
     ChatRequest, ChatResponse, FinishReason, Permit, Provider, ProviderClient, ProviderError, ProviderErrorKind,
     ProviderRegistry, StreamEvent, Usage, UsageEstimate,
@@ -19,6 +19,7 @@ use modelroute_routing::{
 use modelroute_types::{ApiKeyId, ErrorCode, ExecutionId, Money, OrgId, ProjectId, failpoint, time};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::leases::{KeeperRunning, Lease, Leases};
 use crate::preferences::{PreferenceStore, RequestPreferences};
 use crate::record::ExecutionRow;
 use crate::{Execution, ExecutionError, ExecutionStatus};
@@ -126,6 +127,8 @@ struct Inner<L> {
     retry: RetryConfig,
     preferences: PreferenceStore,
     budget: RetryBudget,
+    /// The leases of running executions' holds.
+    leases: Arc<Leases>,
 }
 
 /// The catalogue and the providers its routes name: replaced together.
@@ -134,6 +137,9 @@ struct RouteTable {
     catalogue: Arc<Catalogue>,
     providers: Arc<ProviderRegistry>,
 }
+
+/// The lease on an execution's hold unless configured otherwise.
+const DEFAULT_HOLD_LEASE: Duration = Duration::from_secs(120);
 
 /// How many ranked routes the hold tries to cover, so that fallbacks can run
 /// within it. When the balance cannot cover them, the hold covers the first
@@ -175,6 +181,8 @@ struct Admitted {
     decision: serde_json::Value,
     /// The execution record's insert, until it has been awaited.
     recording: Option<tokio::task::JoinHandle<Result<(), ExecutionError>>>,
+    /// Keeps the hold from expiring while the execution runs.
+    _lease: Lease,
 }
 
 /// One try of one route, as recorded in the decision.
@@ -264,8 +272,54 @@ impl<L: Ledger + 'static> Executor<L> {
                 retry,
                 preferences: PreferenceStore::default(),
                 budget,
+                leases: Arc::new(Leases::new(DEFAULT_HOLD_LEASE)),
             }),
         }
+    }
+
+    /// The same, placing each execution's hold with an expiry `lease` away
+    /// and renewing it every third of `lease` while the execution runs
+    /// (`[ledger] hold_timeout_secs` on the server).
+    #[must_use]
+    pub fn with_hold_lease(self, lease: Duration) -> Self {
+        self.inner.leases.set_lease(lease);
+        self
+    }
+
+    /// Starts the task that renews the leases of running executions' holds,
+    /// unless it runs. It holds the executor weakly: it ends with it.
+    fn keep_leases(&self) {
+        let leases = &self.inner.leases;
+        if !leases.claim_keeper() {
+            return;
+        }
+        let running = KeeperRunning(Arc::clone(leases));
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let _running = running;
+            loop {
+                let every = match weak.upgrade() {
+                    Some(inner) => inner.leases.renew_every(),
+                    None => return,
+                };
+                tokio::time::sleep(every).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let holds = inner.leases.holds();
+                if holds.is_empty() {
+                    continue;
+                }
+                let lease = chrono::Duration::from_std(inner.leases.lease()).unwrap_or(chrono::Duration::MAX);
+                let until = time::now().checked_add_signed(lease).unwrap_or(NaiveDateTime::MAX);
+                match inner.ledger.renew(&holds, until).await {
+                    Ok(n) => {
+                        tracing::debug!(renewed = n, running = holds.len(), "renewed the holds of running executions");
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, running = holds.len(), "renewing the holds of running executions failed; retrying");
+                    }
+                }
+            }
+        });
     }
 
     /// What a provider failure means, by the error-mapping rules.
@@ -630,6 +684,7 @@ impl<L: Ledger + 'static> Executor<L> {
             amount,
             reference: id.to_string(),
             idempotency_key: Some(format!("execution:{id}")),
+            expires_in: Some(inner.leases.lease()),
         };
         let hold = match inner.ledger.hold(hold_for(cover)).await {
             Err(LedgerError::InsufficientBalance { .. }) if cover > first.worst_case => {
@@ -637,6 +692,8 @@ impl<L: Ledger + 'static> Executor<L> {
             }
             other => other?,
         };
+        let lease = inner.leases.take(hold.id.clone());
+        self.keep_leases();
         failpoint("executions.after_hold");
         let candidates: Vec<Candidate> = plan.candidates.into_iter().filter(|c| c.worst_case <= hold.amount).collect();
         let now = time::now();
@@ -688,6 +745,7 @@ impl<L: Ledger + 'static> Executor<L> {
             candidates,
             decision,
             recording: Some(recording),
+            _lease: lease,
         })
     }
 
@@ -722,7 +780,12 @@ impl<L: Ledger + 'static> Executor<L> {
             .and_then(|(a, b)| a.checked_add(b))
             .and_then(|c| c.checked_add(route.request_price))
             .unwrap_or(admitted.hold.amount);
-        let resolution = self.inner.ledger.settle(&admitted.hold.id, cost).await?;
+        let resolution = match self.inner.ledger.settle(&admitted.hold.id, cost).await {
+            // The hold lapsed under a running execution (its renewals failed
+            // for longer than a lease): the work was still delivered.
+            Err(LedgerError::AlreadyResolved(HoldStatus::Expired)) => self.settle_late(admitted, cost).await?,
+            other => other?,
+        };
         failpoint("executions.after_settle");
         let to_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         let update = (
@@ -742,6 +805,34 @@ impl<L: Ledger + 'static> Executor<L> {
         );
         update_execution!(self.inner.pool, admitted.id.as_str(), update)?;
         Ok(resolution.charged)
+    }
+
+    /// Charges `cost` for an execution whose hold expired before it could
+    /// settle: a new hold of what it cost (or, when the balance no longer
+    /// covers it, of what is left: never an overspend), settled at once,
+    /// once (idempotent by the execution). The shortfall, if any, is logged.
+    async fn settle_late(&self, admitted: &Admitted, cost: Money) -> Result<Resolution, ExecutionError> {
+        let ledger = &self.inner.ledger;
+        let request = |amount| HoldRequest {
+            org_id: admitted.hold.org_id.clone(),
+            amount,
+            reference: admitted.id.to_string(),
+            idempotency_key: Some(format!("execution:{}:late", admitted.id)),
+            expires_in: Some(self.inner.leases.lease()),
+        };
+        let hold = match ledger.hold(request(cost)).await {
+            Err(LedgerError::InsufficientBalance { available, .. }) if available.is_positive() => {
+                ledger.hold(request(available)).await?
+            }
+            other => other?,
+        };
+        let resolution = ledger.settle(&hold.id, cost).await?;
+        let shortfall = cost.units().saturating_sub(resolution.charged.units());
+        tracing::warn!(
+            execution_id = %admitted.id, hold_id = %admitted.hold.id, charged = resolution.charged.units(), shortfall,
+            "the hold expired before the execution settled; charged afterwards"
+        );
+        Ok(resolution)
     }
 
     /// Releases the hold and records the failure. Never fails: problems are
@@ -771,8 +862,10 @@ impl<L: Ledger + 'static> Executor<L> {
 
     /// Ends the records of executions the server stopped in the middle of
     /// (a crash, a kill): still `running`, started more than `grace` ago,
-    /// and their hold no longer held (the sweeper released it, or it was
-    /// settled just before the stop). They become `failed` with the code
+    /// and their hold no longer held (its lease lapsed and the sweeper
+    /// released it, or it was settled just before the stop). A running
+    /// execution's hold stays held (its lease is renewed), so it is never
+    /// ended here. They become `failed` with the code
     /// `interrupted`, costing what their hold charged (zero when released).
     /// Answers how many were ended.
     ///
@@ -800,10 +893,21 @@ impl<L: Ledger + 'static> Executor<L> {
                 executions::status.eq(ExecutionStatus::Failed.as_str()),
                 executions::cost.eq(Some(charged)),
                 executions::error_code.eq(Some("interrupted")),
-                executions::error_message.eq(Some("the server stopped during this execution")),
+                executions::error_message.eq(Some("the server running this execution stopped before it finished")),
                 executions::finished_at.eq(Some(time::now())),
             );
-            update_execution!(self.inner.pool, id.as_str(), update)?;
+            // Only a record still running: one its execution ended meanwhile keeps its own outcome.
+            let ended_now = db_run!(pool, |conn| diesel::update(
+                executions::table
+                    .filter(executions::id.eq(&id))
+                    .filter(executions::status.eq(ExecutionStatus::Running.as_str()))
+            )
+            .set(update)
+            .execute(conn)
+            .await)?;
+            if ended_now == 0 {
+                continue;
+            }
             tracing::warn!(execution_id = %id, charged, "ended an execution the server stopped in the middle of");
             ended += 1;
         }

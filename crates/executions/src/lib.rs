@@ -11,6 +11,7 @@
 
 mod error;
 mod executor;
+mod leases;
 mod preferences;
 mod record;
 mod usage;

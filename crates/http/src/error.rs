@@ -23,19 +23,29 @@ pub struct ApiError {
     status: Option<StatusCode>,
     /// Headers the answer carries (`Retry-After`, `X-RateLimit-*`).
     headers: Vec<(&'static str, String)>,
+    /// Close the connection after the answer (a body left unread).
+    close: bool,
 }
 
 impl ApiError {
     /// An error with an explicit code and message.
     #[must_use]
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), param: None, status: None, headers: Vec::new() }
+        Self { code, message: message.into(), param: None, status: None, headers: Vec::new(), close: false }
     }
 
     /// The same error, answered with `name: value` as well.
     #[must_use]
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.headers.push((name, value.into()));
+        self
+    }
+
+    /// The same error, and the connection closed after it: the rest of a
+    /// body that was refused is not read.
+    #[must_use]
+    pub const fn closing(mut self) -> Self {
+        self.close = true;
         self
     }
 
@@ -48,6 +58,7 @@ impl ApiError {
             param: Some(param.into()),
             status: None,
             headers: Vec::new(),
+            close: false,
         }
     }
 
@@ -81,6 +92,7 @@ impl<E: ErrorCode> From<E> for ApiError {
                 param: e.param().map(str::to_owned),
                 status,
                 headers: Vec::new(),
+                close: false,
             };
         }
         tracing::error!(code = code.as_str(), error = %e, "request failed");
@@ -88,7 +100,7 @@ impl<E: ErrorCode> From<E> for ApiError {
             Code::DatabaseUnavailable => "the service is temporarily unavailable; retry shortly",
             _ => "internal error; quote the x-request-id header when reporting it",
         };
-        Self { code, message: message.to_owned(), param: None, status: None, headers: Vec::new() }
+        Self { code, message: message.to_owned(), param: None, status: None, headers: Vec::new(), close: false }
     }
 }
 
@@ -105,14 +117,16 @@ pub const fn status_of(code: Code) -> StatusCode {
         Code::InsufficientBalance => StatusCode::PAYMENT_REQUIRED,
         Code::PermissionDenied | Code::CsrfFailed => StatusCode::FORBIDDEN,
         Code::NotFound | Code::ModelNotFound => StatusCode::NOT_FOUND,
+        Code::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         Code::Conflict => StatusCode::CONFLICT,
         Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         Code::IdempotencyConflict => StatusCode::UNPROCESSABLE_ENTITY,
         Code::UpstreamError => StatusCode::BAD_GATEWAY,
         Code::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         Code::Overloaded | Code::DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
+        Code::InvalidConfig | Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -122,14 +136,23 @@ const fn openai_type(code: Code) -> &'static str {
         Code::InvalidRequest
         | Code::NoRouteAvailable
         | Code::PayloadTooLarge
+        | Code::UnsupportedMediaType
+        | Code::RequestTimeout
         | Code::IdempotencyConflict
-        | Code::Conflict => "invalid_request_error",
+        | Code::Conflict
+        | Code::Canceled
+        | Code::ContextLengthExceeded
+        | Code::ContentFiltered => "invalid_request_error",
         Code::InvalidApiKey | Code::Unauthenticated => "authentication_error",
         Code::PermissionDenied | Code::CsrfFailed => "permission_error",
         Code::NotFound | Code::ModelNotFound => "not_found_error",
         Code::InsufficientBalance => "insufficient_quota",
         Code::Overloaded | Code::RateLimited => "rate_limit_error",
-        _ => "api_error",
+        Code::UpstreamError
+        | Code::UpstreamTimeout
+        | Code::DatabaseUnavailable
+        | Code::InvalidConfig
+        | Code::Internal => "api_error",
     }
 }
 
@@ -147,6 +170,9 @@ impl ResponseError for ApiError {
             if let Ok(v) = HeaderValue::from_str(value) {
                 response.insert_header((*name, v));
             }
+        }
+        if self.close {
+            response.force_close();
         }
         if self.code == Code::InvalidApiKey {
             response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));

@@ -23,4 +23,4 @@ mod wire_anthropic;
 pub use error::{ApiError, status_of};
 pub use operator::{BootstrapReport, Services, routes_of};
 pub use settings::{BootstrapConfig, ServerConfig, Settings, SettingsError};
-pub use startup::{Application, Reloader, StartupError};
+pub use startup::{Application, Reloader, StartupError, raise_descriptor_limit};

@@ -142,7 +142,9 @@ impl Services {
         name: &str,
         scopes: &Scopes,
     ) -> Result<(ApiKey, String), OperatorError> {
-        let (key, token) = self.identity.create_api_key(project, name, scopes, None).await?;
+        // The operator acts across orgs: the key goes to the project's own org.
+        let org = self.identity.project(project).await?.org_id;
+        let (key, token) = self.identity.create_api_key(&org, project, name, scopes, None).await?;
         let details = serde_json::json!({ "name": key.name, "prefix": key.prefix, "scopes": key.scopes.to_string() });
         self.identity
             .record(Some(&key.org_id), &Actor::operator(), "api_key.created", Some(key.id.as_str()), Some(details))

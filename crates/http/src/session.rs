@@ -69,17 +69,39 @@ fn is_write(method: &Method) -> bool {
 /// The CSRF defence for a cookie-authenticated write: the request must
 /// come from the public origin (`Origin`, or `Referer` when a browser sends
 /// no `Origin`) and carry the session's CSRF token.
+/// The origin a request says it comes from: its `Origin`, or without one
+/// the origin of its `Referer`.
+fn request_origin(req: &HttpRequest) -> Option<String> {
+    let headers = req.headers();
+    headers
+        .get("origin")
+        .and_then(|v| v.to_str().ok())
+        .map(origin_of)
+        .or_else(|| headers.get("referer").and_then(|v| v.to_str().ok()).map(origin_of))
+}
+
+/// Login CSRF: a request that signs a browser in (login, sign-up) must not
+/// come from another site, or a cross-site form could sign the victim into
+/// the attacker's account. A request with neither `Origin` nor `Referer`
+/// comes from a program, not a browser page, and passes.
+///
+/// # Errors
+/// [`Code::CsrfFailed`] naming the origin that was expected.
+pub(crate) fn check_sign_in_origin(state: &State, req: &HttpRequest) -> Result<(), ApiError> {
+    match request_origin(req) {
+        Some(origin) if origin != state.public_origin => {
+            Err(ApiError::new(Code::CsrfFailed, format!("signing in is only possible from {}", state.public_origin)))
+        }
+        _ => Ok(()),
+    }
+}
+
 pub(crate) fn check_csrf(state: &State, req: &HttpRequest, session: &Session) -> Result<(), ApiError> {
     if !is_write(req.method()) {
         return Ok(());
     }
     let headers = req.headers();
-    let origin = headers
-        .get("origin")
-        .and_then(|v| v.to_str().ok())
-        .map(origin_of)
-        .or_else(|| headers.get("referer").and_then(|v| v.to_str().ok()).map(origin_of));
-    if origin.as_deref() != Some(state.public_origin.as_str()) {
+    if request_origin(req).as_deref() != Some(state.public_origin.as_str()) {
         return Err(ApiError::new(
             Code::CsrfFailed,
             format!("a signed-in browser request must come from {} (Origin or Referer)", state.public_origin),

@@ -13,7 +13,7 @@ use modelroute_ledger::LedgerConfig;
 use modelroute_providers::{ProvidersConfig, default_providers};
 use modelroute_routing::{CatalogueConfig, RoutingConfig};
 use modelroute_telemetry::TelemetryConfig;
-use modelroute_types::Money;
+use modelroute_types::{Money, Secret};
 use serde::{Deserialize, Serialize};
 
 /// Every setting of the server.
@@ -67,8 +67,28 @@ pub struct ServerConfig {
     pub bind: String,
     /// Worker threads; 0 means one per core.
     pub workers: usize,
-    /// Largest accepted request body.
+    /// Largest accepted request body of a JSON endpoint: a larger
+    /// `Content-Length` is a 413 before a byte is read.
     pub max_body_bytes: usize,
+    /// A request body may take this long before `body_min_bytes_per_sec`
+    /// applies.
+    pub body_grace_ms: u64,
+    /// After the grace period a body must have arrived at this average rate
+    /// (bytes per second), or the request is a 408 and its connection is
+    /// closed: a client trickling bytes cannot hold a connection. 0: no minimum.
+    pub body_min_bytes_per_sec: u64,
+    /// Request bodies being received at once, at most; beyond it a request
+    /// is a 503 at once and its connection is closed.
+    pub max_pending_bodies: usize,
+    /// When set, `/readyz` and `/metrics` answer only requests that carry it
+    /// as `Authorization: Bearer …` (set it in production, or keep those
+    /// paths off the public load balancer). `/healthz` stays open.
+    pub operator_token: Option<Secret>,
+    /// Open client connections, at most, over all workers (past it new
+    /// connections wait in the listen backlog). 0: from the process's
+    /// descriptor limit — half of it less 256, leaving a descriptor for each
+    /// connection's upstream call and for the database.
+    pub max_connections: usize,
     /// A client must send its complete request head within this time, or
     /// the connection is closed (a client that sends half a header is cut off).
     pub client_request_timeout_ms: u64,
@@ -84,6 +104,11 @@ impl Default for ServerConfig {
             bind: "127.0.0.1:8080".into(),
             workers: 0,
             max_body_bytes: 4 * 1024 * 1024,
+            body_grace_ms: 10_000,
+            body_min_bytes_per_sec: 16 * 1024,
+            max_pending_bodies: 1024,
+            max_connections: 0,
+            operator_token: None,
             client_request_timeout_ms: 5_000,
             keep_alive_secs: 30,
             shutdown_timeout_secs: 30,
@@ -237,7 +262,7 @@ mod tests {
     fn printed_config_redacts_secrets_and_round_trips() {
         figment::Jail::expect_with(|jail| {
             let mut s = Settings::default();
-            s.identity.server_secret = modelroute_types::Secret::new("x".repeat(40));
+            s.identity.server_secret = Secret::new("x".repeat(40));
             s.database.url = modelroute_db::DatabaseUrl::new("postgres://u:pw@h/db");
             let text = s.to_redacted_toml().map_err(|e| e.to_string())?;
             assert!(!text.contains("xxxx") && !text.contains(":pw@"), "{text}");

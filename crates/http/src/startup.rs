@@ -64,7 +64,8 @@ impl Application {
             Arc::new(Health::new(settings.routing.breaker.clone())),
             Arc::new(ErrorRules::new(settings.routing.error_rules.clone())),
             settings.routing.retry.clone(),
-        );
+        )
+        .with_hold_lease(Duration::from_secs(settings.ledger.hold_timeout_secs));
         let notifier = Arc::new(crate::notify::EmailNotifier::new(services.identity.clone()));
         let billing = modelroute_billing::Billing::new(
             services.pool.clone(),
@@ -87,7 +88,13 @@ impl Application {
             per_org_per_minute: settings.identity.rate_limits.per_org_per_minute,
             per_ip_auth_per_minute: settings.identity.rate_limits.per_ip_auth_per_minute,
             public_origin: crate::session::origin_of(&settings.identity.public_url),
-            max_body_bytes: settings.server.max_body_bytes,
+            operator_token: settings.server.operator_token.clone().filter(|t| !t.expose().is_empty()),
+            body: crate::body::BodyPolicy {
+                max_bytes: settings.server.max_body_bytes,
+                grace: Duration::from_millis(settings.server.body_grace_ms),
+                min_bytes_per_sec: settings.server.body_min_bytes_per_sec,
+                pending: Arc::new(tokio::sync::Semaphore::new(settings.server.max_pending_bodies.max(1))),
+            },
         });
         let bind = settings.server.bind.clone();
         let listener = TcpListener::bind(&bind).map_err(|source| StartupError::Bind { bind: bind.clone(), source })?;
@@ -104,9 +111,12 @@ impl Application {
         .client_disconnect_timeout(Duration::from_secs(1))
         .keep_alive(Duration::from_secs(cfg.keep_alive_secs))
         .shutdown_timeout(cfg.shutdown_timeout_secs);
-        if cfg.workers > 0 {
-            server = server.workers(cfg.workers);
-        }
+        let workers =
+            if cfg.workers > 0 { cfg.workers } else { std::thread::available_parallelism().map_or(1, usize::from) };
+        let max_connections = connection_cap(cfg.max_connections);
+        // actix counts connections per worker.
+        server = server.workers(workers).max_connections(max_connections.div_ceil(workers).max(1));
+        tracing::debug!(workers, max_connections, "connection limits");
         let server = server.listen(listener).map_err(|source| StartupError::Bind { bind, source })?.run();
         let sweeper = tokio::spawn(sweep_holds(
             services.clone(),
@@ -144,6 +154,41 @@ impl Application {
     }
 }
 
+/// The most client connections to hold open at once: the configured number,
+/// or (0) half the process's descriptor limit less 256 — each connection
+/// may hold an upstream connection too, and the database and files need
+/// some — and at least 64.
+fn connection_cap(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    let limit = descriptor_limit().unwrap_or(1024);
+    (usize::try_from(limit).unwrap_or(usize::MAX).saturating_sub(256) / 2).max(64)
+}
+
+/// The process's soft limit on open descriptors, if it has one.
+fn descriptor_limit() -> Option<u64> {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+}
+
+/// Raises the process's soft limit on open descriptors to its hard limit
+/// (as Go's runtime and many servers do): a default of 1,024 is a few
+/// hundred slow clients. Answers the limit now in force.
+///
+/// # Errors
+/// The system refused.
+pub fn raise_descriptor_limit() -> std::io::Result<Option<u64>> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    // Linux caps descriptors at `fs.nr_open` (2^20 by default) whatever the hard limit says.
+    const CEILING: u64 = 1 << 20;
+    let limit = getrlimit(Resource::Nofile);
+    let wanted = limit.maximum.unwrap_or(CEILING).min(CEILING);
+    if limit.current.is_some_and(|now| now < wanted) {
+        setrlimit(Resource::Nofile, Rlimit { current: Some(wanted), maximum: limit.maximum })?;
+    }
+    Ok(getrlimit(Resource::Nofile).current)
+}
+
 /// Reloads the catalogue and the providers of a running server (the binary
 /// calls it on SIGHUP). Other settings need a restart.
 #[derive(Debug, Clone)]
@@ -166,10 +211,10 @@ impl Reloader {
     }
 }
 
-/// Releases expired holds every `interval` seconds (ledger invariant: no
-/// hold outlives its timeout plus one sweep interval), then ends the
-/// records of executions a stopped server left `running` (older than the
-/// hold timeout, their hold no longer held).
+/// Releases expired holds every `interval` seconds (ledger invariant: a
+/// hold outlives the last renewal of its lease by at most one sweep
+/// interval), then ends the records of executions a stopped server left
+/// `running` (older than a lease, their hold no longer held).
 async fn sweep_holds(services: Services, executor: Executor<SqlLedger>, interval: u64, grace: Duration) {
     let mut tick = tokio::time::interval(Duration::from_secs(interval.max(1)));
     loop {

@@ -22,7 +22,10 @@ pub(crate) struct AppState {
     /// `scheme://host[:port]` of `[identity] public_url`: the one origin
     /// cookie-authenticated writes may come from.
     pub(crate) public_origin: String,
-    pub(crate) max_body_bytes: usize,
+    /// What `/readyz` and `/metrics` need, when set.
+    pub(crate) operator_token: Option<modelroute_types::Secret>,
+    /// Limits on reading request bodies.
+    pub(crate) body: crate::body::BodyPolicy,
 }
 
 pub(crate) type State = actix_web::web::Data<Arc<AppState>>;

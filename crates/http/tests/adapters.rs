@@ -121,6 +121,7 @@ impl TestApp {
         let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
         let req = Request::put(format!("http://127.0.0.1:{}{path}", self.port))
             .header("authorization", format!("Bearer {}", self.key))
+            .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body.to_string())))
             .unwrap();
         let res = client.request(req).await.unwrap();

@@ -170,6 +170,19 @@ db_test!(async fn a_paid_completion_settles_its_actual_cost(db) {
     }
 });
 
+db_test!(async fn with_an_operator_token_readiness_and_metrics_need_it(db) {
+    let app = spawn(db, |s| s.server.operator_token = Some(modelroute_types::Secret::new("op-token-1234567890"))).await;
+    for path in ["/readyz", "/metrics"] {
+        let r = app.send(Method::GET, path, None, None).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{path}: {}", r.body);
+        let r = app.send(Method::GET, path, Some(&app.key.clone()), None).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{path}: an API key is not the operator's");
+        let r = app.send(Method::GET, path, Some("op-token-1234567890"), None).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.body);
+    }
+    assert_eq!(app.send(Method::GET, "/healthz", None, None).await.status, StatusCode::OK, "liveness stays open");
+});
+
 db_test!(async fn a_streamed_completion_ends_with_done_and_settles(db) {
     let app = spawn(db, |_| {}).await;
     let mut req = hello("builtin/echo");
@@ -302,6 +315,79 @@ db_test!(async fn oversized_bodies_and_half_sent_headers_are_cut_off(db) {
     assert!(buf.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
 });
 
+/// Sends a request head (`Content-Length: declared`) and `first` bytes of its body.
+async fn start_body(port: u16, path: &str, key: Option<&str>, declared: usize, first: &[u8]) -> tokio::net::TcpStream {
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {declared}\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(first).await.unwrap();
+    tcp
+}
+
+/// What the server answered on `tcp` before closing it (at most 10 s).
+async fn answer_of(mut tcp: tokio::net::TcpStream) -> String {
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the connection was still open after 10 s: {}", String::from_utf8_lossy(&buf));
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+db_test!(async fn slow_and_oversized_bodies_are_cut_off_without_starving_anyone(db) {
+    let app = spawn(db, |s| {
+        s.server.max_body_bytes = 64 * 1024;
+        s.server.body_grace_ms = 400;
+        s.server.body_min_bytes_per_sec = 4_000;
+        s.server.max_pending_bodies = 2;
+    })
+    .await;
+    let (key, port) = (app.key.clone(), app.port);
+    // A Content-Length above the limit: 413 before a byte of the body is sent.
+    let tcp = start_body(app.port, "/v1/chat/completions", Some(&key), 10_000_000, b"").await;
+    let answer = answer_of(tcp).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    // Two bodies trickled a byte at a time, one without credentials (the
+    // verification endpoint needs none): both take the two places...
+    let trickle = |path: &'static str, key: Option<String>| async move {
+        let mut tcp = start_body(port, path, key.as_deref(), 1_000, b"{").await;
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if tcp.write_all(b" ").await.is_err() {
+                break;
+            }
+        }
+        answer_of(tcp).await
+    };
+    let slow = tokio::spawn(trickle("/v1/chat/completions", Some(key.clone())));
+    let anonymous = tokio::spawn(trickle("/v1/auth/verify-email", None));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // ...so a third body is refused at once, while requests without a body go on.
+    let third = app.chat(hello("builtin/echo")).await;
+    assert_eq!((third.status, third.json()["error"]["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("overloaded")), "{}", third.body);
+    assert_eq!(app.get("/healthz").await.status, StatusCode::OK);
+    assert_eq!(app.get("/v1/billing/balance").await.status, StatusCode::OK);
+    // The trickles are cut off after the grace period: 408, connection closed.
+    for answer in [slow.await.unwrap(), anonymous.await.unwrap()] {
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("request_timeout"), "{answer}");
+    }
+    // A large body on a good link passes: 60 KB in 10 chunks, 50 ms apart.
+    let mut big = hello("builtin/echo");
+    big["messages"][1]["content"] = json!("word ".repeat(12_000));
+    let body = big.to_string();
+    let mut tcp = start_body(app.port, "/v1/chat/completions", Some(&key), body.len(), b"").await;
+    for chunk in body.as_bytes().chunks(body.len().div_ceil(10)) {
+        tcp.write_all(chunk).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut head = vec![0; 12];
+    tcp.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200", "{}", String::from_utf8_lossy(&head));
+    app.assert_ledger_sound().await;
+});
+
 db_test!(async fn a_full_bulkhead_answers_503_instead_of_queueing(db) {
     let app = spawn(db, |s| {
         builtin(s, |b| {
@@ -357,6 +443,64 @@ db_test!(async fn a_stream_whose_client_leaves_is_canceled_and_charged_for_what_
     assert!(cost > 0 && cost < nano(&e["hold"]["amount"]), "{e}");
     assert!(e["usage"]["output_tokens"].as_u64().unwrap() < 9, "charged for the whole answer: {e}");
     assert_eq!(before.0.units() - app.available().await.0.units(), cost);
+    app.assert_ledger_sound().await;
+});
+
+/// A stream of `words` words, one delta each.
+fn long_stream(words: usize) -> Value {
+    let content = vec!["word"; words].join(" ");
+    json!({ "model": "builtin/echo", "stream": true, "messages": [{ "role": "user", "content": content }] })
+}
+
+/// The streamed answer ended well: its last frames are a chunk and `[DONE]`, no error frame.
+fn assert_stream_completed(r: &Reply) {
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(!r.body.contains("\"error\""), "an error frame: {}", r.body);
+    assert!(r.body.trim_end().ends_with("data: [DONE]"), "{}", r.body);
+}
+
+db_test!(async fn a_stream_that_outlives_the_hold_timeout_keeps_its_hold_and_is_billed(db) {
+    // The hold expires 2 s after it is placed or renewed, the sweeper runs
+    // every second, and the stream takes about 4 s: its hold is renewed
+    // under it, never released mid-stream, and settled at the end.
+    let app = spawn(db, |s| {
+        s.ledger.hold_timeout_secs = 2;
+        s.ledger.sweep_interval_secs = 1;
+        builtin(s, |b| b.chunk_delay_ms = 250);
+    })
+    .await;
+    let before = app.available().await;
+    let r = app.chat(long_stream(16)).await;
+    assert_stream_completed(&r);
+    let id = app.only_execution_id().await;
+    let e = app.get(&format!("/v1/executions/{id}")).await.json();
+    assert_eq!((e["status"].as_str(), e["hold"]["status"].as_str()), (Some("succeeded"), Some("settled")), "{e}");
+    let cost = nano(&e["cost"]);
+    assert!(cost > 0, "{e}");
+    assert_eq!(before.0.units() - app.available().await.0.units(), cost, "charged exactly the settled cost");
+    assert_eq!(app.available().await.1, Money::ZERO, "nothing left held");
+    app.assert_ledger_sound().await;
+});
+
+db_test!(async fn a_stream_whose_hold_lapsed_anyway_is_still_charged_for_what_it_delivered(db) {
+    // Renewals can fail (a database out for longer than a lease): the hold
+    // is then released under the stream. The stream still delivers; its
+    // cost is charged afterwards from the balance, never beyond it.
+    let app = spawn(db, |s| builtin(s, |b| b.chunk_delay_ms = 200)).await;
+    let before = app.available().await;
+    let (r, ()) = tokio::join!(app.chat(long_stream(10)), async {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let later = modelroute_types::time::now() + chrono::Duration::days(1);
+        assert_eq!(app.services.ledger.sweep_expired(later).await.unwrap(), 1, "the stream's hold lapsed");
+    });
+    assert_stream_completed(&r);
+    let id = app.only_execution_id().await;
+    let e = app.get(&format!("/v1/executions/{id}")).await.json();
+    assert_eq!(e["status"], "succeeded", "{e}");
+    let cost = nano(&e["cost"]);
+    assert!(cost > 0, "{e}");
+    assert_eq!(before.0.units() - app.available().await.0.units(), cost);
+    assert_eq!(app.available().await.1, Money::ZERO);
     app.assert_ledger_sound().await;
 });
 

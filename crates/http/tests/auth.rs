@@ -66,13 +66,13 @@ async fn spawn(db: TestDb, tweak: impl FnOnce(&mut Settings)) -> App {
 impl App {
     async fn call(&self, method: Method, path: &str, headers: &[(&str, String)], body: Option<Value>) -> Reply {
         let mut req = Request::builder().method(method).uri(format!("http://127.0.0.1:{}{path}", self.port));
+        if !headers.iter().any(|(k, _)| *k == "content-type") {
+            req = req.header("content-type", "application/json");
+        }
         for (k, v) in headers {
             req = req.header(*k, v);
         }
-        let req = req
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.map(|b| b.to_string()).unwrap_or_default())))
-            .unwrap();
+        let req = req.body(Full::new(Bytes::from(body.map(|b| b.to_string()).unwrap_or_default()))).unwrap();
         let res = self.client.request(req).await.unwrap();
         let status = res.status();
         let headers = res.headers().clone();
@@ -243,7 +243,8 @@ db_test!(async fn a_browser_signs_up_and_manages_its_org(db) {
 });
 
 db_test!(async fn another_orgs_things_are_not_found_for_keys_and_sessions(db) {
-    let app = spawn(db, |_| {}).await;
+    // No key cache: every answer below is what the database holds.
+    let app = spawn(db, |s| s.identity.key_cache_ttl_secs = 0).await;
     // Org A: the bootstrapped org and its key, with one execution.
     let r = app.with_key(&app.key, Method::POST, "/v1/chat/completions", Some(json!({ "model": "builtin/echo", "messages": [{"role": "user", "content": "hi"}] }))).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.json);
@@ -252,19 +253,55 @@ db_test!(async fn another_orgs_things_are_not_found_for_keys_and_sessions(db) {
     let a_key_id = a_keys.json["data"][0]["id"].as_str().unwrap().to_owned();
     let a_projects = app.with_key(&app.key, Method::GET, &format!("/v1/orgs/{}/projects", app.org), None).await;
     let a_project = a_projects.json["data"][0]["id"].as_str().unwrap().to_owned();
+    let a_preferences = app.with_key(&app.key, Method::GET, "/v1/routing/preferences", None).await.json;
     // Org B: Eve's.
     let mut eve = app.user("eve@example.com").await;
+    let eve_id = app.browse(&eve, Method::GET, "/v1/auth/session", None).await.json["user"]["id"].as_str().unwrap().to_owned();
     let r = app.browse(&eve, Method::POST, "/v1/orgs", Some(json!({ "name": "Evil" }))).await;
     let b_org = r.json["id"].as_str().unwrap().to_owned();
     let a = app.org.clone();
+    // What org A holds, to compare after every attempt.
+    let snapshot = || async {
+        let mut held = serde_json::Map::new();
+        for path in ["/v1/keys".to_owned(), format!("/v1/orgs/{a}/projects"), format!("/v1/orgs/{a}/members"), format!("/v1/orgs/{a}/invitations"), "/v1/routing/preferences".to_owned()] {
+            held.insert(path.clone(), app.with_key(&app.key, Method::GET, &path, None).await.json);
+        }
+        Value::Object(held)
+    };
+    let before = snapshot().await;
+    assert_eq!(before["/v1/keys"]["data"].as_array().unwrap().len(), 1, "{before}");
 
     // Eve's session, naming org A explicitly or in the path: not found.
     for path in [format!("/v1/orgs/{a}"), format!("/v1/orgs/{a}/members"), format!("/v1/orgs/{a}/projects"), format!("/v1/orgs/{a}/invitations")] {
         let r = app.browse(&eve, Method::GET, &path, None).await;
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}: {}", r.json);
     }
-    let r = app.browse(&eve, Method::POST, &format!("/v1/orgs/{a}/invitations"), Some(json!({ "email": "eve2@example.com" }))).await;
-    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // Every write naming org A, from Eve's session in her own org or in A's name: not found, and nothing changes.
+    let writes: Vec<(Option<String>, Method, String, Option<Value>)> = vec![
+        (Some(b_org.clone()), Method::DELETE, format!("/v1/keys/{a_key_id}"), None),
+        (Some(b_org.clone()), Method::POST, format!("/v1/keys/{a_key_id}/rotate"), Some(json!({ "grace_period_secs": 0 }))),
+        (Some(b_org.clone()), Method::POST, "/v1/keys".into(), Some(json!({ "project_id": a_project, "name": "mine", "scopes": ["execute"] }))),
+        (Some(a.clone()), Method::DELETE, format!("/v1/keys/{a_key_id}"), None),
+        (Some(a.clone()), Method::PUT, "/v1/routing/preferences".into(), Some(json!({ "policy": "fastest" }))),
+        (None, Method::POST, format!("/v1/orgs/{a}/invitations"), Some(json!({ "email": "eve2@example.com" }))),
+        (None, Method::POST, format!("/v1/orgs/{a}/projects"), Some(json!({ "name": "mine now" }))),
+        (None, Method::PATCH, format!("/v1/orgs/{a}/members/{eve_id}"), Some(json!({ "role": "owner" }))),
+        (None, Method::DELETE, format!("/v1/orgs/{a}/members/{eve_id}"), None),
+    ];
+    for (acting_for, method, path, body) in writes {
+        eve.org = acting_for.clone();
+        let r = app.browse(&eve, method.clone(), &path, body).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{method} {path} as {acting_for:?}: {}", r.json);
+        assert_eq!(snapshot().await, before, "{method} {path} changed org A");
+    }
+    // A's key still works; no audit log recorded a revocation.
+    assert_eq!(app.with_key(&app.key, Method::GET, "/v1/billing/balance", None).await.status, StatusCode::OK);
+    let revoked = app.with_key(&app.key, Method::GET, "/v1/audit-events?action=api_key.revoked", None).await;
+    assert_eq!(revoked.json["data"], json!([]));
+    assert_eq!(app.with_key(&app.key, Method::GET, "/v1/routing/preferences", None).await.json, a_preferences);
+    eve.org = Some(b_org.clone());
+    let mine = app.browse(&eve, Method::GET, "/v1/keys", None).await;
+    assert_eq!(mine.json["data"], json!([]), "no key was made in B either");
     eve.org = Some(a.clone());
     assert_eq!(app.browse(&eve, Method::GET, "/v1/keys", None).await.status, StatusCode::NOT_FOUND);
     // In her own org, A's things are not found either.
@@ -273,22 +310,103 @@ db_test!(async fn another_orgs_things_are_not_found_for_keys_and_sessions(db) {
         let r = app.browse(&eve, Method::GET, &path, None).await;
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}: {}", r.json);
     }
-    let r = app.browse(&eve, Method::DELETE, &format!("/v1/keys/{a_key_id}"), None).await;
-    assert_eq!(r.status, StatusCode::NOT_FOUND);
-    // A's key against B: not found.
+    // A's key against B: not found, and B is unchanged.
     for path in [format!("/v1/orgs/{b_org}"), format!("/v1/orgs/{b_org}/members"), format!("/v1/orgs/{b_org}/projects")] {
         let r = app.with_key(&app.key, Method::GET, &path, None).await;
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}: {}", r.json);
     }
+    let b_projects = app.browse(&eve, Method::GET, &format!("/v1/orgs/{b_org}/projects"), None).await.json;
     let r = app.with_key(&app.key, Method::POST, &format!("/v1/orgs/{b_org}/projects"), Some(json!({ "name": "mine now" }))).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = app.with_key(&app.key, Method::POST, &format!("/v1/orgs/{b_org}/invitations"), Some(json!({ "email": "x@example.com" }))).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.browse(&eve, Method::GET, &format!("/v1/orgs/{b_org}/projects"), None).await.json, b_projects);
+    assert_eq!(app.browse(&eve, Method::GET, &format!("/v1/orgs/{b_org}/invitations"), None).await.json["data"], json!([]));
     // And A's key still sees A's execution.
     assert_eq!(app.with_key(&app.key, Method::GET, &format!("/v1/executions/{execution}"), None).await.status, StatusCode::OK);
 });
 
+db_test!(async fn names_and_filters_refuse_control_characters(db) {
+    let app = spawn(db, |_| {}).await;
+    let ada = app.user("ada@example.com").await;
+    let r = app.browse(&ada, Method::POST, "/v1/orgs", Some(json!({ "name": "Ada Labs" }))).await;
+    let org = r.json["id"].as_str().unwrap().to_owned();
+    let project = app.browse(&ada, Method::GET, &format!("/v1/orgs/{org}/projects"), None).await.json["data"][0]["id"].as_str().unwrap().to_owned();
+    // NUL (PostgreSQL cannot store it), newlines (the org name goes into
+    // invitation emails), bidirectional overrides (text shown as other text).
+    for bad in ["a\u{0}b", "Acme\nBcc: x@evil.example", "Acme\u{202e}moc.live", "tab\there", "a\u{2028}b"] {
+        let r = app.browse(&ada, Method::POST, "/v1/orgs", Some(json!({ "name": bad }))).await;
+        assert_eq!((r.status, r.json["error"]["param"].as_str()), (StatusCode::BAD_REQUEST, Some("name")), "org {bad:?}: {}", r.json);
+        let r = app.browse(&ada, Method::POST, &format!("/v1/orgs/{org}/projects"), Some(json!({ "name": bad }))).await;
+        assert_eq!((r.status, r.json["error"]["param"].as_str()), (StatusCode::BAD_REQUEST, Some("name")), "project {bad:?}: {}", r.json);
+        let r = app.browse(&ada, Method::POST, "/v1/keys", Some(json!({ "project_id": project, "name": bad, "scopes": ["read"] }))).await;
+        assert_eq!((r.status, r.json["error"]["param"].as_str()), (StatusCode::BAD_REQUEST, Some("name")), "key {bad:?}: {}", r.json);
+        let r = app.call(Method::POST, "/v1/auth/signup", &[], Some(json!({ "email": "new@example.com", "password": PASSWORD, "name": bad }))).await;
+        assert_eq!((r.status, r.json["error"]["param"].as_str()), (StatusCode::BAD_REQUEST, Some("name")), "sign-up {bad:?}: {}", r.json);
+    }
+    // Nothing was made by any of them.
+    assert_eq!(app.browse(&ada, Method::GET, "/v1/orgs", None).await.json["data"].as_array().unwrap().len(), 1);
+    assert_eq!(app.browse(&ada, Method::GET, &format!("/v1/orgs/{org}/projects"), None).await.json["data"].as_array().unwrap().len(), 1);
+    assert_eq!(app.browse(&ada, Method::GET, "/v1/keys", None).await.json["data"], json!([]));
+    // Filters with a control character: a 400 naming the parameter, on keys and sessions alike.
+    for (path, param) in [
+        ("/v1/usage?model=%00", "model"),
+        ("/v1/usage.csv?model=%00", "model"),
+        ("/v1/usage?project_id=x%0Ay", "project_id"),
+        ("/v1/audit-events?action=%00", "action"),
+        ("/v1/auth/events?action=%00", "action"),
+    ] {
+        let r = if path.starts_with("/v1/auth/") {
+            app.browse(&ada, Method::GET, path, None).await
+        } else {
+            app.with_key(&app.key, Method::GET, path, None).await
+        };
+        assert_eq!((r.status, r.json["error"]["param"].as_str()), (StatusCode::BAD_REQUEST, Some(param)), "{path}: {}", r.json);
+    }
+    // Ordinary names, including non-Latin scripts, are fine.
+    let r = app.browse(&ada, Method::POST, &format!("/v1/orgs/{org}/projects"), Some(json!({ "name": "Zürich 株式会社 עברית 🚀" }))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.json);
+});
+
+db_test!(async fn cross_site_pages_cannot_sign_a_browser_in(db) {
+    let app = spawn(db, |_| {}).await;
+    app.user("attacker@example.com").await;
+    let creds = json!({ "email": "attacker@example.com", "password": PASSWORD });
+    let no_session = |r: &Reply| !r.headers.get_all("set-cookie").iter().any(|c| c.to_str().unwrap().starts_with("__Host-mr_session="));
+    // A cross-site form posts text/plain (no preflight): refused before anything is read.
+    for content_type in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"] {
+        let r = app.call(Method::POST, "/v1/auth/login", &[("content-type", content_type.into())], Some(creds.clone())).await;
+        assert_eq!((r.status, code(&r)), (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"), "{content_type}");
+        assert!(no_session(&r));
+    }
+    // JSON from another site's page (fetch with CORS would need a preflight,
+    // but the origin is checked anyway): refused, for sign-up too.
+    for (header, value) in [("origin", "https://evil.example"), ("referer", "https://evil.example/page"), ("origin", "null")] {
+        let r = app.call(Method::POST, "/v1/auth/login", &[(header, value.into())], Some(creds.clone())).await;
+        assert_eq!((r.status, code(&r)), (StatusCode::FORBIDDEN, "csrf_failed"), "{header}: {value}: {}", r.json);
+        assert!(no_session(&r));
+        let r = app.call(Method::POST, "/v1/auth/signup", &[(header, value.into())], Some(json!({ "email": "victim@example.com", "password": PASSWORD }))).await;
+        assert_eq!((r.status, code(&r)), (StatusCode::FORBIDDEN, "csrf_failed"), "{header}: {value}");
+    }
+    assert!(app.services.identity.outbox("victim@example.com").await.unwrap().is_empty(), "no account was started");
+    // The site itself, and programs (no Origin, no Referer), sign in.
+    let r = app.call(Method::POST, "/v1/auth/login", &[("origin", ORIGIN.into())], Some(creds.clone())).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    let r = app.call(Method::POST, "/v1/auth/login", &[], Some(creds)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    // A POST without a body needs no content type.
+    let keys = app.with_key(&app.key, Method::GET, "/v1/keys", None).await;
+    let id = keys.json["data"][0]["id"].as_str().unwrap().to_owned();
+    let r = app.call(Method::POST, &format!("/v1/keys/{id}/rotate"), &[("authorization", format!("Bearer {}", app.key)), ("content-type", "text/plain".into())], None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    // With a body, a key-authenticated JSON endpoint takes JSON only, too.
+    let r = app.call(Method::PUT, "/v1/routing/preferences", &[("authorization", format!("Bearer {}", r.json["token"].as_str().unwrap())), ("content-type", "text/plain".into())], Some(json!({ "policy": "fastest" }))).await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{}", r.json);
+});
+
 db_test!(async fn answers_do_not_enumerate_accounts_and_ips_are_limited(db) {
-    let app = spawn(db, |s| s.identity.rate_limits.per_ip_auth_per_minute = 12).await;
-    app.user("ada@example.com").await; // 2 limited calls (sign-up, login)
+    let app = spawn(db, |s| s.identity.rate_limits.per_ip_auth_per_minute = 13).await;
+    app.user("ada@example.com").await; // 3 limited calls (sign-up, verification, login)
     let signup = |email: &str| json!({ "email": email, "password": "another good passphrase" });
     let known = app.call(Method::POST, "/v1/auth/signup", &[], Some(signup("ada@example.com"))).await;
     let unknown = app.call(Method::POST, "/v1/auth/signup", &[], Some(signup("new@example.com"))).await;
@@ -308,7 +426,7 @@ db_test!(async fn answers_do_not_enumerate_accounts_and_ips_are_limited(db) {
     assert_eq!((r.status, r.json["error"]["param"].as_str()), (StatusCode::BAD_REQUEST, Some("password")));
     let r = app.call(Method::POST, "/v1/auth/signup", &[], Some(json!({ "email": "nope", "password": PASSWORD }))).await;
     assert_eq!((r.status, r.json["error"]["param"].as_str()), (StatusCode::BAD_REQUEST, Some("email")));
-    // 10 limited calls so far (the reset confirm is limited too); the 13th is refused.
+    // 11 limited calls so far (the reset confirm is limited too); the 14th is refused.
     let token = app.token("ada@example.com", "password_reset").await;
     let r = app.call(Method::POST, "/v1/auth/password-reset/confirm", &[], Some(json!({ "token": token, "password": "a brand new passphrase" }))).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.json);
@@ -350,15 +468,19 @@ db_test!(async fn a_key_rotates_with_a_grace_period(db) {
     assert!(r.json["previous_secret_valid_until"].is_string());
     assert_eq!(app.with_key(&second, Method::GET, "/v1/billing/balance", None).await.status, StatusCode::OK);
     assert_eq!(app.with_key(&first, Method::GET, "/v1/billing/balance", None).await.status, StatusCode::OK);
-    // Rotate again with no grace: the second secret stops at once, the first too (it is two rotations old).
+    // Rotate again with no grace: the second secret stops at once; the first
+    // keeps the day the first rotation promised it.
     let r = app.with_key(&app.key, Method::POST, &format!("/v1/keys/{id}/rotate"), Some(json!({ "grace_period_secs": 0 }))).await;
     let third = r.json["token"].as_str().unwrap().to_owned();
-    for old in [&first, &second] {
-        assert_eq!(app.with_key(old, Method::GET, "/v1/billing/balance", None).await.status, StatusCode::UNAUTHORIZED);
-    }
+    assert_eq!(app.with_key(&second, Method::GET, "/v1/billing/balance", None).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(app.with_key(&first, Method::GET, "/v1/billing/balance", None).await.status, StatusCode::OK);
     assert_eq!(app.with_key(&third, Method::GET, "/v1/billing/balance", None).await.status, StatusCode::OK);
-    let r = app.with_key(&app.key, Method::POST, &format!("/v1/keys/{id}/rotate"), Some(json!({ "grace_period_secs": 9_999_999 }))).await;
-    assert_eq!((r.status, r.json["error"]["param"].as_str()), (StatusCode::BAD_REQUEST, Some("grace_period_secs")));
+    // A grace beyond 7 days, or one that overflows a date, is a 400 naming it (it once closed the connection).
+    for grace in [json!(9_999_999), json!(10_000_000_000_000_u64), json!(u64::MAX)] {
+        let r = app.with_key(&app.key, Method::POST, &format!("/v1/keys/{id}/rotate"), Some(json!({ "grace_period_secs": grace }))).await;
+        assert_eq!((r.status, r.json["error"]["param"].as_str()), (StatusCode::BAD_REQUEST, Some("grace_period_secs")), "{grace}");
+    }
+    assert_eq!(app.with_key(&third, Method::GET, "/v1/billing/balance", None).await.status, StatusCode::OK, "unchanged");
     let events = app.with_key(&app.key, Method::GET, "/v1/audit-events?action=api_key.rotated", None).await;
     assert_eq!(events.json["data"].as_array().unwrap().len(), 2);
 });
@@ -381,5 +503,33 @@ db_test!(async fn a_user_sees_their_own_security_history(db) {
     let failed = app.browse(&ada, Method::GET, "/v1/auth/events?action=user.login_failed", None).await;
     assert_eq!(failed.json["data"][0]["actor"], "anonymous");
     assert_eq!(failed.json["data"].as_array().unwrap().len(), 1);
+    // Whoever tried her password: not her address to see. Her own login shows hers.
+    assert_eq!((&failed.json["data"][0]["ip"], &failed.json["data"][0]["user_agent"]), (&Value::Null, &Value::Null));
+    let logins = app.browse(&ada, Method::GET, "/v1/auth/events?action=user.login", None).await;
+    assert_eq!(logins.json["data"][0]["ip"], "127.0.0.1");
+
+    // Ada invites Bob to her org, then removes him: Bob's history holds
+    // what he did, not Ada's action or her address.
+    let r = app.browse(&ada, Method::POST, "/v1/orgs", Some(json!({ "name": "Ada Labs" }))).await;
+    let org = r.json["id"].as_str().unwrap().to_owned();
+    let r = app.browse(&ada, Method::POST, &format!("/v1/orgs/{org}/invitations"), Some(json!({ "email": "bob@example.com" }))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.json);
+    let bob = app.login("bob@example.com", PASSWORD).await;
+    let token = app.token("bob@example.com", "invitation").await;
+    let r = app.browse(&bob, Method::POST, "/v1/invitations/accept", Some(json!({ "token": token }))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    let bob_id = app.browse(&bob, Method::GET, "/v1/auth/session", None).await.json["user"]["id"].as_str().unwrap().to_owned();
+    let r = app.browse(&ada, Method::DELETE, &format!("/v1/orgs/{org}/members/{bob_id}"), None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.json);
+    let his = app.browse(&bob, Method::GET, "/v1/auth/events", None).await;
+    let events = his.json["data"].as_array().unwrap();
+    let actions: Vec<&str> = events.iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert!(actions.contains(&"member.joined") && actions.contains(&"user.login"), "{actions:?}");
+    assert!(!actions.contains(&"member.removed"), "an admin's action on his membership: {actions:?}");
+    for e in events {
+        if e["actor"] != bob_id.as_str() {
+            assert_eq!((&e["ip"], &e["user_agent"]), (&Value::Null, &Value::Null), "another party's address: {e}");
+        }
+    }
     assert_eq!(app.call(Method::GET, "/v1/auth/events", &[], None).await.status, StatusCode::UNAUTHORIZED);
 });

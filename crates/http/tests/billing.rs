@@ -53,6 +53,9 @@ async fn spawn(db: TestDb, stripe_on: bool) -> App {
 impl App {
     async fn call(&self, method: Method, path: &str, headers: &[(&str, String)], body: String) -> (StatusCode, Value) {
         let mut req = Request::builder().method(method).uri(format!("http://127.0.0.1:{}{path}", self.port));
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+            req = req.header("content-type", "application/json");
+        }
         for (k, v) in headers {
             req = req.header(*k, v);
         }
@@ -118,7 +121,7 @@ db_test!(async fn auto_top_up_over_http_and_a_failure_is_emailed_to_the_owners(d
     let org = id.create_org_for(&owner.id, "Owned", &actor).await.unwrap();
     app.services.ledger.open_org_accounts(&org.id).await.unwrap();
     let project = id.projects(&org.id).await.unwrap().remove(0);
-    app.key = id.create_api_key(&project.id, "k", &modelroute_identity::Scopes::all(), None).await.unwrap().1;
+    app.key = id.create_api_key(&org.id, &project.id, "k", &modelroute_identity::Scopes::all(), None).await.unwrap().1;
 
     let (status, err) = app.api(Method::PUT, "/v1/billing/auto-top-up", json!({ "enabled": true, "threshold": "20", "amount": "50" })).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "no payment method yet: {err}");

@@ -123,7 +123,12 @@ impl App {
     /// Starts a sign-in and follows it to the provider's redirect back:
     /// the callback URL and the browser's state cookie.
     async fn to_callback(&self) -> (String, String) {
-        let start = self.get(&format!("/v1/auth/oauth/{}/start?redirect_to=/dashboard", self.name), None).await;
+        self.to_callback_landing_on("/dashboard").await
+    }
+
+    /// The same, asking to land on `redirect_to` (as it goes in the query) after signing in.
+    async fn to_callback_landing_on(&self, redirect_to: &str) -> (String, String) {
+        let start = self.get(&format!("/v1/auth/oauth/{}/start?redirect_to={redirect_to}", self.name), None).await;
         assert_eq!(start.status, StatusCode::FOUND, "{}", start.body);
         let set = start.headers["set-cookie"].to_str().unwrap();
         assert!(set.contains("SameSite=Lax") && set.contains("HttpOnly") && set.contains("Secure"), "{set}");
@@ -209,6 +214,30 @@ db_test!(async fn google_signs_in_with_a_verified_id_token_and_refuses_every_bad
     assert_eq!(redeem_directly(&base, &no_verifier).await, "invalid_grant");
     no_verifier.insert("code_verifier".into(), "a".repeat(64));
     assert_eq!(redeem_directly(&base, &no_verifier).await, "invalid_grant", "the wrong verifier");
+});
+
+db_test!(async fn after_sign_in_the_browser_lands_only_on_a_local_path(db) {
+    let app = spawn(db, Provider::GitHub, account("gh-1", "ada@example.com", true)).await;
+    // Browsers drop tabs and newlines from a Location, so `/\t/evil.example/`
+    // reads as `//evil.example/`; a CR LF once made the callback answer 500
+    // after its session was written. A control character is refused at the
+    // start, naming the parameter, before anything is written.
+    for redirect in ["%2F%09%2Fevil.example%2F", "%2F%0A%2Fevil.example", "%2F%0D%0A%2Fevil.example"] {
+        let start = app.get(&format!("/v1/auth/oauth/github/start?redirect_to={redirect}"), None).await;
+        assert_eq!(start.status, StatusCode::BAD_REQUEST, "{redirect}: {}", start.body);
+        assert!(start.body.contains("redirect_to"), "{}", start.body);
+    }
+    // Anything else that is not a plain local path lands on `/`.
+    for redirect in ["%2F%2Fevil.example", "https%3A%2F%2Fevil.example", "%2F%5Cevil.example", "%2F%E2%80%AEx"] {
+        let (callback, state) = app.to_callback_landing_on(redirect).await;
+        let r = app.get(&callback, Some(format!("__Host-mr_oauth={state}"))).await;
+        assert_eq!(r.status, StatusCode::FOUND, "{redirect}: {}", r.body);
+        assert_eq!(r.location(), "/", "{redirect}");
+        assert!(r.cookie("__Host-mr_session").is_some(), "{redirect}: signed in");
+    }
+    let (callback, state) = app.to_callback_landing_on("%2Fsettings%3Ftab%3Dkeys").await;
+    let r = app.get(&callback, Some(format!("__Host-mr_oauth={state}"))).await;
+    assert_eq!(r.location(), "/settings?tab=keys");
 });
 
 db_test!(async fn accounts_link_only_through_a_verified_email(db) {

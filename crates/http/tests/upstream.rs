@@ -193,6 +193,7 @@ impl TestApp {
             .method(method)
             .uri(format!("http://127.0.0.1:{}{path}", self.port))
             .header("authorization", format!("Bearer {}", self.key))
+            .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body.map(|b| b.to_string()).unwrap_or_default())))
             .unwrap();
         let res = client.request(req).await.unwrap();

@@ -28,7 +28,7 @@ fn bench(c: &mut Criterion) {
             let uncached = Identity::new(db.pool().clone(), secret).with_key_cache_ttl(Duration::ZERO);
             let org = cached.create_org("Bench").await.unwrap();
             let project = cached.create_project(&org.id, "p").await.unwrap();
-            let (_, token) = cached.create_api_key(&project.id, "k", &Scopes::all(), None).await.unwrap();
+            let (_, token) = cached.create_api_key(&org.id, &project.id, "k", &Scopes::all(), None).await.unwrap();
             (cached, uncached, token)
         });
         group.bench_function(BenchmarkId::new("cached", backend), |b| {

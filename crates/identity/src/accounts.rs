@@ -172,6 +172,9 @@ impl Identity {
                 message: "must be at most 200 characters".into(),
             });
         }
+        if let Some(problem) = modelroute_types::text::name_problem(name) {
+            return Err(IdentityError::InvalidInput { field: "name", message: problem.into() });
+        }
         check_password_policy(password, &email)?;
         // Hash first, whether or not the account exists: the same time either way.
         let hash = hash_password(password).await?;

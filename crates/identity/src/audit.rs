@@ -134,9 +134,10 @@ impl Identity {
         self.events(Whose::Org(org.as_str()), filter).await
     }
 
-    /// A page of the events a user did or that were done to their account
-    /// (logins and failed logins, password changes, keys, invitations…),
-    /// newest first: their own security history.
+    /// A page of the events a user did, or that were done to their
+    /// account's credentials (failed logins, reset requests), newest first:
+    /// their own security history. Addresses (IP, user agent) appear only on
+    /// the events the user did.
     ///
     /// # Errors
     /// A database failure.
@@ -154,7 +155,14 @@ impl Identity {
             let mut q = audit_events::table.select(Row::as_select()).into_boxed();
             q = match whose {
                 Whose::Org(org) => q.filter(audit_events::org_id.eq(org)),
-                Whose::User(user) => q.filter(audit_events::actor.eq(user).or(audit_events::target.eq(user))),
+                // What they did, and what was done to their account's
+                // credentials (`user.*` events naming them): not what an
+                // admin did to their memberships.
+                Whose::User(user) => q.filter(
+                    audit_events::actor
+                        .eq(user)
+                        .or(audit_events::target.eq(user).and(audit_events::action.like("user.%"))),
+                ),
             };
             let mut q = q.order(audit_events::id.desc()).limit(limit);
             if let Some(a) = &filter.action {
@@ -171,8 +179,17 @@ impl Identity {
             }
             q.load(conn).await
         })?;
+        // A user's own history shows their own addresses, never another party's
+        // (an admin's, or whoever tried their password).
+        let hide_addresses = |r: &Row| matches!(whose, Whose::User(user) if r.actor != user);
         Ok(rows
             .into_iter()
+            .map(|mut r| {
+                if hide_addresses(&r) {
+                    (r.ip, r.user_agent) = (None, None);
+                }
+                r
+            })
             .map(|r| AuditEvent {
                 id: AuditEventId::from_trusted(r.id),
                 org_id: r.org_id,

@@ -19,8 +19,8 @@ use crate::Principal;
 pub(crate) struct CachedKey {
     /// The stored HMAC of the key's secret.
     pub(crate) tag: Vec<u8>,
-    /// After a rotation: the previous secret's HMAC and until when it works.
-    pub(crate) previous: Option<(Vec<u8>, NaiveDateTime)>,
+    /// After rotations: each earlier secret's HMAC still within its grace, and until when it works.
+    pub(crate) previous: Vec<(Vec<u8>, NaiveDateTime)>,
     /// What the key grants.
     pub(crate) principal: Principal,
     /// When the key expires, if ever.
@@ -62,7 +62,7 @@ impl KeyCache {
         &self,
         public_id: &str,
         tag: Vec<u8>,
-        previous: Option<(Vec<u8>, NaiveDateTime)>,
+        previous: Vec<(Vec<u8>, NaiveDateTime)>,
         principal: Principal,
         expires_at: Option<NaiveDateTime>,
         last_used_at: Option<NaiveDateTime>,

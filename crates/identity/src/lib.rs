@@ -33,5 +33,5 @@ pub use password::{
     verify_password,
 };
 pub use secret::ServerSecret;
-pub use service::{ApiKey, Identity, Org, Principal, Project};
+pub use service::{ApiKey, Identity, MAX_SECRETS_IN_GRACE, Org, Principal, Project};
 pub use sessions::{NewSession, Session};

@@ -2,7 +2,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use modelroute_db::schema::{api_keys, orgs, projects};
-use modelroute_db::{DbPool, db_run, db_transaction};
+use modelroute_db::{DbPool, db_run};
 use modelroute_types::{ApiKeyId, OrgId, ProjectId, time};
 use serde::Serialize;
 
@@ -121,8 +121,24 @@ struct ApiKeyRow {
     expires_at: Option<NaiveDateTime>,
     revoked_at: Option<NaiveDateTime>,
     last_used_at: Option<NaiveDateTime>,
-    previous_secret_hmac: Option<String>,
-    previous_valid_until: Option<NaiveDateTime>,
+    /// JSON: the earlier secrets still within their grace ([`PreviousSecret`]).
+    previous_secrets: String,
+}
+
+/// An earlier secret of a rotated key and until when it keeps working.
+#[derive(Debug, Clone, serde::Deserialize, Serialize)]
+struct PreviousSecret {
+    hmac: String,
+    until: NaiveDateTime,
+}
+
+/// The earlier secrets of a stored key that are still within their grace.
+fn previous_secrets(stored: &str, now: NaiveDateTime) -> Vec<PreviousSecret> {
+    let all: Vec<PreviousSecret> = serde_json::from_str(stored).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "a key's earlier secrets are unreadable; they no longer work");
+        Vec::new()
+    });
+    all.into_iter().filter(|p| p.until > now).collect()
 }
 
 impl From<OrgRow> for Org {
@@ -164,6 +180,9 @@ pub(crate) fn valid_name(field: &'static str, name: &str) -> Result<String, Iden
     if name.is_empty() || name.chars().count() > 200 {
         return Err(IdentityError::InvalidInput { field, message: "must be 1 to 200 characters".into() });
     }
+    if let Some(problem) = modelroute_types::text::name_problem(name) {
+        return Err(IdentityError::InvalidInput { field, message: problem.into() });
+    }
     Ok(name.to_owned())
 }
 
@@ -193,6 +212,9 @@ pub struct Identity {
 
 /// The longest grace period of a rotated key's old secret.
 const MAX_ROTATION_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How many earlier secrets of one key may be within their grace at once.
+pub const MAX_SECRETS_IN_GRACE: usize = 10;
 
 /// How long a verified key is cached unless configured otherwise.
 const DEFAULT_KEY_CACHE_TTL: Duration = Duration::from_secs(10);
@@ -320,6 +342,21 @@ impl Identity {
         row.map(Project::from).ok_or(IdentityError::NotFound("project"))
     }
 
+    /// A project of `org` ([`IdentityError::NotFound`] for another org's).
+    ///
+    /// # Errors
+    /// [`IdentityError::NotFound`] or a database failure.
+    pub async fn project_of(&self, org: &OrgId, id: &ProjectId) -> Result<Project, IdentityError> {
+        let row: Option<ProjectRow> = db_run!(self.pool, |conn| projects::table
+            .filter(projects::id.eq(id.as_str()))
+            .filter(projects::org_id.eq(org.as_str()))
+            .select(ProjectRow::as_select())
+            .first(conn)
+            .await
+            .optional())?;
+        row.map(Project::from).ok_or(IdentityError::NotFound("project"))
+    }
+
     /// The API keys of `org`, newest first (records only: secrets are not stored).
     ///
     /// # Errors
@@ -334,13 +371,15 @@ impl Identity {
         Ok(rows.into_iter().map(ApiKeyRow::into_key).collect())
     }
 
-    /// Creates an API key in a project. Returns the record and the token,
-    /// which exists nowhere else: show it once.
+    /// Creates an API key in a project of `org_id`. Returns the record and
+    /// the token, which exists nowhere else: show it once.
     ///
     /// # Errors
-    /// An unknown project, an invalid name, or a database failure.
+    /// [`IdentityError::NotFound`] when `org_id` has no such project; an
+    /// invalid name, or a database failure.
     pub async fn create_api_key(
         &self,
+        org_id: &OrgId,
         project_id: &ProjectId,
         name: &str,
         scopes: &Scopes,
@@ -353,7 +392,7 @@ impl Identity {
                 message: "at least one scope is needed".into(),
             });
         }
-        let project = self.project(project_id).await?;
+        let project = self.project_of(org_id, project_id).await?;
         let token = ApiKeyToken::generate()?;
         let row = ApiKeyRow {
             id: ApiKeyId::new().into_string(),
@@ -367,20 +406,22 @@ impl Identity {
             expires_at,
             revoked_at: None,
             last_used_at: None,
-            previous_secret_hmac: None,
-            previous_valid_until: None,
+            previous_secrets: "[]".into(),
         };
         db_run!(self.pool, |conn| diesel::insert_into(api_keys::table).values(&row).execute(conn).await)?;
         tracing::info!(key_prefix = %format!("mr_{}", row.public_id), org_id = %row.org_id, "api key created");
         Ok((row.into_key(), token.reveal()))
     }
 
-    /// Whether the presented token matches the current secret, or the
-    /// previous one within its grace period (constant-time compares).
-    fn secret_matches(&self, token: &ApiKeyToken, tag: &[u8], previous: Option<&(Vec<u8>, NaiveDateTime)>) -> bool {
+    /// Whether the presented token matches the current secret, or an
+    /// earlier one within its grace period (constant-time compares).
+    fn secret_matches(&self, token: &ApiKeyToken, tag: &[u8], previous: &[(Vec<u8>, NaiveDateTime)]) -> bool {
         let input = mac_input(token);
-        self.secret.verify(input.as_bytes(), tag)
-            || previous.is_some_and(|(old, until)| *until > time::now() && self.secret.verify(input.as_bytes(), old))
+        if self.secret.verify(input.as_bytes(), tag) {
+            return true;
+        }
+        let now = time::now();
+        previous.iter().any(|(old, until)| *until > now && self.secret.verify(input.as_bytes(), old))
     }
 
     /// Verifies a presented token and returns who it belongs to.
@@ -394,7 +435,7 @@ impl Identity {
     pub async fn authenticate(&self, token: &str) -> Result<Principal, IdentityError> {
         let token = ApiKeyToken::parse(token)?;
         if let Some(cached) =
-            self.keys.get(token.public_id()).filter(|c| self.secret_matches(&token, &c.tag, c.previous.as_ref()))
+            self.keys.get(token.public_id()).filter(|c| self.secret_matches(&token, &c.tag, &c.previous))
         {
             let now = time::now();
             if cached.expires_at.is_some_and(|t| t <= now) {
@@ -427,8 +468,11 @@ impl Identity {
             .optional())?;
         let row = row.ok_or(IdentityError::InvalidApiKey)?;
         let tag = unhex(&row.secret_hmac).ok_or(IdentityError::InvalidApiKey)?;
-        let previous = row.previous_secret_hmac.as_deref().and_then(unhex).zip(row.previous_valid_until);
-        if !self.secret_matches(&token, &tag, previous.as_ref()) {
+        let previous: Vec<(Vec<u8>, NaiveDateTime)> = previous_secrets(&row.previous_secrets, time::now())
+            .into_iter()
+            .filter_map(|p| Some((unhex(&p.hmac)?, p.until)))
+            .collect();
+        if !self.secret_matches(&token, &tag, &previous) {
             return Err(IdentityError::InvalidApiKey);
         }
         let now = time::now();
@@ -454,24 +498,30 @@ impl Identity {
     /// Rotates a key of `org_id`: a new secret under the same key id and
     /// scopes; the old secret keeps working for `grace` (at most 7 days),
     /// on every replica (a replica whose cache holds the old MAC looks the
-    /// key up again when the new secret does not match it). Returns the
-    /// record and the new token, shown once.
+    /// key up again when the new secret does not match it). Secrets of
+    /// earlier rotations keep their own grace: each rotation's promise
+    /// stands. Returns the record, the new token (shown once) and until when
+    /// the old secret works.
     ///
     /// # Errors
     /// [`IdentityError::NotFound`] for another org's key or a revoked one;
-    /// a grace period over 7 days.
+    /// a grace period over 7 days; [`IdentityError::Conflict`] when
+    /// [`MAX_SECRETS_IN_GRACE`] earlier secrets are still within their grace
+    /// and this rotation would add one more.
     pub async fn rotate_api_key(
         &self,
         org_id: &OrgId,
         id: &ApiKeyId,
         grace: Duration,
-    ) -> Result<(ApiKey, String), IdentityError> {
-        if grace > MAX_ROTATION_GRACE {
-            return Err(IdentityError::InvalidInput {
+    ) -> Result<(ApiKey, String, NaiveDateTime), IdentityError> {
+        let now = time::now();
+        let until = (grace <= MAX_ROTATION_GRACE)
+            .then(|| chrono::Duration::from_std(grace).ok().and_then(|g| now.checked_add_signed(g)))
+            .flatten()
+            .ok_or_else(|| IdentityError::InvalidInput {
                 field: "grace_period_secs",
                 message: "must be at most 604800 (7 days)".into(),
-            });
-        }
+            })?;
         let row: Option<ApiKeyRow> = db_run!(self.pool, |conn| api_keys::table
             .filter(api_keys::id.eq(id.as_str()).and(api_keys::org_id.eq(org_id.as_str())))
             .filter(api_keys::revoked_at.is_null())
@@ -480,48 +530,56 @@ impl Identity {
             .await
             .optional())?;
         let row = row.ok_or(IdentityError::NotFound("api key"))?;
+        let mut previous = previous_secrets(&row.previous_secrets, now);
+        if until > now {
+            if previous.len() >= MAX_SECRETS_IN_GRACE {
+                return Err(IdentityError::Conflict(format!(
+                    "{MAX_SECRETS_IN_GRACE} earlier secrets of this key are still within their grace; \
+                     rotate with grace_period_secs 0, or revoke the key"
+                )));
+            }
+            previous.push(PreviousSecret { hmac: row.secret_hmac.clone(), until });
+        }
+        let previous = serde_json::to_string(&previous).map_err(|e| IdentityError::Conflict(e.to_string()))?;
         let token = ApiKeyToken::with_public_id(&row.public_id)?;
         let new_mac = hex(self.secret.mac(mac_input(&token).as_bytes()).as_ref());
-        let until = time::now() + chrono::Duration::from_std(grace).unwrap_or_default();
         // Conditional on the MAC read above: two concurrent rotations cannot both win.
         let changed = db_run!(self.pool, |conn| diesel::update(
-            api_keys::table.find(&row.id).filter(api_keys::secret_hmac.eq(&row.secret_hmac))
+            api_keys::table
+                .filter(api_keys::id.eq(id.as_str()))
+                .filter(api_keys::org_id.eq(org_id.as_str()))
+                .filter(api_keys::revoked_at.is_null())
+                .filter(api_keys::secret_hmac.eq(&row.secret_hmac))
         )
-        .set((
-            api_keys::secret_hmac.eq(&new_mac),
-            api_keys::previous_secret_hmac.eq(Some(&row.secret_hmac)),
-            api_keys::previous_valid_until.eq(Some(until)),
-        ))
+        .set((api_keys::secret_hmac.eq(&new_mac), api_keys::previous_secrets.eq(&previous)))
         .execute(conn)
         .await)?;
         if changed != 1 {
-            return Err(IdentityError::Conflict("the key was rotated concurrently; try again".into()));
+            return Err(IdentityError::Conflict("the key was rotated or revoked concurrently; try again".into()));
         }
         self.keys.forget(id);
         tracing::info!(key_prefix = %format!("mr_{}", row.public_id), org_id = %row.org_id, "api key rotated");
-        Ok((row.into_key(), token.reveal()))
+        Ok((row.into_key(), token.reveal(), until))
     }
 
-    /// Revokes a key of `org_id`. Revoking twice is fine.
+    /// Revokes a key of `org_id`. Revoking twice is fine. The org is part of
+    /// the write itself: another org's key id changes nothing.
     ///
     /// # Errors
     /// [`IdentityError::NotFound`] when the org has no such key.
     pub async fn revoke_api_key(&self, org_id: &OrgId, id: &ApiKeyId) -> Result<(), IdentityError> {
         let now = time::now();
-        let found: usize = db_transaction!(self.pool, |conn| {
-            let n = api_keys::table
-                .filter(api_keys::id.eq(id.as_str()).and(api_keys::org_id.eq(org_id.as_str())))
-                .count()
-                .get_result::<i64>(conn)
-                .await?;
-            diesel::update(api_keys::table.filter(api_keys::id.eq(id.as_str())).filter(api_keys::revoked_at.is_null()))
-                .set(api_keys::revoked_at.eq(now))
-                .execute(conn)
-                .await?;
-            Ok::<_, IdentityError>(usize::try_from(n).unwrap_or_default())
-        })?;
-        if found == 0 {
-            return Err(IdentityError::NotFound("api key"));
+        let of_org =
+            || api_keys::table.filter(api_keys::id.eq(id.as_str())).filter(api_keys::org_id.eq(org_id.as_str()));
+        let revoked = db_run!(self.pool, |conn| diesel::update(of_org().filter(api_keys::revoked_at.is_null()))
+            .set(api_keys::revoked_at.eq(now))
+            .execute(conn)
+            .await)?;
+        if revoked == 0 {
+            let exists: i64 = db_run!(self.pool, |conn| of_org().count().get_result(conn).await)?;
+            if exists == 0 {
+                return Err(IdentityError::NotFound("api key"));
+            }
         }
         self.keys.forget(id);
         Ok(())
@@ -542,7 +600,7 @@ mod tests {
         let id = identity(&db);
         let org = id.create_org("Acme").await.unwrap();
         let project = id.create_project(&org.id, "default").await.unwrap();
-        let (key, token) = id.create_api_key(&project.id, "ci", &Scopes::all(), None).await.unwrap();
+        let (key, token) = id.create_api_key(&org.id, &project.id, "ci", &Scopes::all(), None).await.unwrap();
         let p = id.authenticate(&token).await.unwrap();
         assert_eq!(p.org_id, org.id);
         assert_eq!(p.api_key_id, key.id);
@@ -556,7 +614,7 @@ mod tests {
         let replica = identity(&db).with_key_cache_ttl(ttl);
         let org = here.create_org("Acme").await.unwrap();
         let project = here.create_project(&org.id, "default").await.unwrap();
-        let (key, token) = here.create_api_key(&project.id, "ci", &Scopes::all(), None).await.unwrap();
+        let (key, token) = here.create_api_key(&org.id, &project.id, "ci", &Scopes::all(), None).await.unwrap();
         assert_eq!(here.authenticate(&token).await.unwrap().api_key_id, key.id);
         assert_eq!(replica.authenticate(&token).await.unwrap().api_key_id, key.id);
         // Same public id, another secret (checksum made valid): refused from the cache too.
@@ -577,12 +635,12 @@ mod tests {
         let org = here.create_org("Acme").await.unwrap();
         let other = here.create_org("Other").await.unwrap();
         let project = here.create_project(&org.id, "default").await.unwrap();
-        let (key, old) = here.create_api_key(&project.id, "ci", &Scopes::all(), None).await.unwrap();
+        let (key, old) = here.create_api_key(&org.id, &project.id, "ci", &Scopes::all(), None).await.unwrap();
         here.authenticate(&old).await.unwrap();
         replica.authenticate(&old).await.unwrap(); // cached there with the old MAC
         assert!(matches!(here.rotate_api_key(&other.id, &key.id, ttl).await, Err(IdentityError::NotFound(_))));
         let grace = Duration::from_millis(900);
-        let (rotated, new) = here.rotate_api_key(&org.id, &key.id, grace).await.unwrap();
+        let (rotated, new, _) = here.rotate_api_key(&org.id, &key.id, grace).await.unwrap();
         assert_eq!((rotated.id.clone(), rotated.prefix.clone()), (key.id.clone(), key.prefix.clone()), "same key, new secret");
         assert_ne!(new, old);
         // The new secret works at once everywhere, the replica's cache notwithstanding.
@@ -597,6 +655,8 @@ mod tests {
         assert!(matches!(replica.authenticate(&old).await, Err(IdentityError::InvalidApiKey)));
         here.authenticate(&new).await.unwrap();
         assert!(here.rotate_api_key(&org.id, &key.id, Duration::from_secs(8 * 24 * 3600)).await.is_err(), "at most 7 days");
+        let huge = Duration::from_secs(10_000_000_000_000);
+        assert!(matches!(here.rotate_api_key(&org.id, &key.id, huge).await, Err(IdentityError::InvalidInput { .. })), "no overflow");
         here.revoke_api_key(&org.id, &key.id).await.unwrap();
         assert!(matches!(here.rotate_api_key(&org.id, &key.id, ttl).await, Err(IdentityError::NotFound(_))), "revoked stays revoked");
     });
@@ -605,7 +665,7 @@ mod tests {
         let id = identity(&db);
         let org = id.create_org("Acme").await.unwrap();
         let project = id.create_project(&org.id, "default").await.unwrap();
-        let (_, token) = id.create_api_key(&project.id, "ci", &Scopes::all(), None).await.unwrap();
+        let (_, token) = id.create_api_key(&org.id, &project.id, "ci", &Scopes::all(), None).await.unwrap();
         let other = Identity::new(db.pool().clone(), ServerSecret::from_text(&"t".repeat(32)).unwrap());
         assert!(matches!(other.authenticate(&token).await, Err(IdentityError::InvalidApiKey)));
     });
@@ -616,10 +676,64 @@ mod tests {
         let other = id.create_org("Other").await.unwrap();
         let project = id.create_project(&org.id, "p").await.unwrap();
         let past = time::now() - chrono::Duration::seconds(1);
-        let (key, token) = id.create_api_key(&project.id, "old", &Scopes::all(), Some(past)).await.unwrap();
+        let (key, token) = id.create_api_key(&org.id, &project.id, "old", &Scopes::all(), Some(past)).await.unwrap();
         assert!(matches!(id.authenticate(&token).await, Err(IdentityError::InvalidApiKey)));
         assert!(matches!(id.revoke_api_key(&other.id, &key.id).await, Err(IdentityError::NotFound(_))));
         assert!(matches!(id.create_project(&OrgId::new(), "x").await, Err(IdentityError::NotFound(_))));
         assert!(matches!(id.create_org("  ").await, Err(IdentityError::InvalidInput { field: "name", .. })));
+    });
+
+    db_test!(async fn another_orgs_key_id_revokes_and_rotates_nothing(db) {
+        let id = identity(&db);
+        let victim = id.create_org("Victim").await.unwrap();
+        let attacker = id.create_org("Attacker").await.unwrap();
+        let project = id.create_project(&victim.id, "prod").await.unwrap();
+        let (key, token) = id.create_api_key(&victim.id, &project.id, "prod", &Scopes::all(), None).await.unwrap();
+        id.authenticate(&token).await.unwrap();
+        assert!(matches!(id.revoke_api_key(&attacker.id, &key.id).await, Err(IdentityError::NotFound(_))));
+        assert!(matches!(
+            id.rotate_api_key(&attacker.id, &key.id, Duration::ZERO).await,
+            Err(IdentityError::NotFound(_))
+        ));
+        let fresh = identity(&db); // no cache: what the database says
+        assert_eq!(fresh.authenticate(&token).await.unwrap().api_key_id, key.id, "still valid, same secret");
+        let stored = fresh.list_api_keys(&victim.id).await.unwrap();
+        assert_eq!(stored[0].revoked_at, None);
+        // And a key in another org's project cannot be made.
+        let theirs = id.create_api_key(&attacker.id, &project.id, "x", &Scopes::all(), None).await;
+        assert!(matches!(theirs, Err(IdentityError::NotFound("project"))));
+        assert_eq!(fresh.list_api_keys(&victim.id).await.unwrap().len(), 1);
+        assert!(fresh.list_api_keys(&attacker.id).await.unwrap().is_empty());
+    });
+
+    db_test!(async fn every_rotation_keeps_its_own_grace(db) {
+        let id = identity(&db).with_key_cache_ttl(Duration::ZERO);
+        let org = id.create_org("Acme").await.unwrap();
+        let project = id.create_project(&org.id, "default").await.unwrap();
+        let (key, first) = id.create_api_key(&org.id, &project.id, "ci", &Scopes::all(), None).await.unwrap();
+        let hour = Duration::from_secs(3600);
+        let (_, second, _) = id.rotate_api_key(&org.id, &key.id, hour).await.unwrap();
+        let (_, third, _) = id.rotate_api_key(&org.id, &key.id, Duration::from_millis(600)).await.unwrap();
+        for token in [&first, &second, &third] {
+            id.authenticate(token).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        // The second rotation's short grace ended; the first one's hour stands.
+        id.authenticate(&first).await.unwrap();
+        assert!(matches!(id.authenticate(&second).await, Err(IdentityError::InvalidApiKey)));
+        id.authenticate(&third).await.unwrap();
+        // A rotation without grace ends nothing that was promised before.
+        let (_, fourth, _) = id.rotate_api_key(&org.id, &key.id, Duration::ZERO).await.unwrap();
+        id.authenticate(&first).await.unwrap();
+        assert!(matches!(id.authenticate(&third).await, Err(IdentityError::InvalidApiKey)));
+        id.authenticate(&fourth).await.unwrap();
+        // At most MAX_SECRETS_IN_GRACE earlier secrets at once; then a conflict, and nothing changes.
+        for _ in 1..MAX_SECRETS_IN_GRACE {
+            id.rotate_api_key(&org.id, &key.id, hour).await.unwrap();
+        }
+        let (_, latest, _) = id.rotate_api_key(&org.id, &key.id, Duration::ZERO).await.unwrap();
+        assert!(matches!(id.rotate_api_key(&org.id, &key.id, hour).await, Err(IdentityError::Conflict(_))));
+        id.authenticate(&latest).await.unwrap();
+        id.authenticate(&first).await.unwrap();
     });
 }

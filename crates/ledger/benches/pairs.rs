@@ -77,6 +77,7 @@ async fn run(ledger: &SqlLedger, orgs: &[OrgId], concurrency: usize) -> Duration
                             reference: "bench".into(),
                             // As the executor does: one key per execution.
                             idempotency_key: Some(format!("execution:{}", EntryId::new())),
+                            expires_in: None,
                         })
                         .await
                         .unwrap();
@@ -106,7 +107,13 @@ async fn race_under_load(db: &TestDb, ledger: &SqlLedger, orgs: &[OrgId], concur
             let (ledger, org) = (ledger.clone(), org.clone());
             tokio::spawn(async move {
                 ledger
-                    .hold(HoldRequest { org_id: org, amount: one, reference: "race".into(), idempotency_key: None })
+                    .hold(HoldRequest {
+                        org_id: org,
+                        amount: one,
+                        reference: "race".into(),
+                        idempotency_key: None,
+                        expires_in: None,
+                    })
                     .await
             })
         })

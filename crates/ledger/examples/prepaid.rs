@@ -38,6 +38,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         amount,
         reference: key.into(),
         idempotency_key: Some(key.into()),
+        expires_in: None,
     };
     let hold = ledger.hold(job(usd("1.00")?, "job-1")).await?;
     let settled = ledger.settle(&hold.id, usd("0.25")?).await?;

@@ -6,7 +6,11 @@ use serde::{Deserialize, Serialize};
 pub struct LedgerConfig {
     /// The ledger's currency (ISO 4217). Amounts are in its nano-units.
     pub currency: String,
-    /// A hold not resolved within this many seconds is released by the sweeper.
+    /// A hold that is neither resolved nor renewed within this many seconds
+    /// is released by the sweeper. The executor renews the holds of the
+    /// executions it runs every third of it, so this bounds how long the
+    /// money of an execution whose server died stays held, not how long an
+    /// execution may run.
     pub hold_timeout_secs: u64,
     /// How often the server's sweeper looks for expired holds.
     pub sweep_interval_secs: u64,
@@ -25,7 +29,7 @@ impl Default for LedgerConfig {
     fn default() -> Self {
         Self {
             currency: "USD".into(),
-            hold_timeout_secs: 900,
+            hold_timeout_secs: 120,
             sweep_interval_secs: 60,
             group_commit: true,
             group_commit_max_batch: 1024,

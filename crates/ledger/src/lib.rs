@@ -138,6 +138,10 @@ pub struct HoldRequest {
     pub reference: String,
     /// Replaying the same key returns the first hold and posts nothing.
     pub idempotency_key: Option<String>,
+    /// When the sweeper may release the hold if its owner neither resolves
+    /// nor renews it ([`Ledger::renew`]): this long after it is placed.
+    /// `None`: `[ledger] hold_timeout_secs`.
+    pub expires_in: Option<std::time::Duration>,
 }
 
 /// Where credited money comes from.
@@ -192,4 +196,9 @@ pub trait Ledger: Send + Sync {
 
     /// A hold by id, with its state.
     fn get_hold(&self, id: &HoldId) -> impl Future<Output = Result<Hold, LedgerError>> + Send;
+
+    /// Moves the expiry of each of `holds` that is still held to `until`
+    /// (never earlier than it was): their owner is alive and still working.
+    /// Answers how many were renewed; a resolved or unknown hold is skipped.
+    fn renew(&self, holds: &[HoldId], until: NaiveDateTime) -> impl Future<Output = Result<usize, LedgerError>> + Send;
 }

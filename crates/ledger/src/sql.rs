@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::accounts::{Account, Kind, REVENUE_SHARDS};
 use crate::batch::stamp;
@@ -349,7 +350,11 @@ impl SqlLedger {
             return Err(LedgerError::NonPositiveAmount(req.amount));
         }
         let now = time::now();
-        let timeout = i64::try_from(self.config.hold_timeout_secs).unwrap_or(i64::MAX);
+        let expires_in = req.expires_in.unwrap_or(Duration::from_secs(self.config.hold_timeout_secs));
+        let expires_at = chrono::Duration::from_std(expires_in)
+            .ok()
+            .and_then(|d| now.checked_add_signed(d))
+            .ok_or(LedgerError::Overflow)?;
         let entry_id = EntryId::new();
         let row = HoldRow {
             id: HoldId::new().into_string(),
@@ -362,7 +367,7 @@ impl SqlLedger {
             resolve_entry_id: None,
             settled_amount: None,
             created_at: now,
-            expires_at: now + chrono::Duration::seconds(timeout),
+            expires_at,
             resolved_at: None,
         };
         let stamps = (stamp(row.created_at), stamp(row.expires_at));
@@ -509,6 +514,26 @@ impl SqlLedger {
             }
         }
         Ok(released)
+    }
+
+    /// Moves the expiry of the open holds among `holds` to `until` (only
+    /// ever later), in statements of at most 500 ids; answers how many.
+    async fn renew_holds(&self, holds: &[HoldId], until: NaiveDateTime) -> Result<usize, LedgerError> {
+        let mut renewed = 0;
+        for chunk in holds.chunks(500) {
+            let ids: Vec<&str> = chunk.iter().map(HoldId::as_str).collect();
+            renewed += db_run!(self.pool, |conn| diesel::update(
+                ledger_holds::table
+                    .filter(ledger_holds::id.eq_any(&ids))
+                    // A literal, not a parameter, so the partial index of open holds applies.
+                    .filter(diesel::dsl::sql::<Bool>("status = 'held'"))
+                    .filter(ledger_holds::expires_at.lt(until))
+            )
+            .set(ledger_holds::expires_at.eq(until))
+            .execute(conn)
+            .await)?;
+        }
+        Ok(renewed)
     }
 
     /// Replays the journal and checks the invariants: every entry sums to
@@ -702,6 +727,10 @@ impl Ledger for SqlLedger {
         }
         let memo = format!("adjust: {reason}");
         self.post_to_available(org, amount, Kind::Adjustments, "adjust", &memo, idempotency_key).await
+    }
+
+    async fn renew(&self, holds: &[HoldId], until: NaiveDateTime) -> Result<usize, LedgerError> {
+        self.renew_holds(holds, until).await
     }
 
     async fn get_hold(&self, id: &HoldId) -> Result<Hold, LedgerError> {

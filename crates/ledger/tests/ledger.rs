@@ -26,7 +26,7 @@ fn usd(s: &str) -> Money {
 }
 
 fn hold_req(org: &OrgId, amount: Money) -> HoldRequest {
-    HoldRequest { org_id: org.clone(), amount, reference: "test".into(), idempotency_key: None }
+    HoldRequest { org_id: org.clone(), amount, reference: "test".into(), idempotency_key: None, expires_in: None }
 }
 
 async fn assert_sound(l: &SqlLedger) {
@@ -194,6 +194,29 @@ db_test!(async fn the_sweeper_releases_expired_holds(db) {
     assert_eq!(l.balance(&org).await.unwrap(), Balance { available: usd("2"), held: Money::ZERO });
     // A late settlement of an expired hold is refused, not double-counted.
     assert!(matches!(l.settle(&h.id, usd("1")).await, Err(LedgerError::AlreadyResolved(HoldStatus::Expired))));
+    assert_sound(&l).await;
+});
+
+db_test!(async fn an_owner_sets_its_holds_expiry_and_renews_it(db) {
+    let (l, org) = ledger(&db).await;
+    l.credit(&org, usd("3"), CreditSource::Grant, None).await.unwrap();
+    let short = HoldRequest { expires_in: Some(std::time::Duration::from_secs(5)), ..hold_req(&org, usd("1")) };
+    let (kept, lapsed, settled) = (l.hold(short.clone()).await.unwrap(), l.hold(short.clone()).await.unwrap(), l.hold(short).await.unwrap());
+    let placed = time::now();
+    assert!(kept.expires_at > placed && kept.expires_at <= placed + chrono::Duration::seconds(5), "{kept:?}");
+    l.settle(&settled.id, usd("0.5")).await.unwrap();
+    // The owner of `kept` renews it for an hour; a resolved hold is skipped,
+    // and an earlier expiry never shortens one.
+    let hour = placed + chrono::Duration::hours(1);
+    assert_eq!(l.renew(&[kept.id.clone(), settled.id.clone()], hour).await.unwrap(), 1);
+    assert_eq!(l.renew(std::slice::from_ref(&kept.id), placed).await.unwrap(), 0, "never earlier");
+    assert_eq!(l.get_hold(&kept.id).await.unwrap().expires_at, hour);
+    // Ten seconds on, the sweeper releases only the hold nobody renewed.
+    assert_eq!(l.sweep_expired(placed + chrono::Duration::seconds(10)).await.unwrap(), 1);
+    assert_eq!(l.get_hold(&lapsed.id).await.unwrap().status, HoldStatus::Expired);
+    assert_eq!(l.get_hold(&kept.id).await.unwrap().status, HoldStatus::Held);
+    l.settle(&kept.id, usd("1")).await.unwrap();
+    assert_eq!(l.balance(&org).await.unwrap(), Balance { available: usd("1.5"), held: Money::ZERO });
     assert_sound(&l).await;
 });
 

@@ -60,8 +60,13 @@ async fn perform(l: SqlLedger, org: OrgId, ids: Vec<HoldId>, op: Op) -> Option<O
             Some(Outcome::Credited(a))
         }
         Op::Hold(a) => {
-            let req =
-                HoldRequest { org_id: org, amount: Money::from_units(a), reference: "p".into(), idempotency_key: None };
+            let req = HoldRequest {
+                org_id: org,
+                amount: Money::from_units(a),
+                reference: "p".into(),
+                idempotency_key: None,
+                expires_in: None,
+            };
             Some(Outcome::Held(a, l.hold(req).await.map(|h| h.id)))
         }
         Op::Settle(i, _) | Op::Release(i) if !ids.is_empty() => {
@@ -170,6 +175,7 @@ async fn run_case(db: &TestDb, l: &SqlLedger, ops: Vec<Op>) -> Result<(), TestCa
                     amount: Money::from_units(a),
                     reference: "p".into(),
                     idempotency_key: None,
+                    expires_in: None,
                 };
                 match l.hold(req).await {
                     Ok(h) => {

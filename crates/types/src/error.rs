@@ -3,10 +3,10 @@ use serde::Serialize;
 /// A stable, machine-readable error code. Clients match on [`Code::as_str`];
 /// the HTTP layer maps each code to one status in one table.
 ///
-/// Adding a variant is fine; renaming one is a breaking API change.
+/// Adding a variant is fine for clients; renaming one is a breaking API
+/// change. Not `non_exhaustive`: the HTTP layer's table must name every code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
-#[non_exhaustive]
 pub enum Code {
     /// The request body or a parameter is malformed or out of range.
     InvalidRequest,
@@ -33,6 +33,11 @@ pub enum Code {
     Canceled,
     /// The request was too large.
     PayloadTooLarge,
+    /// The request's body is not in a format the endpoint takes (JSON
+    /// endpoints take `application/json`).
+    UnsupportedMediaType,
+    /// The request's body arrived too slowly.
+    RequestTimeout,
     /// No route of the model can serve the request's features.
     NoRouteAvailable,
     /// The prompt plus output does not fit the model's context window.
@@ -72,6 +77,8 @@ impl Code {
             Self::Conflict => "conflict",
             Self::Canceled => "canceled",
             Self::PayloadTooLarge => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::RequestTimeout => "request_timeout",
             Self::NoRouteAvailable => "no_route_available",
             Self::ContextLengthExceeded => "context_length_exceeded",
             Self::ContentFiltered => "content_filtered",

@@ -9,6 +9,7 @@ mod failpoint;
 mod ids;
 mod money;
 mod secret;
+pub mod text;
 pub mod time;
 
 pub use error::{Code, ErrorCode};

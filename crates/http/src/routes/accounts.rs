@@ -12,9 +12,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::ApiError;
-use crate::body::read_json;
+use crate::body::Body;
 use crate::query;
-use crate::session::{DEVICE_COOKIE, SESSION_COOKIE, SignedIn, actor, cookie, set_cookie};
+use crate::session::{DEVICE_COOKIE, SESSION_COOKIE, SignedIn, actor, check_sign_in_origin, cookie, set_cookie};
 use crate::state::State;
 
 /// A device cookie lives a year.
@@ -52,9 +52,10 @@ pub(crate) struct SignUp {
 }
 
 /// `POST /v1/auth/signup`: 202 whether or not the address has an account.
-pub(crate) async fn sign_up(state: State, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn sign_up(state: State, req: HttpRequest, payload: Body) -> Result<HttpResponse, ApiError> {
+    check_sign_in_origin(&state, &req)?;
     limit_ip(&state, &req).await?;
-    let b: SignUp = read_json(payload, state.max_body_bytes).await?;
+    let b: SignUp = payload.json().await?;
     state.identity.sign_up(&b.email, &b.password, &b.name, &actor("anonymous", &req)).await?;
     Ok(HttpResponse::Accepted().json(json!({
         "status": "verification_sent",
@@ -69,12 +70,9 @@ pub(crate) struct TokenBody {
 }
 
 /// `POST /v1/auth/verify-email`.
-pub(crate) async fn verify_email(
-    state: State,
-    req: HttpRequest,
-    payload: web::Payload,
-) -> Result<HttpResponse, ApiError> {
-    let b: TokenBody = read_json(payload, state.max_body_bytes).await?;
+pub(crate) async fn verify_email(state: State, req: HttpRequest, payload: Body) -> Result<HttpResponse, ApiError> {
+    limit_ip(&state, &req).await?;
+    let b: TokenBody = payload.json().await?;
     let user = state.identity.verify_email(&b.token, &actor("anonymous", &req)).await?;
     Ok(HttpResponse::Ok().json(user_json(&user)))
 }
@@ -88,9 +86,10 @@ pub(crate) struct Credentials {
 
 /// `POST /v1/auth/login`: sets the session and device cookies and answers
 /// the CSRF token.
-pub(crate) async fn login(state: State, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn login(state: State, req: HttpRequest, payload: Body) -> Result<HttpResponse, ApiError> {
+    check_sign_in_origin(&state, &req)?;
     limit_ip(&state, &req).await?;
-    let b: Credentials = read_json(payload, state.max_body_bytes).await?;
+    let b: Credentials = payload.json().await?;
     let device = cookie(&req, DEVICE_COOKIE);
     let login = match state.identity.login(&b.email, &b.password, device.as_deref(), &actor("anonymous", &req)).await {
         Err(e @ modelroute_identity::IdentityError::LoginLocked { retry_after_secs }) => {
@@ -153,13 +152,9 @@ pub(crate) struct ResetRequest {
 
 /// `POST /v1/auth/password-reset`: 202 whether or not the address has an
 /// account.
-pub(crate) async fn request_reset(
-    state: State,
-    req: HttpRequest,
-    payload: web::Payload,
-) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn request_reset(state: State, req: HttpRequest, payload: Body) -> Result<HttpResponse, ApiError> {
     limit_ip(&state, &req).await?;
-    let b: ResetRequest = read_json(payload, state.max_body_bytes).await?;
+    let b: ResetRequest = payload.json().await?;
     state.identity.request_password_reset(&b.email, &actor("anonymous", &req))?;
     Ok(HttpResponse::Accepted().json(json!({
         "status": "reset_sent",
@@ -176,13 +171,9 @@ pub(crate) struct ResetConfirm {
 
 /// `POST /v1/auth/password-reset/confirm`: sets the new password and ends
 /// every session.
-pub(crate) async fn confirm_reset(
-    state: State,
-    req: HttpRequest,
-    payload: web::Payload,
-) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn confirm_reset(state: State, req: HttpRequest, payload: Body) -> Result<HttpResponse, ApiError> {
     limit_ip(&state, &req).await?;
-    let b: ResetConfirm = read_json(payload, state.max_body_bytes).await?;
+    let b: ResetConfirm = payload.json().await?;
     state.identity.reset_password(&b.token, &b.password, &actor("anonymous", &req)).await?;
     Ok(HttpResponse::NoContent().append_header(("set-cookie", clear_session_cookie())).finish())
 }
@@ -199,10 +190,10 @@ pub(crate) async fn change_password(
     state: State,
     req: HttpRequest,
     signed_in: SignedIn,
-    payload: web::Payload,
+    payload: Body,
 ) -> Result<HttpResponse, ApiError> {
     let s = signed_in.0;
-    let b: PasswordChange = read_json(payload, state.max_body_bytes).await?;
+    let b: PasswordChange = payload.json().await?;
     state
         .identity
         .change_password(&s.user_id, &s.id, &b.current_password, &b.password, &actor(s.user_id.as_str(), &req))

@@ -1,17 +1,17 @@
 //! `/v1/billing/…`: the balance and journal; with Stripe configured, top-ups
 //! through Checkout, a saved card, auto top-up, and the webhook endpoint.
 
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse};
 use modelroute_billing::AutoTopUp;
 use modelroute_identity::Scope;
 use modelroute_ledger::Ledger as _;
-use modelroute_types::{Code, Money};
+use modelroute_types::Money;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::ApiError;
 use crate::auth::Caller;
-use crate::body::read_json;
+use crate::body::Body;
 use crate::state::State;
 use crate::wire::money;
 
@@ -64,10 +64,10 @@ pub(crate) async fn checkout(
     state: State,
     caller: Caller,
     req: HttpRequest,
-    payload: web::Payload,
+    payload: Body,
 ) -> Result<HttpResponse, ApiError> {
     let org = caller.require(Scope::Manage)?;
-    let body: CheckoutBody = read_json(payload, state.max_body_bytes).await?;
+    let body: CheckoutBody = payload.json().await?;
     let key = req.headers().get("idempotency-key").and_then(|v| v.to_str().ok());
     let session = state.billing.checkout(org, body.amount, key).await?;
     Ok(HttpResponse::Created().json(json!({ "object": "checkout_session", "id": session.id, "url": session.url })))
@@ -123,10 +123,10 @@ pub(crate) async fn put_auto_top_up(
     state: State,
     caller: Caller,
     req: HttpRequest,
-    payload: web::Payload,
+    payload: Body,
 ) -> Result<HttpResponse, ApiError> {
     let org = caller.require(Scope::Manage)?;
-    let b: AutoTopUpBody = read_json(payload, state.max_body_bytes).await?;
+    let b: AutoTopUpBody = payload.json().await?;
     let settings = state.billing.set_auto_top_up(org, b.enabled, b.threshold, b.amount, b.low_balance_alert).await?;
     let answer = auto_top_up_json(&settings);
     let actor = super::audit::actor(&caller, &req);
@@ -136,11 +136,9 @@ pub(crate) async fn put_auto_top_up(
 
 /// `POST /v1/billing/stripe/webhook`: Stripe's events, authenticated by
 /// their `Stripe-Signature` (a bad one is a 400 and changes nothing).
-pub(crate) async fn stripe_webhook(state: State, req: HttpRequest, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn stripe_webhook(state: State, req: HttpRequest, body: Body) -> Result<HttpResponse, ApiError> {
     let signature = req.headers().get("stripe-signature").and_then(|v| v.to_str().ok()).unwrap_or_default();
-    if body.len() > state.max_body_bytes {
-        return Err(ApiError::new(Code::PayloadTooLarge, "the event is too large"));
-    }
+    let body = body.bytes(state.body.max_bytes).await?;
     let outcome = state.billing.handle_webhook(&body, signature).await?;
     Ok(HttpResponse::Ok().json(json!({ "received": true, "outcome": format!("{outcome:?}") })))
 }

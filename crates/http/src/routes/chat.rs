@@ -2,7 +2,7 @@
 
 use std::convert::Infallible;
 
-use actix_web::{HttpResponse, web};
+use actix_web::HttpResponse;
 
 use super::{answer, event_stream};
 use bytes::Bytes;
@@ -13,13 +13,13 @@ use serde_json::{Value, json};
 
 use crate::ApiError;
 use crate::auth::Caller;
-use crate::body::read_json;
+use crate::body::Body;
 use crate::state::State;
 use crate::wire::{ChatCompletionRequest, assistant_message, usage};
 
-pub(crate) async fn completions(state: State, caller: Caller, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn completions(state: State, caller: Caller, payload: Body) -> Result<HttpResponse, ApiError> {
     caller.require(modelroute_identity::Scope::Execute)?;
-    let body: ChatCompletionRequest = read_json(payload, state.max_body_bytes).await?;
+    let body: ChatCompletionRequest = payload.json().await?;
     let exec_caller = caller.payer(body.routing)?;
     let stream = body.stream.unwrap_or(false);
     let include_usage = body.stream_options.as_ref().is_some_and(|o| o.include_usage);

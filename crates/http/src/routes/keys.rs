@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::ApiError;
 use crate::auth::Caller;
-use crate::body::{read_json, read_json_or_default};
+use crate::body::Body;
 use crate::query;
 use crate::state::State;
 
@@ -51,14 +51,10 @@ pub(crate) async fn create(
     state: State,
     caller: Caller,
     req: HttpRequest,
-    payload: web::Payload,
+    payload: Body,
 ) -> Result<HttpResponse, ApiError> {
     let org = caller.require(Scope::Manage)?;
-    let body: CreateKey = read_json(payload, state.max_body_bytes).await?;
-    let project = state.identity.project(&body.project_id).await?;
-    if project.org_id != *org {
-        return Err(ApiError::new(Code::NotFound, "project not found"));
-    }
+    let body: CreateKey = payload.json().await?;
     let scopes: Scopes = body
         .scopes
         .join(" ")
@@ -68,7 +64,7 @@ pub(crate) async fn create(
     if expires_at.is_some_and(|t| t <= time::now()) {
         return Err(ApiError::invalid_param("expires_at", "expires_at must be in the future"));
     }
-    let (key, token) = state.identity.create_api_key(&project.id, &body.name, &scopes, expires_at).await?;
+    let (key, token) = state.identity.create_api_key(org, &body.project_id, &body.name, &scopes, expires_at).await?;
     let actor = super::audit::actor(&caller, &req);
     let details = json!({ "name": key.name, "prefix": key.prefix, "scopes": key.scopes.to_string() });
     state.identity.record(Some(org), &actor, "api_key.created", Some(key.id.as_str()), Some(details)).await?;
@@ -114,14 +110,13 @@ pub(crate) async fn rotate(
     caller: Caller,
     req: HttpRequest,
     id: web::Path<String>,
-    payload: web::Payload,
+    payload: Body,
 ) -> Result<HttpResponse, ApiError> {
     let org = caller.require(Scope::Manage)?;
     let id: ApiKeyId = id.parse().map_err(|_| ApiError::new(Code::NotFound, "api key not found"))?;
-    let body: Rotate = read_json_or_default(payload, state.max_body_bytes).await?;
+    let body: Rotate = payload.json_or_default().await?;
     let grace = std::time::Duration::from_secs(body.grace_period_secs.unwrap_or(DEFAULT_GRACE_SECS));
-    let until = time::now() + chrono::Duration::from_std(grace).unwrap_or_default();
-    let (key, token) = state.identity.rotate_api_key(org, &id, grace).await?;
+    let (key, token, until) = state.identity.rotate_api_key(org, &id, grace).await?;
     let details = json!({ "grace_period_secs": grace.as_secs() });
     let actor = super::audit::actor(&caller, &req);
     state.identity.record(Some(org), &actor, "api_key.rotated", Some(id.as_str()), Some(details)).await?;

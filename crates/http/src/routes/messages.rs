@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse};
 
 use super::{answer, event_stream};
 use bytes::Bytes;
@@ -13,19 +13,15 @@ use modelroute_types::ErrorCode as _;
 use serde_json::{Value, json};
 
 use crate::auth::authenticate;
-use crate::body::read_json;
+use crate::body::Body;
 use crate::state::State;
 use crate::wire_anthropic::{AnthropicError, MessagesRequest, content_blocks, error_type};
 use modelroute_providers::anthropic::stop_reason;
 
-pub(crate) async fn create(
-    state: State,
-    req: HttpRequest,
-    payload: web::Payload,
-) -> Result<HttpResponse, AnthropicError> {
+pub(crate) async fn create(state: State, req: HttpRequest, payload: Body) -> Result<HttpResponse, AnthropicError> {
     let caller = authenticate(&req).await?;
     caller.require(modelroute_identity::Scope::Execute)?;
-    let body: MessagesRequest = read_json(payload, state.max_body_bytes).await?;
+    let body: MessagesRequest = payload.json().await?;
     let exec_caller = caller.payer(body.routing)?;
     let stream = body.stream;
     let request = body.into_canonical()?;

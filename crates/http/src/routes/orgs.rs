@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::accounts::membership_json;
 use crate::ApiError;
 use crate::auth::{Caller, Who, authenticate_for};
-use crate::body::read_json;
+use crate::body::Body;
 use crate::session::{SignedIn, actor};
 use crate::state::State;
 
@@ -73,9 +73,9 @@ pub(crate) async fn create(
     state: State,
     req: HttpRequest,
     signed_in: SignedIn,
-    payload: web::Payload,
+    payload: Body,
 ) -> Result<HttpResponse, ApiError> {
-    let b: NameBody = read_json(payload, state.max_body_bytes).await?;
+    let b: NameBody = payload.json().await?;
     let user = &signed_in.0.user_id;
     let org = state.identity.create_org_for(user, &b.name, &actor(user.as_str(), &req)).await?;
     state.ledger.open_org_accounts(&org.id).await?;
@@ -118,13 +118,13 @@ pub(crate) async fn set_role(
     state: State,
     req: HttpRequest,
     path: web::Path<(String, String)>,
-    payload: web::Payload,
+    payload: Body,
 ) -> Result<HttpResponse, ApiError> {
     let (org, target) = path.into_inner();
     let caller = in_org(&req, &org).await?;
     let org = caller.require(Scope::Manage)?;
     person(&caller)?;
-    let b: RoleBody = read_json(payload, state.max_body_bytes).await?;
+    let b: RoleBody = payload.json().await?;
     let target = user_id(&target)?;
     state.identity.set_role(org, caller.role(), &target, b.role, &actor(&caller.who(), &req)).await?;
     Ok(HttpResponse::Ok().json(json!({ "object": "member", "user_id": target, "role": b.role })))
@@ -177,12 +177,12 @@ pub(crate) async fn invite(
     state: State,
     req: HttpRequest,
     path: web::Path<String>,
-    payload: web::Payload,
+    payload: Body,
 ) -> Result<HttpResponse, ApiError> {
     let caller = in_org(&req, &path).await?;
     let org = caller.require(Scope::Manage)?;
     let by = person(&caller)?;
-    let b: InviteBody = read_json(payload, state.max_body_bytes).await?;
+    let b: InviteBody = payload.json().await?;
     let inv = state.identity.invite(org, by, caller.role(), &b.email, b.role, &actor(&caller.who(), &req)).await?;
     Ok(HttpResponse::Created().json(invitation_json(&inv)))
 }
@@ -199,9 +199,9 @@ pub(crate) async fn accept(
     state: State,
     req: HttpRequest,
     signed_in: SignedIn,
-    payload: web::Payload,
+    payload: Body,
 ) -> Result<HttpResponse, ApiError> {
-    let b: TokenBody = read_json(payload, state.max_body_bytes).await?;
+    let b: TokenBody = payload.json().await?;
     let user = &signed_in.0.user_id;
     let m = state.identity.accept_invitation(&b.token, user, &actor(user.as_str(), &req)).await?;
     Ok(HttpResponse::Ok().json(membership_json(&m)))
@@ -223,11 +223,11 @@ pub(crate) async fn create_project(
     state: State,
     req: HttpRequest,
     path: web::Path<String>,
-    payload: web::Payload,
+    payload: Body,
 ) -> Result<HttpResponse, ApiError> {
     let caller = in_org(&req, &path).await?;
     let org = caller.require(Scope::Manage)?.clone();
-    let b: NameBody = read_json(payload, state.max_body_bytes).await?;
+    let b: NameBody = payload.json().await?;
     let project = state.identity.create_project(&org, &b.name).await?;
     let details = json!({ "name": project.name });
     state

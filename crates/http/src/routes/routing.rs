@@ -2,14 +2,14 @@
 //! (`cheapest`, `fastest`, `balanced`) and price ceilings. A request may
 //! choose another policy or lower ceilings in its own `routing` field.
 
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse};
 use modelroute_identity::Scope;
 use modelroute_routing::Preferences;
 use serde_json::{Value, json};
 
 use crate::ApiError;
 use crate::auth::Caller;
-use crate::body::read_json;
+use crate::body::Body;
 use crate::state::State;
 
 fn body(p: &Preferences) -> Value {
@@ -33,10 +33,10 @@ pub(crate) async fn put(
     state: State,
     caller: Caller,
     req: HttpRequest,
-    payload: web::Payload,
+    payload: Body,
 ) -> Result<HttpResponse, ApiError> {
     let org = caller.require(Scope::Manage)?;
-    let p: Preferences = read_json(payload, state.max_body_bytes).await?;
+    let p: Preferences = payload.json().await?;
     state.executor.set_preferences(org, p).await?;
     let actor = super::audit::actor(&caller, &req);
     state.identity.record(Some(org), &actor, "routing.preferences_updated", None, Some(body(&p))).await?;
