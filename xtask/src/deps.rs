@@ -20,6 +20,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("modelroute-db", &["modelroute-types"]),
     ("modelroute-identity", &["modelroute-types", "modelroute-db"]),
     ("modelroute-ledger", &["modelroute-types", "modelroute-db"]),
+    ("modelroute-jobs", &["modelroute-types", "modelroute-db"]),
     // Sideways on purpose (docs/ARCHITECTURE.md): a verified payment is a ledger credit.
     ("modelroute-billing", &["modelroute-types", "modelroute-db", "modelroute-ledger"]),
     ("modelroute-routing", &["modelroute-types"]),
@@ -42,7 +43,14 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "modelroute-routing",
             "modelroute-providers",
             "modelroute-executions",
+            "modelroute-jobs",
         ],
+    ),
+    // The binary: parses, loads settings, calls the server crate (and the
+    // crates whose types its commands name).
+    (
+        "modelroute",
+        &["modelroute-types", "modelroute-identity", "modelroute-telemetry", "modelroute-http", "modelroute-jobs"],
     ),
 ];
 
@@ -52,6 +60,7 @@ const FORBIDDEN: &[(&str, &[&str], &str)] = &[
     ("modelroute-db", &["actix-web", "hyper"], "the data layer knows nothing of HTTP"),
     ("modelroute-identity", &["actix-web"], "identity is a library without actix"),
     ("modelroute-ledger", &["actix-web", "hyper"], "the ledger knows nothing of HTTP"),
+    ("modelroute-jobs", &["actix-web", "hyper"], "the job queue knows nothing of HTTP"),
     ("modelroute-billing", &["actix-web"], "billing is a library without actix"),
     ("modelroute-routing", &["actix-web", "diesel", "hyper", "tokio"], "routing is pure decision logic"),
     ("modelroute-providers", &["actix-web", "diesel"], "adapters know no database and no server"),

@@ -9,7 +9,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use modelroute_http::{Application, Reloader, Services, Settings};
 use modelroute_identity::Scopes;
-use modelroute_types::{Money, OrgId, ProjectId};
+use modelroute_jobs::{JobFilter, JobStatus, Queue};
+use modelroute_types::{JobId, Money, OrgId, ProjectId};
 
 /// ModelRoute: one API to run any AI model, paid from a prepaid balance.
 #[derive(Debug, Parser)]
@@ -26,6 +27,13 @@ struct Cli {
 enum Command {
     /// Run the HTTP server (the default set-up needs no configuration).
     Serve,
+    /// Run the job queue's workers without an HTTP listener (PostgreSQL:
+    /// scale them apart from the API replicas; set `[jobs] run_in_server =
+    /// false` there). Stops on SIGTERM, finishing running jobs.
+    Worker,
+    /// The durable job queue.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
     /// Print the effective configuration, secrets redacted.
     Config,
     /// The catalogue as operators see it: each route's opaque id (what
@@ -136,6 +144,37 @@ enum CreditsCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum JobsCommand {
+    /// Jobs, newest first (succeeded jobs are not kept); and how many per kind and state.
+    List {
+        /// pending, running, dead or canceled.
+        #[arg(long)]
+        status: Option<String>,
+        /// One kind only.
+        #[arg(long)]
+        kind: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// One job, whole.
+    Show {
+        /// The job id (`job_…`).
+        id: JobId,
+    },
+    /// Make a dead or canceled job pending again, its attempts reset.
+    Retry {
+        /// The job id (`job_…`).
+        id: JobId,
+    },
+    /// Cancel a pending or dead job.
+    Cancel {
+        /// The job id (`job_…`).
+        id: JobId,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum LedgerCommand {
     /// Replay the journal and check every invariant; non-zero exit on a violation.
     Verify,
@@ -150,6 +189,10 @@ async fn main() -> Result<()> {
     modelroute_telemetry::init_logging(&settings.telemetry);
     match cli.command {
         Command::Serve => serve(settings, cli.config).await,
+        Command::Worker => {
+            modelroute_http::run_worker(settings).await.context("running the workers")?;
+            Ok(())
+        }
         Command::Config => {
             print!("{}", settings.to_redacted_toml()?);
             Ok(())
@@ -275,7 +318,48 @@ async fn operate(settings: &Settings, command: Command) -> Result<()> {
         Command::Ledger(LedgerCommand::Sweep) => {
             println!("released {} expired hold(s)", services.sweep_holds().await?);
         }
-        Command::Serve | Command::Config | Command::Routes | Command::Migrate => {}
+        Command::Jobs(command) => jobs(Queue::new(services.pool.clone()), command).await?,
+        Command::Serve | Command::Worker | Command::Config | Command::Routes | Command::Migrate => {}
+    }
+    Ok(())
+}
+
+async fn jobs(queue: Queue, command: JobsCommand) -> Result<()> {
+    match command {
+        JobsCommand::List { status, kind, limit } => {
+            let status = status
+                .map(|s| {
+                    JobStatus::try_from(s.as_str())
+                        .map_err(|_| anyhow::anyhow!("no job status `{s}`: pending, running, dead or canceled"))
+                })
+                .transpose()?;
+            for s in queue.stats().await? {
+                let oldest = s.oldest.map(|t| format!(", oldest enqueued {t}")).unwrap_or_default();
+                println!("{:<28} {:<9} {}{oldest}", s.kind, s.status.as_str(), s.count);
+            }
+            println!();
+            for j in queue.list(&JobFilter { status, kind, limit: Some(limit) }).await? {
+                let error = j.last_error.map(|e| format!("  last error: {e}")).unwrap_or_default();
+                println!(
+                    "{} {:<28} {:<9} attempt {}/{} run at {}{error}",
+                    j.id,
+                    j.kind,
+                    j.status.as_str(),
+                    j.attempts,
+                    j.max_attempts,
+                    j.run_at
+                );
+            }
+        }
+        JobsCommand::Show { id } => println!("{}", serde_json::to_string_pretty(&queue.get(&id).await?)?),
+        JobsCommand::Retry { id } => {
+            queue.retry(&id).await?;
+            println!("{id} is pending again");
+        }
+        JobsCommand::Cancel { id } => {
+            queue.cancel(&id).await?;
+            println!("{id} is canceled");
+        }
     }
     Ok(())
 }

@@ -47,6 +47,8 @@ fn command(db: &TestDb, dir: &std::path::Path) -> Command {
         .env("MODELROUTE_IDENTITY__SERVER_SECRET", "crash-test-secret-0123456789abcdef-0123")
         .env("MODELROUTE_LEDGER__HOLD_TIMEOUT_SECS", "1")
         .env("MODELROUTE_LEDGER__SWEEP_INTERVAL_SECS", "1")
+        // The sweep is a job: one the crashed process had claimed runs again once its lease lapses.
+        .env("MODELROUTE_JOBS__LEASE_SECS", "1")
         .env("RUST_LOG", "warn")
         .env_remove("MODELROUTE_FAILPOINT");
     c

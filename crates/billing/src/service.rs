@@ -648,15 +648,4 @@ impl Billing {
             }
         }
     }
-
-    /// Checks balances every `check_interval_secs` until the process ends.
-    pub async fn run(self) {
-        let mut tick = tokio::time::interval(Duration::from_secs(self.config.stripe.check_interval_secs.max(1)));
-        loop {
-            tick.tick().await;
-            if let Err(e) = Box::pin(self.check_balances()).await {
-                tracing::warn!(error = %e, "checking balances for auto top-up and alerts failed");
-            }
-        }
-    }
 }

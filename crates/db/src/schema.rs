@@ -110,6 +110,33 @@ diesel::table! {
 }
 
 diesel::table! {
+    job_schedules (name) {
+        name -> Text,
+        next_run_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    jobs (id) {
+        id -> Text,
+        kind -> Text,
+        queue -> Text,
+        payload -> Text,
+        unique_key -> Nullable<Text>,
+        status -> Text,
+        priority -> Integer,
+        attempts -> Integer,
+        max_attempts -> Integer,
+        run_at -> Timestamp,
+        lease_until -> Nullable<Timestamp>,
+        worker -> Nullable<Text>,
+        last_error -> Nullable<Text>,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
     ledger_accounts (id) {
         id -> Text,
         code -> Text,
@@ -302,6 +329,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     email_outbox,
     executions,
     invitations,
+    job_schedules,
+    jobs,
     ledger_accounts,
     ledger_entries,
     ledger_holds,

@@ -6,6 +6,7 @@
 //! domain function, wrap the result.
 
 mod auth;
+mod background;
 mod body;
 mod error;
 mod notify;
@@ -23,4 +24,4 @@ mod wire_anthropic;
 pub use error::{ApiError, status_of};
 pub use operator::{BootstrapReport, Services, routes_of};
 pub use settings::{BootstrapConfig, ServerConfig, Settings, SettingsError};
-pub use startup::{Application, Reloader, StartupError, raise_descriptor_limit};
+pub use startup::{Application, Reloader, StartupError, raise_descriptor_limit, run_worker};

@@ -37,6 +37,9 @@ pub enum OperatorError {
     /// Rate-limit settings.
     #[error("invalid rate-limit configuration: {0}")]
     RateLimits(String),
+    /// The job queue.
+    #[error(transparent)]
+    Jobs(#[from] modelroute_jobs::JobError),
 }
 
 /// The domain services, connected and ready.

@@ -40,6 +40,8 @@ pub struct Settings {
     pub telemetry: TelemetryConfig,
     /// `[bootstrap]`: what an empty database gets on first start.
     pub bootstrap: BootstrapConfig,
+    /// `[jobs]`: the durable job queue's workers.
+    pub jobs: modelroute_jobs::JobsConfig,
 }
 
 impl Default for Settings {
@@ -55,6 +57,7 @@ impl Default for Settings {
             providers: default_providers(),
             telemetry: TelemetryConfig::default(),
             bootstrap: BootstrapConfig::default(),
+            jobs: modelroute_jobs::JobsConfig::default(),
         }
     }
 }

@@ -7,14 +7,16 @@ use std::time::Duration;
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
+use modelroute_billing::Billing;
 use modelroute_executions::Executor;
 use modelroute_identity::RateLimiter;
+use modelroute_jobs::{Queue, Workers};
 use modelroute_ledger::SqlLedger;
 use modelroute_routing::{ErrorRules, Health};
 
 use crate::operator::{OperatorError, routes_of};
 use crate::state::AppState;
-use crate::{BootstrapReport, Services, Settings, request_id, routes};
+use crate::{BootstrapReport, Services, Settings, background, request_id, routes};
 
 /// Start-up failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,9 +39,10 @@ pub enum StartupError {
 pub struct Application {
     port: u16,
     server: Server,
-    sweeper: tokio::task::JoinHandle<()>,
-    mailer: tokio::task::JoinHandle<()>,
-    balances: tokio::task::JoinHandle<()>,
+    /// The job queue's workers (unless `[jobs] run_in_server` is off).
+    workers: Option<Workers>,
+    /// Turns queued emails into delivery jobs.
+    mail_bridge: Option<tokio::task::JoinHandle<()>>,
     executor: Executor<SqlLedger>,
     /// Set when this start bootstrapped an empty database.
     pub bootstrap: Option<BootstrapReport>,
@@ -56,24 +59,7 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let services = Services::connect(&settings).await?;
         let bootstrap = services.bootstrap(&settings).await?;
-        let executor = Executor::new(
-            services.pool.clone(),
-            services.ledger.clone(),
-            Arc::clone(&services.catalogue),
-            Arc::clone(&services.providers),
-            Arc::new(Health::new(settings.routing.breaker.clone())),
-            Arc::new(ErrorRules::new(settings.routing.error_rules.clone())),
-            settings.routing.retry.clone(),
-        )
-        .with_hold_lease(Duration::from_secs(settings.ledger.hold_timeout_secs));
-        let notifier = Arc::new(crate::notify::EmailNotifier::new(services.identity.clone()));
-        let billing = modelroute_billing::Billing::new(
-            services.pool.clone(),
-            services.ledger.clone(),
-            settings.billing.clone(),
-            notifier,
-        )
-        .map_err(OperatorError::Billing)?;
+        let (executor, billing) = domain(&services, &settings)?;
         let state = Arc::new(AppState {
             pool: services.pool.clone(),
             identity: services.identity.clone(),
@@ -118,15 +104,13 @@ impl Application {
         server = server.workers(workers).max_connections(max_connections.div_ceil(workers).max(1));
         tracing::debug!(workers, max_connections, "connection limits");
         let server = server.listen(listener).map_err(|source| StartupError::Bind { bind, source })?.run();
-        let sweeper = tokio::spawn(sweep_holds(
-            services.clone(),
-            executor.clone(),
-            settings.ledger.sweep_interval_secs,
-            Duration::from_secs(settings.ledger.hold_timeout_secs),
-        ));
-        let mailer = tokio::spawn(services.identity.clone().run_mail_delivery());
-        let balances = tokio::spawn(billing.run());
-        Ok(Self { port, server, sweeper, mailer, balances, executor, bootstrap, services })
+        let (workers, mail_bridge) = if settings.jobs.run_in_server {
+            let (workers, bridge) = start_workers(&services, &settings, &executor, &billing, "serve")?;
+            (Some(workers), bridge)
+        } else {
+            (None, None)
+        };
+        Ok(Self { port, server, workers, mail_bridge, executor, bootstrap, services })
     }
 
     /// A handle that swaps in a new catalogue and providers while serving.
@@ -147,9 +131,12 @@ impl Application {
     /// The server failing.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
-        self.sweeper.abort();
-        self.mailer.abort();
-        self.balances.abort();
+        if let Some(bridge) = self.mail_bridge {
+            bridge.abort();
+        }
+        if let Some(workers) = self.workers {
+            workers.shutdown().await;
+        }
         result
     }
 }
@@ -189,6 +176,86 @@ pub fn raise_descriptor_limit() -> std::io::Result<Option<u64>> {
     Ok(getrlimit(Resource::Nofile).current)
 }
 
+/// The executor and billing over `services`, as `settings` configure them.
+fn domain(services: &Services, settings: &Settings) -> Result<(Executor<SqlLedger>, Billing), OperatorError> {
+    let executor = Executor::new(
+        services.pool.clone(),
+        services.ledger.clone(),
+        Arc::clone(&services.catalogue),
+        Arc::clone(&services.providers),
+        Arc::new(Health::new(settings.routing.breaker.clone())),
+        Arc::new(ErrorRules::new(settings.routing.error_rules.clone())),
+        settings.routing.retry.clone(),
+    )
+    .with_hold_lease(Duration::from_secs(settings.ledger.hold_timeout_secs));
+    let notifier = Arc::new(crate::notify::EmailNotifier::new(services.identity.clone()));
+    let billing = Billing::new(services.pool.clone(), services.ledger.clone(), settings.billing.clone(), notifier)
+        .map_err(OperatorError::Billing)?;
+    Ok((executor, billing))
+}
+
+/// Starts the job queue's workers with every handler and periodic job, and
+/// (with SMTP) the task that turns queued emails into delivery jobs.
+fn start_workers(
+    services: &Services,
+    settings: &Settings,
+    executor: &Executor<SqlLedger>,
+    billing: &Billing,
+    role: &str,
+) -> Result<(Workers, Option<tokio::task::JoinHandle<()>>), OperatorError> {
+    let queue = Queue::new(services.pool.clone());
+    let mail = services.identity.sends_email();
+    let lease = Duration::from_secs(settings.ledger.hold_timeout_secs);
+    let registry = background::registry(&services.ledger, executor, billing, &services.identity, lease);
+    let mut config = settings.jobs.worker(&format!("{role}-{}", std::process::id()));
+    config.periodics = background::periodics(settings, mail)?;
+    let bridge =
+        mail.then(|| tokio::spawn(background::deliver_mail_when_queued(services.identity.clone(), queue.clone())));
+    Ok((Workers::start(queue, registry, config), bridge))
+}
+
+/// `modelroute worker`: the job queue's workers without an HTTP listener
+/// (PostgreSQL: scaled apart from the API replicas), until SIGTERM or
+/// Ctrl-C; then running jobs get `[jobs] shutdown_timeout_secs` and the
+/// rest are handed back.
+///
+/// # Errors
+/// A start-up step failing.
+pub async fn run_worker(settings: Settings) -> Result<(), StartupError> {
+    let services = Services::connect(&settings).await?;
+    let (executor, billing) = domain(&services, &settings)?;
+    let (workers, bridge) = start_workers(&services, &settings, &executor, &billing, "worker")?;
+    tracing::info!(queues = ?settings.jobs.queues, "worker running");
+    shutdown_signal().await;
+    tracing::info!("stopping: finishing running jobs");
+    if let Some(b) = bridge {
+        b.abort();
+    }
+    workers.shutdown().await;
+    Ok(())
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
 /// Reloads the catalogue and the providers of a running server (the binary
 /// calls it on SIGHUP). Other settings need a restart.
 #[derive(Debug, Clone)]
@@ -208,24 +275,5 @@ impl Reloader {
         let models = catalogue.models().count();
         self.executor.reload(catalogue, providers);
         Ok(models)
-    }
-}
-
-/// Releases expired holds every `interval` seconds (ledger invariant: a
-/// hold outlives the last renewal of its lease by at most one sweep
-/// interval), then ends the records of executions a stopped server left
-/// `running` (older than a lease, their hold no longer held).
-async fn sweep_holds(services: Services, executor: Executor<SqlLedger>, interval: u64, grace: Duration) {
-    let mut tick = tokio::time::interval(Duration::from_secs(interval.max(1)));
-    loop {
-        tick.tick().await;
-        match services.sweep_holds().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(released = n, "released expired holds"),
-            Err(e) => tracing::warn!(error = %e, "sweeping expired holds failed"),
-        }
-        if let Err(e) = executor.recover_interrupted(grace).await {
-            tracing::warn!(error = %e, "ending interrupted executions failed");
-        }
     }
 }

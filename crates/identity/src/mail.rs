@@ -258,17 +258,16 @@ impl Identity {
             .map_err(|e| e.to_string())
     }
 
-    /// Delivers the outbox until the process ends: on every new email and
-    /// every 30 s (retries). Does nothing without SMTP.
-    pub async fn run_mail_delivery(self) {
-        if self.smtp().transport.is_none() {
-            return;
-        }
-        loop {
-            if let Err(e) = self.deliver_pending_email().await {
-                tracing::warn!(error = %e, "email delivery failed");
-            }
-            let _ = tokio::time::timeout(StdDuration::from_secs(30), self.mail_queued().notified()).await;
-        }
+    /// Whether emails are sent (an SMTP server is configured); without one
+    /// they wait in the outbox.
+    #[must_use]
+    pub fn sends_email(&self) -> bool {
+        self.smtp().transport.is_some()
+    }
+
+    /// Returns when an email is queued in this process (a delivery job
+    /// should run now).
+    pub async fn email_queued(&self) {
+        self.mail_queued().notified().await;
     }
 }

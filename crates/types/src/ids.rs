@@ -154,6 +154,10 @@ define_id!(
     /// An email in the outbox.
     EmailId, "mail", "email"
 );
+define_id!(
+    /// A job of the durable queue.
+    JobId, "job", "job"
+);
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,100 @@
+//! Background work, on the durable job queue: which kinds of job exist,
+//! what runs each, and which run once per period across every replica.
+//!
+//! | kind | queue | what | when |
+//! | --- | --- | --- | --- |
+//! | `ledger.sweep` | default | releases holds past their expiry, then ends the records of executions a stopped server left running | every `[ledger] sweep_interval_secs` |
+//! | `billing.check_balances` | default | auto top-ups and low-balance alerts | every `[billing.stripe] check_interval_secs` |
+//! | `mail.deliver` | mail | sends what waits in the email outbox (each email claimed, so never twice) | on every queued email, and every 30 s for retries |
+//!
+//! Every handler may run twice for one job (delivery is at least once):
+//! the sweep resolves each hold once (a conditional claim), balance checks
+//! claim their top-up per org, and the outbox claims each email.
+
+use std::time::Duration;
+
+use modelroute_billing::Billing;
+use modelroute_executions::Executor;
+use modelroute_identity::Identity;
+use modelroute_jobs::{Failure, JobError, NewJob, Periodic, Queue, Registry};
+use modelroute_ledger::SqlLedger;
+use modelroute_types::time;
+
+use crate::Settings;
+
+/// The hold sweep and the recovery of interrupted executions.
+pub(crate) const SWEEP: &str = "ledger.sweep";
+/// Auto top-ups and low-balance alerts.
+pub(crate) const CHECK_BALANCES: &str = "billing.check_balances";
+/// Email delivery.
+pub(crate) const DELIVER_MAIL: &str = "mail.deliver";
+
+/// How often the outbox is looked at without a new email (retries).
+const MAIL_EVERY: Duration = Duration::from_secs(30);
+
+fn retry(e: &impl std::fmt::Display) -> Failure {
+    Failure::Retry(e.to_string())
+}
+
+/// The handlers of every kind.
+pub(crate) fn registry(
+    ledger: &SqlLedger,
+    executor: &Executor<SqlLedger>,
+    billing: &Billing,
+    identity: &Identity,
+    lease: Duration,
+) -> Registry {
+    let mut registry = Registry::new();
+    let (ledger, executor) = (ledger.clone(), executor.clone());
+    registry.on(SWEEP, move |_| {
+        let (ledger, executor) = (ledger.clone(), executor.clone());
+        async move {
+            let released = ledger.sweep_expired(time::now()).await.map_err(|e| retry(&e))?;
+            if released > 0 {
+                tracing::info!(released, "released expired holds");
+            }
+            // Older than a lease: an execution that is alive renews its hold.
+            executor.recover_interrupted(lease).await.map_err(|e| retry(&e))?;
+            Ok(())
+        }
+    });
+    let billing = billing.clone();
+    registry.on(CHECK_BALANCES, move |_| {
+        let billing = billing.clone();
+        async move { Box::pin(billing.check_balances()).await.map(drop).map_err(|e| retry(&e)) }
+    });
+    let identity = identity.clone();
+    registry.on(DELIVER_MAIL, move |_| {
+        let identity = identity.clone();
+        async move { identity.deliver_pending_email().await.map(drop).map_err(|e| retry(&e)) }
+    });
+    registry
+}
+
+fn periodic(name: &str, every: Duration, queue: &str) -> Result<Periodic, JobError> {
+    Ok(Periodic::new(name, every, NewJob::new(name, &serde_json::json!({}))?.queue(queue).max_attempts(1)))
+}
+
+/// The jobs that run once per period.
+pub(crate) fn periodics(settings: &Settings, mail: bool) -> Result<Vec<Periodic>, JobError> {
+    let mut all = vec![
+        periodic(SWEEP, Duration::from_secs(settings.ledger.sweep_interval_secs.max(1)), "default")?,
+        periodic(CHECK_BALANCES, Duration::from_secs(settings.billing.stripe.check_interval_secs.max(1)), "default")?,
+    ];
+    if mail {
+        all.push(periodic(DELIVER_MAIL, MAIL_EVERY, "mail")?);
+    }
+    Ok(all)
+}
+
+/// Turns every queued email into a delivery job (one pending at a time:
+/// a burst of emails is one job), so an email goes out at once.
+pub(crate) async fn deliver_mail_when_queued(identity: Identity, queue: Queue) {
+    loop {
+        identity.email_queued().await;
+        let job = NewJob::new(DELIVER_MAIL, &serde_json::json!({})).map(|j| j.queue("mail").unique(DELIVER_MAIL));
+        if let Err(e) = async { queue.enqueue(&job?).await }.await {
+            tracing::warn!(error = %e, "enqueuing email delivery failed; the periodic delivery sends it");
+        }
+    }
+}
