@@ -73,6 +73,20 @@ impl ApiError {
     pub fn message(&self) -> &str {
         &self.message
     }
+
+    /// The JSON error body, in OpenAI's shape: what every error answer and
+    /// every error frame of a stream carries.
+    #[must_use]
+    pub fn body(&self) -> serde_json::Value {
+        json!({
+            "error": {
+                "message": self.message,
+                "type": openai_type(self.code),
+                "param": self.param,
+                "code": self.code.as_str(),
+            }
+        })
+    }
 }
 
 impl std::fmt::Display for ApiError {
@@ -177,13 +191,6 @@ impl ResponseError for ApiError {
         if self.code == Code::InvalidApiKey {
             response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
         }
-        response.json(json!({
-            "error": {
-                "message": self.message,
-                "type": openai_type(self.code),
-                "param": self.param,
-                "code": self.code.as_str(),
-            }
-        }))
+        response.json(self.body())
     }
 }

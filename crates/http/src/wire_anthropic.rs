@@ -278,6 +278,13 @@ impl<E: Into<ApiError>> From<E> for AnthropicError {
     }
 }
 
+impl AnthropicError {
+    /// The error body in Anthropic's shape (answers and stream error events alike).
+    pub(crate) fn body(&self) -> Value {
+        json!({ "type": "error", "error": { "type": error_type(self.0.code()), "message": self.0.message() } })
+    }
+}
+
 impl ResponseError for AnthropicError {
     fn status_code(&self) -> StatusCode {
         self.0.status_code()
@@ -285,9 +292,7 @@ impl ResponseError for AnthropicError {
 
     fn error_response(&self) -> HttpResponse {
         let mut response = self.0.error_response();
-        let body =
-            json!({ "type": "error", "error": { "type": error_type(self.0.code()), "message": self.0.message() } });
-        let bytes = actix_web::body::BoxBody::new(body.to_string());
+        let bytes = actix_web::body::BoxBody::new(self.body().to_string());
         response.headers_mut().insert(
             actix_web::http::header::CONTENT_TYPE,
             actix_web::http::header::HeaderValue::from_static("application/json"),

@@ -8,7 +8,7 @@ use super::{answer, event_stream};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use modelroute_executions::StreamItem;
-use modelroute_types::{ErrorCode as _, time};
+use modelroute_types::time;
 use serde_json::{Value, json};
 
 use crate::ApiError;
@@ -90,12 +90,9 @@ pub(crate) async fn completions(state: State, caller: Caller, payload: Body) -> 
                 return Some((Ok::<_, Infallible>(Bytes::from(out)), (events, chunk, true)));
             }
             StreamItem::Failed(e) => {
-                // No [DONE]: a truncated answer must not look complete.
-                let code = e.code();
-                let message = if code.is_public() { e.to_string() } else { "internal error".to_owned() };
-                let frame = sse(
-                    &json!({ "error": { "message": message, "type": "api_error", "param": null, "code": code.as_str() } }),
-                );
+                // No [DONE]: a truncated answer must not look complete. The
+                // frame is the error body every answer carries (the one table, redacted alike).
+                let frame = sse(&ApiError::from(e).body());
                 return Some((Ok(frame), (events, chunk, true)));
             }
         };

@@ -9,13 +9,12 @@ use super::{answer, event_stream};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use modelroute_executions::StreamItem;
-use modelroute_types::ErrorCode as _;
 use serde_json::{Value, json};
 
 use crate::auth::authenticate;
 use crate::body::Body;
 use crate::state::State;
-use crate::wire_anthropic::{AnthropicError, MessagesRequest, content_blocks, error_type};
+use crate::wire_anthropic::{AnthropicError, MessagesRequest, content_blocks};
 use modelroute_providers::anthropic::stop_reason;
 
 pub(crate) async fn create(state: State, req: HttpRequest, payload: Body) -> Result<HttpResponse, AnthropicError> {
@@ -94,12 +93,7 @@ pub(crate) async fn create(state: State, req: HttpRequest, payload: Body) -> Res
                 }
                 StreamItem::Failed(e) => {
                     // No message_stop: a truncated answer must not look complete.
-                    let code = e.code();
-                    let message = if code.is_public() { e.to_string() } else { "internal error".to_owned() };
-                    out.extend(event(
-                        "error",
-                        &json!({ "type": "error", "error": { "type": error_type(code), "message": message } }),
-                    ));
+                    out.extend(event("error", &AnthropicError::from(e).body()));
                     true
                 }
             };
