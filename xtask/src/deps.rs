@@ -31,8 +31,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "modelroute-executions",
         &["modelroute-types", "modelroute-db", "modelroute-ledger", "modelroute-routing", "modelroute-providers"],
     ),
+    // The composition root: wires every domain crate; no HTTP.
     (
-        "modelroute-http",
+        "modelroute-app",
         &[
             "modelroute-types",
             "modelroute-db",
@@ -46,11 +47,35 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "modelroute-jobs",
         ],
     ),
-    // The binary: parses, loads settings, calls the server crate (and the
-    // crates whose types its commands name).
+    // The HTTP adapter: over the composition root, naming the domain types
+    // it renders (wire formats, error codes). Never the data layer or the
+    // job queue directly.
+    (
+        "modelroute-http",
+        &[
+            "modelroute-types",
+            "modelroute-telemetry",
+            "modelroute-app",
+            "modelroute-identity",
+            "modelroute-ledger",
+            "modelroute-billing",
+            "modelroute-routing",
+            "modelroute-providers",
+            "modelroute-executions",
+        ],
+    ),
+    // The binary: parses, loads settings, calls the composition root or the
+    // HTTP adapter (and the crates whose types its commands name).
     (
         "modelroute",
-        &["modelroute-types", "modelroute-identity", "modelroute-telemetry", "modelroute-http", "modelroute-jobs"],
+        &[
+            "modelroute-types",
+            "modelroute-identity",
+            "modelroute-telemetry",
+            "modelroute-app",
+            "modelroute-http",
+            "modelroute-jobs",
+        ],
     ),
 ];
 
@@ -66,6 +91,7 @@ const FORBIDDEN: &[(&str, &[&str], &str)] = &[
     ("modelroute-providers", &["actix-web", "diesel"], "adapters know no database and no server"),
     ("modelroute-executions", &["actix-web"], "executions are usable without the server"),
     ("modelroute-telemetry", &["actix-web", "diesel"], "telemetry is a leaf"),
+    ("modelroute-app", &["actix-web"], "the platform runs without the HTTP server"),
     ("modelroute-testkit", &["actix-web", "diesel"], "the stand-ins are plain hyper servers"),
 ];
 

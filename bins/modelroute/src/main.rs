@@ -1,5 +1,6 @@
 //! `modelroute`: the server and the operator CLI. Thin by design: parse the
-//! command line, load the settings, call into `modelroute-http`.
+//! command line, load the settings, call the composition root
+//! (`modelroute-app`) or, for `serve`, the HTTP adapter over it.
 
 #![allow(clippy::print_stdout)]
 
@@ -7,8 +8,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use modelroute_http::{Application, Reloader, Services, Settings};
-use modelroute_identity::Scopes;
+use modelroute_app::{Reloader, Services, Settings};
+use modelroute_http::Application;
+use modelroute_identity::{Actor, Scopes};
 use modelroute_jobs::{JobFilter, JobStatus, Queue};
 use modelroute_types::{JobId, Money, OrgId, ProjectId};
 
@@ -190,7 +192,7 @@ async fn main() -> Result<()> {
     match cli.command {
         Command::Serve => serve(settings, cli.config).await,
         Command::Worker => {
-            modelroute_http::run_worker(settings).await.context("running the workers")?;
+            modelroute_app::run_worker(settings).await.context("running the workers")?;
             Ok(())
         }
         Command::Config => {
@@ -198,7 +200,7 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::Routes => {
-            let (catalogue, _) = modelroute_http::routes_of(&settings)?;
+            let (catalogue, _) = modelroute_app::routes_of(&settings)?;
             println!(
                 "{:<22} {:<28} {:<24} {:<16} {:<36} in/out USD per M tokens: customer (provider cost)",
                 "public id", "model", "route", "provider", "upstream model"
@@ -275,15 +277,15 @@ async fn operate(settings: &Settings, command: Command) -> Result<()> {
     let services = Services::connect(settings).await?;
     match command {
         Command::Orgs(OrgsCommand::Create { name }) => {
-            let org = services.create_org(&name).await?;
+            let (org, _) = services.create_org(&name, None, &Actor::operator()).await?;
             println!("{}", org.id);
         }
         Command::Projects(ProjectsCommand::Create { org, name }) => {
-            println!("{}", services.create_project(&org, &name).await?.id);
+            println!("{}", services.create_project(&org, &name, &Actor::operator()).await?.id);
         }
         Command::Keys(KeysCommand::Create { project, name, scopes }) => {
             let scopes: Scopes = scopes.parse()?;
-            let (key, token) = services.create_key(&project, &name, &scopes).await?;
+            let (key, token) = services.create_key_in(&project, &name, &scopes).await?;
             eprintln_key(&key.id.to_string());
             println!("{token}");
         }

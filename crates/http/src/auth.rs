@@ -128,22 +128,22 @@ pub(crate) fn authenticate_for(
         let state = state.ok_or_else(|| ApiError::new(Code::Internal, "application state missing"))?;
         let not_found = || ApiError::new(Code::NotFound, "organization not found");
         let caller = if let Some(key) = key {
-            let principal = state.identity.authenticate(&key).await?;
+            let principal = state.services.identity.authenticate(&key).await?;
             if named.as_deref().is_some_and(|o| o != principal.org_id.as_str()) {
                 return Err(not_found());
             }
             Caller { org_id: principal.org_id.clone(), scopes: principal.scopes.clone(), who: Who::Key(principal) }
         } else if let Some(token) = session_token {
-            let session = state.identity.session(&token).await?;
+            let session = state.services.identity.session(&token).await?;
             session::check_csrf(&state, &req, &session)?;
             let (org_id, role) = match named {
                 Some(org) => {
                     let org: OrgId = org.parse().map_err(|_| not_found())?;
-                    let role = state.identity.role_in(&session.user_id, &org).await?;
+                    let role = state.services.identity.role_in(&session.user_id, &org).await?;
                     (org, role)
                 }
                 None => {
-                    let mut orgs = state.identity.memberships(&session.user_id).await?;
+                    let mut orgs = state.services.identity.memberships(&session.user_id).await?;
                     if orgs.len() > 1 {
                         return Err(ApiError::new(
                             Code::InvalidRequest,

@@ -108,7 +108,7 @@ pub(crate) fn check_csrf(state: &State, req: &HttpRequest, session: &Session) ->
         ));
     }
     let token = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    if !state.identity.csrf_valid(&session.id, token) {
+    if !state.services.identity.csrf_valid(&session.id, token) {
         return Err(ApiError::new(Code::CsrfFailed, "missing or invalid X-CSRF-Token header"));
     }
     Ok(())
@@ -127,7 +127,7 @@ pub(crate) fn signed_in(req: &HttpRequest) -> impl Future<Output = Result<Signed
     async move {
         let state = state.ok_or_else(|| ApiError::new(Code::Internal, "application state missing"))?;
         let token = token.ok_or_else(|| ApiError::new(Code::Unauthenticated, "not signed in"))?;
-        let session = state.identity.session(&token).await?;
+        let session = state.services.identity.session(&token).await?;
         check_csrf(&state, &req, &session)?;
         Ok(SignedIn(session))
     }

@@ -1,4 +1,5 @@
-//! Building and running the server.
+//! Building and running the server: the platform from the composition
+//! root (`modelroute_app`), an actix server in front of it.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -7,23 +8,18 @@ use std::time::Duration;
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
-use modelroute_billing::Billing;
-use modelroute_executions::Executor;
+use modelroute_app::{AppError, Background, BootstrapReport, Reloader, Services, Settings};
 use modelroute_identity::RateLimiter;
-use modelroute_jobs::{Queue, Workers};
-use modelroute_ledger::SqlLedger;
-use modelroute_routing::{ErrorRules, Health};
 
-use crate::operator::{OperatorError, routes_of};
 use crate::state::AppState;
-use crate::{BootstrapReport, Services, Settings, background, request_id, routes};
+use crate::{request_id, routes};
 
 /// Start-up failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     /// A domain service could not start.
     #[error(transparent)]
-    Services(#[from] OperatorError),
+    Services(#[from] AppError),
     /// The listener could not bind.
     #[error("cannot listen on {bind}: {source}")]
     Bind {
@@ -40,10 +36,7 @@ pub struct Application {
     port: u16,
     server: Server,
     /// The job queue's workers (unless `[jobs] run_in_server` is off).
-    workers: Option<Workers>,
-    /// Turns queued emails into delivery jobs.
-    mail_bridge: Option<tokio::task::JoinHandle<()>>,
-    executor: Executor<SqlLedger>,
+    background: Option<Background>,
     /// Set when this start bootstrapped an empty database.
     pub bootstrap: Option<BootstrapReport>,
     /// The services, for callers that need them alongside the server (tests).
@@ -59,17 +52,10 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let services = Services::connect(&settings).await?;
         let bootstrap = services.bootstrap(&settings).await?;
-        let (executor, billing) = domain(&services, &settings)?;
         let state = Arc::new(AppState {
-            pool: services.pool.clone(),
-            identity: services.identity.clone(),
-            ledger: services.ledger.clone(),
-            billing: billing.clone(),
-            executor: executor.clone(),
+            services: services.clone(),
             metrics: modelroute_telemetry::metrics_handle(),
-            limiter: Arc::new(
-                RateLimiter::from_config(&settings.identity.rate_limits).map_err(OperatorError::RateLimits)?,
-            ),
+            limiter: Arc::new(RateLimiter::from_config(&settings.identity.rate_limits).map_err(AppError::RateLimits)?),
             per_key_per_minute: settings.identity.rate_limits.per_key_per_minute,
             per_org_per_minute: settings.identity.rate_limits.per_org_per_minute,
             per_ip_auth_per_minute: settings.identity.rate_limits.per_ip_auth_per_minute,
@@ -104,19 +90,15 @@ impl Application {
         server = server.workers(workers).max_connections(max_connections.div_ceil(workers).max(1));
         tracing::debug!(workers, max_connections, "connection limits");
         let server = server.listen(listener).map_err(|source| StartupError::Bind { bind, source })?.run();
-        let (workers, mail_bridge) = if settings.jobs.run_in_server {
-            let (workers, bridge) = start_workers(&services, &settings, &executor, &billing, "serve")?;
-            (Some(workers), bridge)
-        } else {
-            (None, None)
-        };
-        Ok(Self { port, server, workers, mail_bridge, executor, bootstrap, services })
+        let background =
+            if settings.jobs.run_in_server { Some(Background::start(&services, &settings, "serve")?) } else { None };
+        Ok(Self { port, server, background, bootstrap, services })
     }
 
     /// A handle that swaps in a new catalogue and providers while serving.
     #[must_use]
     pub fn reloader(&self) -> Reloader {
-        Reloader { executor: self.executor.clone() }
+        Reloader::new(self.services.clone())
     }
 
     /// The port the server listens on.
@@ -131,11 +113,8 @@ impl Application {
     /// The server failing.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
-        if let Some(bridge) = self.mail_bridge {
-            bridge.abort();
-        }
-        if let Some(workers) = self.workers {
-            workers.shutdown().await;
+        if let Some(background) = self.background {
+            background.shutdown().await;
         }
         result
     }
@@ -174,106 +153,4 @@ pub fn raise_descriptor_limit() -> std::io::Result<Option<u64>> {
         setrlimit(Resource::Nofile, Rlimit { current: Some(wanted), maximum: limit.maximum })?;
     }
     Ok(getrlimit(Resource::Nofile).current)
-}
-
-/// The executor and billing over `services`, as `settings` configure them.
-fn domain(services: &Services, settings: &Settings) -> Result<(Executor<SqlLedger>, Billing), OperatorError> {
-    let executor = Executor::new(
-        services.pool.clone(),
-        services.ledger.clone(),
-        Arc::clone(&services.catalogue),
-        Arc::clone(&services.providers),
-        Arc::new(Health::new(settings.routing.breaker.clone())),
-        Arc::new(ErrorRules::new(settings.routing.error_rules.clone())),
-        settings.routing.retry.clone(),
-    )
-    .with_hold_lease(Duration::from_secs(settings.ledger.hold_timeout_secs));
-    let notifier = Arc::new(crate::notify::EmailNotifier::new(services.identity.clone()));
-    let billing = Billing::new(services.pool.clone(), services.ledger.clone(), settings.billing.clone(), notifier)
-        .map_err(OperatorError::Billing)?;
-    Ok((executor, billing))
-}
-
-/// Starts the job queue's workers with every handler and periodic job, and
-/// (with SMTP) the task that turns queued emails into delivery jobs.
-fn start_workers(
-    services: &Services,
-    settings: &Settings,
-    executor: &Executor<SqlLedger>,
-    billing: &Billing,
-    role: &str,
-) -> Result<(Workers, Option<tokio::task::JoinHandle<()>>), OperatorError> {
-    let queue = Queue::new(services.pool.clone());
-    let mail = services.identity.sends_email();
-    let lease = Duration::from_secs(settings.ledger.hold_timeout_secs);
-    let registry = background::registry(&services.ledger, executor, billing, &services.identity, lease);
-    let mut config = settings.jobs.worker(&format!("{role}-{}", std::process::id()));
-    config.periodics = background::periodics(settings, mail)?;
-    let bridge =
-        mail.then(|| tokio::spawn(background::deliver_mail_when_queued(services.identity.clone(), queue.clone())));
-    Ok((Workers::start(queue, registry, config), bridge))
-}
-
-/// `modelroute worker`: the job queue's workers without an HTTP listener
-/// (PostgreSQL: scaled apart from the API replicas), until SIGTERM or
-/// Ctrl-C; then running jobs get `[jobs] shutdown_timeout_secs` and the
-/// rest are handed back.
-///
-/// # Errors
-/// A start-up step failing.
-pub async fn run_worker(settings: Settings) -> Result<(), StartupError> {
-    let services = Services::connect(&settings).await?;
-    let (executor, billing) = domain(&services, &settings)?;
-    let (workers, bridge) = start_workers(&services, &settings, &executor, &billing, "worker")?;
-    tracing::info!(queues = ?settings.jobs.queues, "worker running");
-    shutdown_signal().await;
-    tracing::info!("stopping: finishing running jobs");
-    if let Some(b) = bridge {
-        b.abort();
-    }
-    workers.shutdown().await;
-    Ok(())
-}
-
-/// SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
-}
-
-/// Reloads the catalogue and the providers of a running server (the binary
-/// calls it on SIGHUP). Other settings need a restart.
-#[derive(Debug, Clone)]
-pub struct Reloader {
-    executor: Executor<SqlLedger>,
-}
-
-impl Reloader {
-    /// Validates `settings`' catalogue and providers and, when both are
-    /// valid, swaps them in; returns the number of models. Requests under
-    /// way finish on the routes they were admitted with.
-    ///
-    /// # Errors
-    /// An invalid entry, named in the message; the running catalogue stays.
-    pub fn reload(&self, settings: &Settings) -> Result<usize, OperatorError> {
-        let (catalogue, providers) = routes_of(settings)?;
-        let models = catalogue.models().count();
-        self.executor.reload(catalogue, providers);
-        Ok(models)
-    }
 }

@@ -1,19 +1,14 @@
 use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use modelroute_db::DbPool;
-use modelroute_executions::Executor;
-use modelroute_identity::{Identity, RateLimiter};
-use modelroute_ledger::SqlLedger;
+use modelroute_app::Services;
+use modelroute_identity::RateLimiter;
 
 /// What every handler can reach.
 #[derive(Debug, Clone)]
 pub(crate) struct AppState {
-    pub(crate) pool: DbPool,
-    pub(crate) identity: Identity,
-    pub(crate) ledger: SqlLedger,
-    pub(crate) billing: modelroute_billing::Billing,
-    pub(crate) executor: Executor<SqlLedger>,
+    /// The platform (pool, identity, ledger, executor, billing) and its use cases.
+    pub(crate) services: Services,
     pub(crate) metrics: Option<PrometheusHandle>,
     pub(crate) limiter: Arc<RateLimiter>,
     pub(crate) per_key_per_minute: u32,

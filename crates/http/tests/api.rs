@@ -15,10 +15,10 @@ use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use modelroute_app::{Services, Settings};
 use modelroute_db::testing::TestDb;
 use modelroute_db::{DbConn, db_test};
-use modelroute_http::{Services, Settings};
-use modelroute_identity::Scopes;
+use modelroute_identity::{Actor, Scopes};
 use modelroute_providers::{BuiltinFailure, ProviderConfig};
 use modelroute_types::{Money, OrgId};
 use serde_json::{Value, json};
@@ -274,9 +274,9 @@ db_test!(async fn a_stream_cut_midway_is_not_reported_as_success(db) {
 db_test!(async fn another_org_cannot_see_an_execution(db) {
     let app = spawn(db, |_| {}).await;
     let id = app.chat(hello("builtin/echo")).await.json()["id"].as_str().unwrap().to_owned();
-    let other = app.services.create_org("Other").await.unwrap();
-    let project = app.services.create_project(&other.id, "p").await.unwrap();
-    let (_, other_key) = app.services.create_key(&project.id, "k", &Scopes::all()).await.unwrap();
+    let (other, _) = app.services.create_org("Other", None, &Actor::operator()).await.unwrap();
+    let project = app.services.create_project(&other.id, "p", &Actor::operator()).await.unwrap();
+    let (_, other_key) = app.services.create_key_in(&project.id, "k", &Scopes::all()).await.unwrap();
     let r = app.send(Method::GET, &format!("/v1/executions/{id}"), Some(&other_key), None).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert_eq!(app.send(Method::GET, "/v1/executions/exec_nonsense", Some(&other_key), None).await.status, StatusCode::NOT_FOUND);
@@ -624,9 +624,9 @@ db_test!(async fn usage_records_page_filter_export_and_stay_in_their_org(db) {
     assert_eq!(app.get("/v1/usage?limit=0").await.status, StatusCode::BAD_REQUEST);
     assert_eq!(app.get("/v1/usage?colour=red").await.status, StatusCode::BAD_REQUEST);
     // Another org sees none of it.
-    let other = app.services.create_org("Other").await.unwrap();
-    let project = app.services.create_project(&other.id, "p").await.unwrap();
-    let (_, other_key) = app.services.create_key(&project.id, "k", &Scopes::all()).await.unwrap();
+    let (other, _) = app.services.create_org("Other", None, &Actor::operator()).await.unwrap();
+    let project = app.services.create_project(&other.id, "p", &Actor::operator()).await.unwrap();
+    let (_, other_key) = app.services.create_key_in(&project.id, "k", &Scopes::all()).await.unwrap();
     let theirs = app.send(Method::GET, "/v1/usage", Some(&other_key), None).await.json();
     assert_eq!(theirs["data"].as_array().unwrap().len(), 0);
 });
@@ -638,7 +638,11 @@ db_test!(async fn the_audit_log_records_who_did_what_and_cannot_be_rewritten(db)
     assert_eq!(all.status, StatusCode::OK, "{}", all.body);
     let actions: Vec<String> =
         all.json()["data"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap().to_owned()).collect();
-    assert_eq!(actions, ["credits.granted", "api_key.created", "project.created", "org.created"], "newest first");
+    // The org and its default project are one use case: one event, naming both.
+    assert_eq!(actions, ["credits.granted", "api_key.created", "org.created"], "newest first");
+    let created = &all.json()["data"][2];
+    let project = app.services.identity.projects(&app.org).await.unwrap().remove(0);
+    assert_eq!((created["actor"].as_str(), created["details"]["project"].as_str()), (Some("operator"), Some(project.id.as_str())));
     // An administrative change through the API names the key, the address and the request.
     let put = app
         .send(Method::PUT, "/v1/routing/preferences", Some(&app.key.clone()), Some(json!({ "policy": "fastest" }).to_string()))
@@ -658,16 +662,16 @@ db_test!(async fn the_audit_log_records_who_did_what_and_cannot_be_rewritten(db)
     assert_eq!(page["data"].as_array().unwrap().len(), 2);
     let next = page["next_cursor"].as_str().unwrap();
     let rest = app.get(&format!("/v1/audit-events?cursor={next}")).await.json();
-    assert_eq!(rest["data"].as_array().unwrap().len(), 3);
+    assert_eq!(rest["data"].as_array().unwrap().len(), 2);
     assert_eq!(app.get("/v1/audit-events?from=nope").await.status, StatusCode::BAD_REQUEST);
     // Another org sees none of it; a key without the manage scope sees nothing at all.
-    let other = app.services.create_org("Other").await.unwrap();
-    let project = app.services.create_project(&other.id, "p").await.unwrap();
-    let (_, other_key) = app.services.create_key(&project.id, "k", &Scopes::all()).await.unwrap();
+    let (other, _) = app.services.create_org("Other", None, &Actor::operator()).await.unwrap();
+    let project = app.services.create_project(&other.id, "p", &Actor::operator()).await.unwrap();
+    let (_, other_key) = app.services.create_key_in(&project.id, "k", &Scopes::all()).await.unwrap();
     let theirs = app.send(Method::GET, "/v1/audit-events", Some(&other_key), None).await.json();
     let their_actions: Vec<&str> = theirs["data"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
     assert_eq!(their_actions, ["api_key.created", "project.created", "org.created"]);
-    let (_, reader) = app.services.create_key(&project.id, "r", &"read".parse().unwrap()).await.unwrap();
+    let (_, reader) = app.services.create_key_in(&project.id, "r", &"read".parse().unwrap()).await.unwrap();
     assert_eq!(app.send(Method::GET, "/v1/audit-events", Some(&reader), None).await.status, StatusCode::FORBIDDEN);
     // Append-only, by the database itself.
     for sql in ["UPDATE audit_events SET action = 'x'", "DELETE FROM audit_events"] {
@@ -705,9 +709,9 @@ db_test!(async fn keys_are_listed_created_once_and_revoked_within_their_org(db) 
     assert_eq!(past.status, StatusCode::BAD_REQUEST);
     assert_eq!(app.get("/v1/keys").await.json()["data"].as_array().unwrap().len(), 2);
     // Another org can neither use our project nor touch our keys: 404, not 403.
-    let other = app.services.create_org("Other").await.unwrap();
-    let their_project = app.services.create_project(&other.id, "p").await.unwrap();
-    let (_, theirs) = app.services.create_key(&their_project.id, "k", &Scopes::all()).await.unwrap();
+    let (other, _) = app.services.create_org("Other", None, &Actor::operator()).await.unwrap();
+    let their_project = app.services.create_project(&other.id, "p", &Actor::operator()).await.unwrap();
+    let (_, theirs) = app.services.create_key_in(&their_project.id, "k", &Scopes::all()).await.unwrap();
     let body = json!({ "project_id": project, "name": "sneaky", "scopes": ["read"] }).to_string();
     assert_eq!(app.send(Method::POST, "/v1/keys", Some(&theirs), Some(body)).await.status, StatusCode::NOT_FOUND);
     let id = created["id"].as_str().unwrap();

@@ -15,9 +15,9 @@ use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use modelroute_app::{Services, Settings};
 use modelroute_db::db_test;
 use modelroute_db::testing::TestDb;
-use modelroute_http::{Services, Settings};
 use serde_json::{Value, json};
 
 const PASSWORD: &str = "correct horse battery staple";

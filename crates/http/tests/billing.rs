@@ -13,9 +13,9 @@ use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use modelroute_app::Services;
 use modelroute_db::db_test;
 use modelroute_db::testing::TestDb;
-use modelroute_http::Services;
 use modelroute_testkit::stripe::{SECRET_KEY, StripeStandIn, WEBHOOK_SECRET, signature, unix_now};
 use modelroute_types::Secret;
 use serde_json::{Value, json};
@@ -118,9 +118,7 @@ db_test!(async fn auto_top_up_over_http_and_a_failure_is_emailed_to_the_owners(d
     let mail = id.outbox("owner@example.com").await.unwrap();
     let token = mail[0].body.split("token=").nth(1).unwrap()[..64].to_owned();
     let owner = id.verify_email(&token, &actor).await.unwrap();
-    let org = id.create_org_for(&owner.id, "Owned", &actor).await.unwrap();
-    app.services.ledger.open_org_accounts(&org.id).await.unwrap();
-    let project = id.projects(&org.id).await.unwrap().remove(0);
+    let (org, project) = app.services.create_org("Owned", Some(&owner.id), &actor).await.unwrap();
     app.key = id.create_api_key(&org.id, &project.id, "k", &modelroute_identity::Scopes::all(), None).await.unwrap().1;
 
     let (status, err) = app.api(Method::PUT, "/v1/billing/auto-top-up", json!({ "enabled": true, "threshold": "20", "amount": "50" })).await;

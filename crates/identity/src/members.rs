@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::accounts::normalize_email;
 use crate::audit::Actor;
 use crate::secret::{new_token, token_hash};
-use crate::{Identity, IdentityError, Org, Scope, Scopes};
+use crate::{Identity, IdentityError, Org, Project, Scope, Scopes};
 
 /// An invitation is valid this long.
 const INVITATION_DAYS: i64 = 7;
@@ -139,46 +139,48 @@ impl From<InvitationRow> for Invitation {
 }
 
 impl Identity {
-    /// Creates an org with `user` as its owner and a `default` project.
+    /// Creates an org, with `owner` (when given) as its owner, and its
+    /// `default` project, all in one transaction: an org without its owner
+    /// or project is never left behind. Records no audit event; the
+    /// composition root's use case (`modelroute_app::Services::create_org`)
+    /// opens the org's ledger accounts and records `org.created`.
     ///
     /// # Errors
     /// An invalid name, or a database failure.
-    pub async fn create_org_for(&self, user: &UserId, name: &str, actor: &Actor) -> Result<Org, IdentityError> {
+    pub async fn create_org_for(&self, owner: Option<&UserId>, name: &str) -> Result<(Org, Project), IdentityError> {
         let name = crate::service::valid_name("name", name)?;
         let now = time::now();
         let org = Org { id: OrgId::new(), name, created_at: now };
-        let (org_id, user_id) = (org.id.as_str().to_owned(), user.as_str().to_owned());
-        // All or nothing: an org without its owner or project is never left behind.
+        let project = Project { id: ProjectId::new(), org_id: org.id.clone(), name: "default".into(), created_at: now };
+        let (org_id, owner) = (org.id.as_str().to_owned(), owner.map(|u| u.as_str().to_owned()));
         db_transaction!(self.pool(), |conn| {
             diesel::insert_into(orgs::table)
                 .values((orgs::id.eq(&org_id), orgs::name.eq(&org.name), orgs::created_at.eq(now)))
                 .execute(conn)
                 .await?;
-            diesel::insert_into(memberships::table)
-                .values((
-                    memberships::org_id.eq(&org_id),
-                    memberships::user_id.eq(&user_id),
-                    memberships::role.eq(Role::Owner.as_str()),
-                    memberships::created_at.eq(now),
-                ))
-                .execute(conn)
-                .await?;
+            if let Some(user_id) = &owner {
+                diesel::insert_into(memberships::table)
+                    .values((
+                        memberships::org_id.eq(&org_id),
+                        memberships::user_id.eq(user_id),
+                        memberships::role.eq(Role::Owner.as_str()),
+                        memberships::created_at.eq(now),
+                    ))
+                    .execute(conn)
+                    .await?;
+            }
             diesel::insert_into(projects::table)
                 .values((
-                    projects::id.eq(ProjectId::new().into_string()),
+                    projects::id.eq(project.id.as_str()),
                     projects::org_id.eq(&org_id),
-                    projects::name.eq("default"),
+                    projects::name.eq(&project.name),
                     projects::created_at.eq(now),
                 ))
                 .execute(conn)
                 .await?;
             Ok::<_, IdentityError>(())
         })?;
-        let actor = Actor { who: user.to_string(), ..actor.clone() };
-        if let Err(e) = self.record(Some(&org.id), &actor, "org.created", Some(org.id.as_str()), None).await {
-            tracing::warn!(error = %e, "recording an audit event failed");
-        }
-        Ok(org)
+        Ok((org, project))
     }
 
     /// The orgs `user` belongs to, oldest membership first.
@@ -245,7 +247,7 @@ impl Identity {
     ///
     /// # Errors
     /// A database failure.
-    pub async fn projects(&self, org: &OrgId) -> Result<Vec<crate::Project>, IdentityError> {
+    pub async fn projects(&self, org: &OrgId) -> Result<Vec<Project>, IdentityError> {
         let rows: Vec<(String, String, NaiveDateTime)> = db_run!(self.pool(), |conn| projects::table
             .filter(projects::org_id.eq(org.as_str()))
             .order(projects::created_at.asc())
@@ -254,7 +256,7 @@ impl Identity {
             .await)?;
         Ok(rows
             .into_iter()
-            .map(|(id, name, created_at)| crate::Project {
+            .map(|(id, name, created_at)| Project {
                 id: ProjectId::from_trusted(id),
                 org_id: org.clone(),
                 name,

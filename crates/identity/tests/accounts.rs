@@ -182,8 +182,8 @@ db_test!(async fn members_roles_and_invitations(db) {
     let owner = verified_user(&id, "owner@example.com").await;
     let bob = verified_user(&id, "bob@example.com").await;
     let eve = verified_user(&id, "eve@example.com").await;
-    let org = id.create_org_for(&owner.id, "Acme", &actor()).await.unwrap();
-    let other = id.create_org_for(&eve.id, "Evil", &actor()).await.unwrap();
+    let (org, _) = id.create_org_for(Some(&owner.id), "Acme").await.unwrap();
+    let (other, _) = id.create_org_for(Some(&eve.id), "Evil").await.unwrap();
     assert_eq!(id.role_in(&owner.id, &org.id).await.unwrap(), Role::Owner);
     assert_eq!(id.projects(&org.id).await.unwrap()[0].name, "default");
     // Not a member: not found, not forbidden.

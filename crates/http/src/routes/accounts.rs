@@ -56,7 +56,7 @@ pub(crate) async fn sign_up(state: State, req: HttpRequest, payload: Body) -> Re
     check_sign_in_origin(&state, &req)?;
     limit_ip(&state, &req).await?;
     let b: SignUp = payload.json().await?;
-    state.identity.sign_up(&b.email, &b.password, &b.name, &actor("anonymous", &req)).await?;
+    state.services.identity.sign_up(&b.email, &b.password, &b.name, &actor("anonymous", &req)).await?;
     Ok(HttpResponse::Accepted().json(json!({
         "status": "verification_sent",
         "message": "if this address can be used, a verification link is on its way to it",
@@ -73,7 +73,7 @@ pub(crate) struct TokenBody {
 pub(crate) async fn verify_email(state: State, req: HttpRequest, payload: Body) -> Result<HttpResponse, ApiError> {
     limit_ip(&state, &req).await?;
     let b: TokenBody = payload.json().await?;
-    let user = state.identity.verify_email(&b.token, &actor("anonymous", &req)).await?;
+    let user = state.services.identity.verify_email(&b.token, &actor("anonymous", &req)).await?;
     Ok(HttpResponse::Ok().json(user_json(&user)))
 }
 
@@ -91,13 +91,18 @@ pub(crate) async fn login(state: State, req: HttpRequest, payload: Body) -> Resu
     limit_ip(&state, &req).await?;
     let b: Credentials = payload.json().await?;
     let device = cookie(&req, DEVICE_COOKIE);
-    let login = match state.identity.login(&b.email, &b.password, device.as_deref(), &actor("anonymous", &req)).await {
+    let login = match state
+        .services
+        .identity
+        .login(&b.email, &b.password, device.as_deref(), &actor("anonymous", &req))
+        .await
+    {
         Err(e @ modelroute_identity::IdentityError::LoginLocked { retry_after_secs }) => {
             return Err(ApiError::from(e).with_header("retry-after", retry_after_secs.to_string()));
         }
         other => other?,
     };
-    let memberships = state.identity.memberships(&login.user.id).await?;
+    let memberships = state.services.identity.memberships(&login.user.id).await?;
     let max_age = (login.session.expires_at - time::now()).num_seconds();
     Ok(HttpResponse::Ok()
         .append_header(("set-cookie", set_cookie(SESSION_COOKIE, &login.session.token, max_age)))
@@ -115,13 +120,13 @@ pub(crate) async fn login(state: State, req: HttpRequest, payload: Body) -> Resu
 /// `GET /v1/auth/session`: who is signed in, their orgs, the CSRF token.
 pub(crate) async fn session(state: State, signed_in: SignedIn) -> Result<HttpResponse, ApiError> {
     let s = signed_in.0;
-    let user = state.identity.user(&s.user_id).await?;
-    let memberships = state.identity.memberships(&s.user_id).await?;
+    let user = state.services.identity.user(&s.user_id).await?;
+    let memberships = state.services.identity.memberships(&s.user_id).await?;
     Ok(HttpResponse::Ok().insert_header(("cache-control", "no-store")).json(json!({
         "object": "session",
         "user": user_json(&user),
         "organizations": memberships.iter().map(membership_json).collect::<Vec<_>>(),
-        "csrf_token": state.identity.csrf_token(&s.id),
+        "csrf_token": state.services.identity.csrf_token(&s.id),
         "expires_at": time::rfc3339(s.expires_at),
     })))
 }
@@ -133,14 +138,14 @@ fn clear_session_cookie() -> String {
 /// `POST /v1/auth/logout`.
 pub(crate) async fn logout(state: State, req: HttpRequest, signed_in: SignedIn) -> Result<HttpResponse, ApiError> {
     let s = signed_in.0;
-    state.identity.end_session(&s, &actor(s.user_id.as_str(), &req)).await?;
+    state.services.identity.end_session(&s, &actor(s.user_id.as_str(), &req)).await?;
     Ok(HttpResponse::NoContent().append_header(("set-cookie", clear_session_cookie())).finish())
 }
 
 /// `POST /v1/auth/logout-all`: ends every session of the user.
 pub(crate) async fn logout_all(state: State, req: HttpRequest, signed_in: SignedIn) -> Result<HttpResponse, ApiError> {
     let s = signed_in.0;
-    state.identity.end_all_sessions(&s.user_id, &actor(s.user_id.as_str(), &req)).await?;
+    state.services.identity.end_all_sessions(&s.user_id, &actor(s.user_id.as_str(), &req)).await?;
     Ok(HttpResponse::NoContent().append_header(("set-cookie", clear_session_cookie())).finish())
 }
 
@@ -155,7 +160,7 @@ pub(crate) struct ResetRequest {
 pub(crate) async fn request_reset(state: State, req: HttpRequest, payload: Body) -> Result<HttpResponse, ApiError> {
     limit_ip(&state, &req).await?;
     let b: ResetRequest = payload.json().await?;
-    state.identity.request_password_reset(&b.email, &actor("anonymous", &req))?;
+    state.services.identity.request_password_reset(&b.email, &actor("anonymous", &req))?;
     Ok(HttpResponse::Accepted().json(json!({
         "status": "reset_sent",
         "message": "if this address has an account, a reset link is on its way to it",
@@ -174,7 +179,7 @@ pub(crate) struct ResetConfirm {
 pub(crate) async fn confirm_reset(state: State, req: HttpRequest, payload: Body) -> Result<HttpResponse, ApiError> {
     limit_ip(&state, &req).await?;
     let b: ResetConfirm = payload.json().await?;
-    state.identity.reset_password(&b.token, &b.password, &actor("anonymous", &req)).await?;
+    state.services.identity.reset_password(&b.token, &b.password, &actor("anonymous", &req)).await?;
     Ok(HttpResponse::NoContent().append_header(("set-cookie", clear_session_cookie())).finish())
 }
 
@@ -195,6 +200,7 @@ pub(crate) async fn change_password(
     let s = signed_in.0;
     let b: PasswordChange = payload.json().await?;
     state
+        .services
         .identity
         .change_password(&s.user_id, &s.id, &b.current_password, &b.password, &actor(s.user_id.as_str(), &req))
         .await?;
@@ -227,7 +233,7 @@ pub(crate) async fn oauth_start(
     limit_ip(&state, &req).await?;
     let provider = oauth_provider(&provider)?;
     let q: StartQuery = query::parse(&req)?;
-    let start = state.identity.oauth_start(provider, q.redirect_to.as_deref()).await?;
+    let start = state.services.identity.oauth_start(provider, q.redirect_to.as_deref()).await?;
     Ok(HttpResponse::Found()
         .insert_header(("location", start.authorize_url))
         .insert_header(("cache-control", "no-store"))
@@ -257,6 +263,7 @@ pub(crate) async fn oauth_callback(
     };
     let browser_state = cookie(&req, OAUTH_COOKIE);
     let done = state
+        .services
         .identity
         .oauth_finish(provider, param("state")?, browser_state.as_deref(), param("code")?, &actor("anonymous", &req))
         .await?;

@@ -71,7 +71,7 @@ fn page(events: &[AuditEvent], limit: usize) -> HttpResponse {
 pub(crate) async fn list(state: State, caller: Caller, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let org = caller.require(Scope::Manage)?;
     let filter = filter(&req)?;
-    let events = state.identity.audit_events(org, &filter).await?;
+    let events = state.services.identity.audit_events(org, &filter).await?;
     Ok(page(&events, filter.limit))
 }
 
@@ -80,6 +80,6 @@ pub(crate) async fn list(state: State, caller: Caller, req: HttpRequest) -> Resu
 /// did), with the same filters.
 pub(crate) async fn mine(state: State, signed_in: SignedIn, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let filter = filter(&req)?;
-    let events = state.identity.user_audit_events(&signed_in.0.user_id, &filter).await?;
+    let events = state.services.identity.user_audit_events(&signed_in.0.user_id, &filter).await?;
     Ok(page(&events, filter.limit))
 }

@@ -21,8 +21,9 @@ const RECENT_ENTRIES: usize = 20;
 /// `GET /v1/billing/balance`: the caller's org balance and its recent journal.
 pub(crate) async fn balance(state: State, caller: Caller) -> Result<HttpResponse, ApiError> {
     let org = caller.require(Scope::Read)?;
-    let b = state.ledger.balance(org).await?;
+    let b = state.services.ledger.balance(org).await?;
     let journal: Vec<_> = state
+        .services
         .ledger
         .recent_entries(org, RECENT_ENTRIES)
         .await?
@@ -69,7 +70,7 @@ pub(crate) async fn checkout(
     let org = caller.require(Scope::Manage)?;
     let body: CheckoutBody = payload.json().await?;
     let key = req.headers().get("idempotency-key").and_then(|v| v.to_str().ok());
-    let session = state.billing.checkout(org, body.amount, key).await?;
+    let session = state.services.billing.checkout(org, body.amount, key).await?;
     Ok(HttpResponse::Created().json(json!({ "object": "checkout_session", "id": session.id, "url": session.url })))
 }
 
@@ -77,7 +78,7 @@ pub(crate) async fn checkout(
 /// `client_secret` for Stripe.js; the card is saved when Stripe confirms it.
 pub(crate) async fn payment_method(state: State, caller: Caller) -> Result<HttpResponse, ApiError> {
     let org = caller.require(Scope::Manage)?;
-    let secret = state.billing.setup_payment_method(org).await?;
+    let secret = state.services.billing.setup_payment_method(org).await?;
     Ok(HttpResponse::Created().json(json!({ "object": "setup_intent", "client_secret": secret })))
 }
 
@@ -96,7 +97,7 @@ fn auto_top_up_json(a: &AutoTopUp) -> Value {
 /// `GET /v1/billing/auto-top-up` (read).
 pub(crate) async fn get_auto_top_up(state: State, caller: Caller) -> Result<HttpResponse, ApiError> {
     let org = caller.require(Scope::Read)?;
-    Ok(HttpResponse::Ok().json(auto_top_up_json(&state.billing.auto_top_up(org).await?)))
+    Ok(HttpResponse::Ok().json(auto_top_up_json(&state.services.billing.auto_top_up(org).await?)))
 }
 
 #[derive(Deserialize)]
@@ -127,10 +128,15 @@ pub(crate) async fn put_auto_top_up(
 ) -> Result<HttpResponse, ApiError> {
     let org = caller.require(Scope::Manage)?;
     let b: AutoTopUpBody = payload.json().await?;
-    let settings = state.billing.set_auto_top_up(org, b.enabled, b.threshold, b.amount, b.low_balance_alert).await?;
+    let settings =
+        state.services.billing.set_auto_top_up(org, b.enabled, b.threshold, b.amount, b.low_balance_alert).await?;
     let answer = auto_top_up_json(&settings);
     let actor = super::audit::actor(&caller, &req);
-    state.identity.record(Some(org), &actor, "billing.auto_top_up_updated", None, Some(answer.clone())).await?;
+    state
+        .services
+        .identity
+        .record(Some(org), &actor, "billing.auto_top_up_updated", None, Some(answer.clone()))
+        .await?;
     Ok(HttpResponse::Ok().json(answer))
 }
 
@@ -139,6 +145,6 @@ pub(crate) async fn put_auto_top_up(
 pub(crate) async fn stripe_webhook(state: State, req: HttpRequest, body: Body) -> Result<HttpResponse, ApiError> {
     let signature = req.headers().get("stripe-signature").and_then(|v| v.to_str().ok()).unwrap_or_default();
     let body = body.bytes(state.body.max_bytes).await?;
-    let outcome = state.billing.handle_webhook(&body, signature).await?;
+    let outcome = state.services.billing.handle_webhook(&body, signature).await?;
     Ok(HttpResponse::Ok().json(json!({ "received": true, "outcome": format!("{outcome:?}") })))
 }

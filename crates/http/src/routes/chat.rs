@@ -26,7 +26,7 @@ pub(crate) async fn completions(state: State, caller: Caller, payload: Body) -> 
     let request = body.into_canonical()?;
     let slug = request.model.clone();
     if !stream {
-        let done = state.executor.run(exec_caller, request).await?;
+        let done = state.services.executor.run(exec_caller, request).await?;
         let r = &done.response;
         return Ok(answer(&done.execution_id).json(json!({
             "id": done.execution_id,
@@ -43,7 +43,7 @@ pub(crate) async fn completions(state: State, caller: Caller, payload: Body) -> 
             "system_fingerprint": null,
         })));
     }
-    let execution = state.executor.start_stream(exec_caller, request).await?;
+    let execution = state.services.executor.start_stream(exec_caller, request).await?;
     let id = execution.execution_id.to_string();
     let created = time::unix_seconds(execution.created_at);
     let chunk = move |delta: Value, finish: Option<&str>| {

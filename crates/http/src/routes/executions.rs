@@ -14,7 +14,7 @@ use crate::wire::money;
 pub(crate) async fn get(state: State, caller: Caller, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let org = caller.require(Scope::Read)?;
     let id: ExecutionId = id.parse().map_err(|_| ExecutionError::NotFound)?;
-    let e = state.executor.get(org, &id).await?;
+    let e = state.services.executor.get(org, &id).await?;
     Ok(HttpResponse::Ok().json(view(&e)))
 }
 

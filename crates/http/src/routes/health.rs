@@ -35,7 +35,7 @@ fn operator_only(state: &State, req: &HttpRequest) -> Result<(), ApiError> {
 /// The database answers and every embedded migration is applied.
 pub(crate) async fn readyz(state: State, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     operator_only(&state, &req)?;
-    let status = state.pool.migration_status().await?;
+    let status = state.services.pool.migration_status().await?;
     if !status.pending.is_empty() {
         return Err(ApiError::new(
             Code::DatabaseUnavailable,
@@ -44,7 +44,7 @@ pub(crate) async fn readyz(state: State, req: HttpRequest) -> Result<HttpRespons
     }
     Ok(HttpResponse::Ok().json(json!({
         "status": "ready",
-        "database": format!("{:?}", state.pool.backend()).to_lowercase(),
+        "database": format!("{:?}", state.services.pool.backend()).to_lowercase(),
         "migrations": status.applied.len(),
     })))
 }

@@ -3,6 +3,7 @@
 //! org's key or project answers 404, never 403, so ids do not leak.
 
 use actix_web::{HttpRequest, HttpResponse, web};
+use modelroute_app::NewKey;
 use modelroute_identity::{ApiKey, Scope, Scopes};
 use modelroute_types::{ApiKeyId, Code, ProjectId, time};
 use serde::Deserialize;
@@ -32,7 +33,7 @@ fn key_json(k: &ApiKey) -> Value {
 /// `GET /v1/keys`.
 pub(crate) async fn list(state: State, caller: Caller) -> Result<HttpResponse, ApiError> {
     let org = caller.require(Scope::Manage)?;
-    let keys = state.identity.list_api_keys(org).await?;
+    let keys = state.services.identity.list_api_keys(org).await?;
     Ok(super::list(&keys, key_json))
 }
 
@@ -64,10 +65,9 @@ pub(crate) async fn create(
     if expires_at.is_some_and(|t| t <= time::now()) {
         return Err(ApiError::invalid_param("expires_at", "expires_at must be in the future"));
     }
-    let (key, token) = state.identity.create_api_key(org, &body.project_id, &body.name, &scopes, expires_at).await?;
     let actor = super::audit::actor(&caller, &req);
-    let details = json!({ "name": key.name, "prefix": key.prefix, "scopes": key.scopes.to_string() });
-    state.identity.record(Some(org), &actor, "api_key.created", Some(key.id.as_str()), Some(details)).await?;
+    let new = NewKey { org, project: &body.project_id, name: &body.name, scopes: &scopes, expires_at };
+    let (key, token) = state.services.create_key(&new, &actor).await?;
     let mut answer = key_json(&key);
     if let Some(obj) = answer.as_object_mut() {
         obj.insert("token".into(), json!(token));
@@ -85,9 +85,9 @@ pub(crate) async fn revoke(
 ) -> Result<HttpResponse, ApiError> {
     let org = caller.require(Scope::Manage)?;
     let id: ApiKeyId = id.parse().map_err(|_| ApiError::new(Code::NotFound, "api key not found"))?;
-    state.identity.revoke_api_key(org, &id).await?;
+    state.services.identity.revoke_api_key(org, &id).await?;
     let actor = super::audit::actor(&caller, &req);
-    state.identity.record(Some(org), &actor, "api_key.revoked", Some(id.as_str()), None).await?;
+    state.services.identity.record(Some(org), &actor, "api_key.revoked", Some(id.as_str()), None).await?;
     Ok(HttpResponse::Ok().json(json!({ "object": "api_key", "id": id, "revoked": true })))
 }
 
@@ -116,10 +116,10 @@ pub(crate) async fn rotate(
     let id: ApiKeyId = id.parse().map_err(|_| ApiError::new(Code::NotFound, "api key not found"))?;
     let body: Rotate = payload.json_or_default().await?;
     let grace = std::time::Duration::from_secs(body.grace_period_secs.unwrap_or(DEFAULT_GRACE_SECS));
-    let (key, token, until) = state.identity.rotate_api_key(org, &id, grace).await?;
+    let (key, token, until) = state.services.identity.rotate_api_key(org, &id, grace).await?;
     let details = json!({ "grace_period_secs": grace.as_secs() });
     let actor = super::audit::actor(&caller, &req);
-    state.identity.record(Some(org), &actor, "api_key.rotated", Some(id.as_str()), Some(details)).await?;
+    state.services.identity.record(Some(org), &actor, "api_key.rotated", Some(id.as_str()), Some(details)).await?;
     let mut answer = key_json(&key);
     if let Some(obj) = answer.as_object_mut() {
         obj.insert("token".into(), json!(token));

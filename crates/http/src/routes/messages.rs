@@ -26,7 +26,7 @@ pub(crate) async fn create(state: State, req: HttpRequest, payload: Body) -> Res
     let request = body.into_canonical()?;
     let slug = request.model.clone();
     if !stream {
-        let done = state.executor.run(exec_caller, request).await?;
+        let done = state.services.executor.run(exec_caller, request).await?;
         let r = &done.response;
         return Ok(answer(&done.execution_id).json(json!({
             "id": done.execution_id,
@@ -39,7 +39,7 @@ pub(crate) async fn create(state: State, req: HttpRequest, payload: Body) -> Res
             "usage": { "input_tokens": r.usage.input_tokens, "output_tokens": r.usage.output_tokens },
         })));
     }
-    let execution = state.executor.start_stream(exec_caller, request).await?;
+    let execution = state.services.executor.start_stream(exec_caller, request).await?;
     let start = event(
         "message_start",
         &json!({ "type": "message_start", "message": {

@@ -19,13 +19,13 @@ fn model_json(m: &Model) -> Value {
 
 /// `GET /v1/models`: the catalogue, in OpenAI's list format.
 pub(crate) async fn list(state: State, _caller: Caller) -> HttpResponse {
-    let data: Vec<Value> = state.executor.catalogue().models().map(model_json).collect();
+    let data: Vec<Value> = state.services.executor.catalogue().models().map(model_json).collect();
     HttpResponse::Ok().json(json!({ "object": "list", "data": data }))
 }
 
 /// `GET /v1/models/{slug}` (slugs may contain `/`).
 pub(crate) async fn get(state: State, _caller: Caller, slug: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let catalogue = state.executor.catalogue();
+    let catalogue = state.services.executor.catalogue();
     let model = catalogue.model(&slug).ok_or_else(|| RoutingError::ModelNotFound(slug.clone()))?;
     Ok(HttpResponse::Ok().json(model_json(model)))
 }

@@ -58,7 +58,7 @@ fn person(caller: &Caller) -> Result<&UserId, ApiError> {
 
 /// `GET /v1/orgs`: the signed-in user's orgs with their role.
 pub(crate) async fn list(state: State, signed_in: SignedIn) -> Result<HttpResponse, ApiError> {
-    let orgs = state.identity.memberships(&signed_in.0.user_id).await?;
+    let orgs = state.services.identity.memberships(&signed_in.0.user_id).await?;
     Ok(super::list(&orgs, membership_json))
 }
 
@@ -77,8 +77,7 @@ pub(crate) async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let b: NameBody = payload.json().await?;
     let user = &signed_in.0.user_id;
-    let org = state.identity.create_org_for(user, &b.name, &actor(user.as_str(), &req)).await?;
-    state.ledger.open_org_accounts(&org.id).await?;
+    let (org, _) = state.services.create_org(&b.name, Some(user), &actor(user.as_str(), &req)).await?;
     Ok(HttpResponse::Created()
         .json(json!({ "object": "organization", "id": org.id, "name": org.name, "role": Role::Owner })))
 }
@@ -86,7 +85,7 @@ pub(crate) async fn create(
 /// `GET /v1/orgs/{org}`.
 pub(crate) async fn get(state: State, req: HttpRequest, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let caller = in_org(&req, &path).await?;
-    let org = state.identity.org(caller.require(Scope::Read)?).await?;
+    let org = state.services.identity.org(caller.require(Scope::Read)?).await?;
     Ok(HttpResponse::Ok().json(json!({
         "object": "organization",
         "id": org.id,
@@ -99,7 +98,7 @@ pub(crate) async fn get(state: State, req: HttpRequest, path: web::Path<String>)
 /// `GET /v1/orgs/{org}/members`.
 pub(crate) async fn members(state: State, req: HttpRequest, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let caller = in_org(&req, &path).await?;
-    let members = state.identity.members(caller.require(Scope::Read)?).await?;
+    let members = state.services.identity.members(caller.require(Scope::Read)?).await?;
     Ok(super::list(&members, member_json))
 }
 
@@ -126,7 +125,7 @@ pub(crate) async fn set_role(
     person(&caller)?;
     let b: RoleBody = payload.json().await?;
     let target = user_id(&target)?;
-    state.identity.set_role(org, caller.role(), &target, b.role, &actor(&caller.who(), &req)).await?;
+    state.services.identity.set_role(org, caller.role(), &target, b.role, &actor(&caller.who(), &req)).await?;
     Ok(HttpResponse::Ok().json(json!({ "object": "member", "user_id": target, "role": b.role })))
 }
 
@@ -145,7 +144,7 @@ pub(crate) async fn remove_member(
         caller.require(Scope::Manage)?;
     }
     let org = caller.org_id.clone();
-    state.identity.remove_member(&org, &by, caller.role(), &target, &actor(&caller.who(), &req)).await?;
+    state.services.identity.remove_member(&org, &by, caller.role(), &target, &actor(&caller.who(), &req)).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -156,7 +155,7 @@ pub(crate) async fn invitations(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = in_org(&req, &path).await?;
-    let list = state.identity.invitations(caller.require(Scope::Manage)?).await?;
+    let list = state.services.identity.invitations(caller.require(Scope::Manage)?).await?;
     Ok(super::list(&list, invitation_json))
 }
 
@@ -183,7 +182,8 @@ pub(crate) async fn invite(
     let org = caller.require(Scope::Manage)?;
     let by = person(&caller)?;
     let b: InviteBody = payload.json().await?;
-    let inv = state.identity.invite(org, by, caller.role(), &b.email, b.role, &actor(&caller.who(), &req)).await?;
+    let inv =
+        state.services.identity.invite(org, by, caller.role(), &b.email, b.role, &actor(&caller.who(), &req)).await?;
     Ok(HttpResponse::Created().json(invitation_json(&inv)))
 }
 
@@ -203,7 +203,7 @@ pub(crate) async fn accept(
 ) -> Result<HttpResponse, ApiError> {
     let b: TokenBody = payload.json().await?;
     let user = &signed_in.0.user_id;
-    let m = state.identity.accept_invitation(&b.token, user, &actor(user.as_str(), &req)).await?;
+    let m = state.services.identity.accept_invitation(&b.token, user, &actor(user.as_str(), &req)).await?;
     Ok(HttpResponse::Ok().json(membership_json(&m)))
 }
 
@@ -214,7 +214,7 @@ pub(crate) async fn projects(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = in_org(&req, &path).await?;
-    let list = state.identity.projects(caller.require(Scope::Read)?).await?;
+    let list = state.services.identity.projects(caller.require(Scope::Read)?).await?;
     Ok(super::list(&list, project_json))
 }
 
@@ -228,12 +228,7 @@ pub(crate) async fn create_project(
     let caller = in_org(&req, &path).await?;
     let org = caller.require(Scope::Manage)?.clone();
     let b: NameBody = payload.json().await?;
-    let project = state.identity.create_project(&org, &b.name).await?;
-    let details = json!({ "name": project.name });
-    state
-        .identity
-        .record(Some(&org), &actor(&caller.who(), &req), "project.created", Some(project.id.as_str()), Some(details))
-        .await?;
+    let project = state.services.create_project(&org, &b.name, &actor(&caller.who(), &req)).await?;
     Ok(HttpResponse::Created().json(project_json(&project)))
 }
 
@@ -242,7 +237,7 @@ pub(crate) async fn project(state: State, caller: Caller, path: web::Path<String
     let org = caller.require(Scope::Read)?;
     let not_found = || ApiError::new(Code::NotFound, "project not found");
     let id: ProjectId = path.parse().map_err(|_| not_found())?;
-    let project = state.identity.project(&id).await?;
+    let project = state.services.identity.project(&id).await?;
     if project.org_id != *org {
         return Err(not_found());
     }

@@ -24,7 +24,7 @@ fn body(p: &Preferences) -> Value {
 /// `GET /v1/routing/preferences`.
 pub(crate) async fn get(state: State, caller: Caller) -> Result<HttpResponse, ApiError> {
     let org = caller.require(Scope::Read)?;
-    let p = state.executor.preferences(org).await?;
+    let p = state.services.executor.preferences(org).await?;
     Ok(HttpResponse::Ok().json(body(&p)))
 }
 
@@ -37,8 +37,8 @@ pub(crate) async fn put(
 ) -> Result<HttpResponse, ApiError> {
     let org = caller.require(Scope::Manage)?;
     let p: Preferences = payload.json().await?;
-    state.executor.set_preferences(org, p).await?;
+    state.services.executor.set_preferences(org, p).await?;
     let actor = super::audit::actor(&caller, &req);
-    state.identity.record(Some(org), &actor, "routing.preferences_updated", None, Some(body(&p))).await?;
+    state.services.identity.record(Some(org), &actor, "routing.preferences_updated", None, Some(body(&p))).await?;
     Ok(HttpResponse::Ok().json(body(&p)))
 }

@@ -78,7 +78,7 @@ fn record_json(r: &UsageRecord) -> Value {
 /// `GET /v1/usage`.
 pub(crate) async fn list(state: State, caller: Caller, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let org = caller.require(Scope::Read)?;
-    let page = state.executor.usage(org, &filter(&req)?).await?;
+    let page = state.services.executor.usage(org, &filter(&req)?).await?;
     Ok(HttpResponse::Ok().json(json!({
         "object": "list",
         "data": page.records.iter().map(record_json).collect::<Vec<_>>(),
@@ -104,7 +104,7 @@ pub(crate) async fn csv(state: State, caller: Caller, req: HttpRequest) -> Resul
     );
     let mut rows = 0;
     loop {
-        let page = state.executor.usage(org, &filter).await?;
+        let page = state.services.executor.usage(org, &filter).await?;
         for r in &page.records {
             let price = |p: Option<modelroute_types::PricePerMTok>| {
                 p.map(|p| p.per_million().to_usd_string()).unwrap_or_default()

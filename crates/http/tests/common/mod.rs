@@ -3,8 +3,9 @@
 
 #![allow(dead_code)] // each test file uses its own part of this module
 
+use modelroute_app::{BootstrapReport, Services, Settings};
 use modelroute_db::testing::TestDb;
-use modelroute_http::{Application, BootstrapReport, Services, Settings};
+use modelroute_http::Application;
 use modelroute_types::Secret;
 
 /// A running server.

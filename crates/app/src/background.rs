@@ -13,21 +13,18 @@
 
 use std::time::Duration;
 
-use modelroute_billing::Billing;
-use modelroute_executions::Executor;
 use modelroute_identity::Identity;
 use modelroute_jobs::{Failure, JobError, NewJob, Periodic, Queue, Registry};
-use modelroute_ledger::SqlLedger;
 use modelroute_types::time;
 
-use crate::Settings;
+use crate::{Services, Settings};
 
 /// The hold sweep and the recovery of interrupted executions.
-pub(crate) const SWEEP: &str = "ledger.sweep";
+pub const SWEEP: &str = "ledger.sweep";
 /// Auto top-ups and low-balance alerts.
-pub(crate) const CHECK_BALANCES: &str = "billing.check_balances";
+pub const CHECK_BALANCES: &str = "billing.check_balances";
 /// Email delivery.
-pub(crate) const DELIVER_MAIL: &str = "mail.deliver";
+pub const DELIVER_MAIL: &str = "mail.deliver";
 
 /// How often the outbox is looked at without a new email (retries).
 const MAIL_EVERY: Duration = Duration::from_secs(30);
@@ -37,15 +34,9 @@ fn retry(e: &impl std::fmt::Display) -> Failure {
 }
 
 /// The handlers of every kind.
-pub(crate) fn registry(
-    ledger: &SqlLedger,
-    executor: &Executor<SqlLedger>,
-    billing: &Billing,
-    identity: &Identity,
-    lease: Duration,
-) -> Registry {
+pub(crate) fn registry(services: &Services, lease: Duration) -> Registry {
     let mut registry = Registry::new();
-    let (ledger, executor) = (ledger.clone(), executor.clone());
+    let (ledger, executor) = (services.ledger.clone(), services.executor.clone());
     registry.on(SWEEP, move |_| {
         let (ledger, executor) = (ledger.clone(), executor.clone());
         async move {
@@ -58,12 +49,12 @@ pub(crate) fn registry(
             Ok(())
         }
     });
-    let billing = billing.clone();
+    let billing = services.billing.clone();
     registry.on(CHECK_BALANCES, move |_| {
         let billing = billing.clone();
         async move { Box::pin(billing.check_balances()).await.map(drop).map_err(|e| retry(&e)) }
     });
-    let identity = identity.clone();
+    let identity = services.identity.clone();
     registry.on(DELIVER_MAIL, move |_| {
         let identity = identity.clone();
         async move { identity.deliver_pending_email().await.map(drop).map_err(|e| retry(&e)) }
