@@ -21,6 +21,23 @@ pub enum DbError {
     /// Preparing the database's folder failed.
     #[error("cannot prepare the database folder: {0}")]
     Io(#[from] std::io::Error),
+    /// A stored value no variant of its type names (a newer server's row,
+    /// or a corrupted one): an error, never quietly a default.
+    #[error("unknown stored {what} `{value}`")]
+    UnknownValue {
+        /// What the column holds (`hold status`, `role`, ...).
+        what: &'static str,
+        /// The value found.
+        value: String,
+    },
+}
+
+impl DbError {
+    /// `value` is not a stored name of `what`.
+    #[must_use]
+    pub fn unknown(what: &'static str, value: &str) -> Self {
+        Self::UnknownValue { what, value: value.chars().take(64).collect() }
+    }
 }
 
 impl ErrorCode for DbError {
@@ -28,7 +45,7 @@ impl ErrorCode for DbError {
         match self {
             Self::UnsupportedUrl(_) => Code::InvalidConfig,
             Self::Connect(_) | Self::PoolTimeout => Code::DatabaseUnavailable,
-            Self::Query(_) | Self::Migration(_) | Self::Io(_) => Code::Internal,
+            Self::Query(_) | Self::Migration(_) | Self::Io(_) | Self::UnknownValue { .. } => Code::Internal,
         }
     }
 }

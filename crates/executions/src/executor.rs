@@ -927,6 +927,6 @@ impl<L: Ledger + 'static> Executor<L> {
             .first(conn)
             .await
             .optional())?;
-        row.map(Execution::from).ok_or(ExecutionError::NotFound)
+        Ok(row.ok_or(ExecutionError::NotFound)?.try_into()?)
     }
 }

@@ -63,12 +63,12 @@ struct Row {
     updated_at: chrono::NaiveDateTime,
 }
 
-fn policy_of(s: &str) -> Policy {
-    match s {
-        "fastest" => Policy::Fastest,
-        "balanced" => Policy::Balanced,
-        _ => Policy::Cheapest,
-    }
+/// The stored policy back; an unknown one is an error, never `cheapest`.
+fn policy_of(s: &str) -> Result<Policy, modelroute_db::DbError> {
+    [Policy::Cheapest, Policy::Fastest, Policy::Balanced]
+        .into_iter()
+        .find(|p| p.as_str() == s)
+        .ok_or_else(|| modelroute_db::DbError::unknown("routing policy", s))
 }
 
 fn price(units: Option<i64>) -> Option<PricePerMTok> {
@@ -103,11 +103,14 @@ impl PreferenceStore {
             .first(conn)
             .await
             .optional())?;
-        let preferences = row.map_or_else(Preferences::default, |r| Preferences {
-            policy: policy_of(&r.policy),
-            max_input_price: price(r.max_input_price),
-            max_output_price: price(r.max_output_price),
-        });
+        let preferences = match row {
+            None => Preferences::default(),
+            Some(r) => Preferences {
+                policy: policy_of(&r.policy)?,
+                max_input_price: price(r.max_input_price),
+                max_output_price: price(r.max_output_price),
+            },
+        };
         self.remember(org, preferences);
         Ok(preferences)
     }
@@ -130,5 +133,19 @@ impl PreferenceStore {
             .await)?;
         self.remember(org, p);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use modelroute_routing::Policy;
+
+    #[test]
+    fn a_stored_policy_reads_back_and_an_unknown_one_is_an_error() {
+        for p in [Policy::Cheapest, Policy::Fastest, Policy::Balanced] {
+            assert_eq!(super::policy_of(p.as_str()).ok(), Some(p));
+        }
+        // Never quietly `cheapest`.
+        assert!(super::policy_of("smartest").is_err());
     }
 }

@@ -34,15 +34,21 @@ impl ExecutionStatus {
             Self::Canceled => "canceled",
         }
     }
+}
 
-    pub(crate) fn parse(s: &str) -> Self {
-        match s {
+impl TryFrom<&str> for ExecutionStatus {
+    type Error = modelroute_db::DbError;
+
+    /// The stored name back; an unknown one is an error, never `Running`.
+    fn try_from(s: &str) -> Result<Self, Self::Error> {
+        Ok(match s {
             "queued" => Self::Queued,
+            "running" => Self::Running,
             "succeeded" => Self::Succeeded,
             "failed" => Self::Failed,
             "canceled" => Self::Canceled,
-            _ => Self::Running,
-        }
+            other => return Err(modelroute_db::DbError::unknown("execution status", other)),
+        })
     }
 }
 
@@ -115,14 +121,16 @@ pub struct Execution {
     pub finished_at: Option<NaiveDateTime>,
 }
 
-impl From<ExecutionRow> for Execution {
-    fn from(r: ExecutionRow) -> Self {
+impl TryFrom<ExecutionRow> for Execution {
+    type Error = modelroute_db::DbError;
+
+    fn try_from(r: ExecutionRow) -> Result<Self, Self::Error> {
         let tokens = |t: Option<i64>| t.and_then(|t| u64::try_from(t).ok());
-        Self {
+        Ok(Self {
             id: ExecutionId::from_trusted(r.id),
             model: r.model,
             route: r.route_id,
-            status: ExecutionStatus::parse(&r.status),
+            status: ExecutionStatus::try_from(r.status.as_str())?,
             stream: r.stream,
             hold_id: r.hold_id.map(HoldId::from_trusted),
             hold_amount: Money::from_units(r.hold_amount),
@@ -136,6 +144,22 @@ impl From<ExecutionRow> for Execution {
             created_at: r.created_at,
             started_at: r.started_at,
             finished_at: r.finished_at,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ExecutionStatus;
+
+    #[test]
+    fn a_stored_status_reads_back_and_an_unknown_one_is_an_error() {
+        use ExecutionStatus::{Canceled, Failed, Queued, Running, Succeeded};
+        for s in [Queued, Running, Succeeded, Failed, Canceled] {
+            assert_eq!(ExecutionStatus::try_from(s.as_str()).ok(), Some(s));
         }
+        // Never quietly `running` (which recovery would then end as failed).
+        let err = ExecutionStatus::try_from("paused").err().map(|e| e.to_string());
+        assert_eq!(err.as_deref(), Some("unknown stored execution status `paused`"));
     }
 }

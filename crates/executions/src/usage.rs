@@ -77,18 +77,20 @@ pub struct UsagePage {
     pub next_cursor: Option<String>,
 }
 
-impl From<ExecutionRow> for UsageRecord {
-    fn from(r: ExecutionRow) -> Self {
+impl TryFrom<ExecutionRow> for UsageRecord {
+    type Error = modelroute_db::DbError;
+
+    fn try_from(r: ExecutionRow) -> Result<Self, Self::Error> {
         let n = |t: Option<i64>| t.and_then(|t| u64::try_from(t).ok()).unwrap_or(0);
         let price = |p: Option<i64>| p.map(|u| PricePerMTok::new(Money::from_units(u)));
-        Self {
+        Ok(Self {
             execution_id: ExecutionId::from_trusted(r.id),
             created_at: r.created_at,
             project_id: r.project_id,
             api_key_id: r.api_key_id,
             model: r.model,
             route: r.route_id,
-            status: ExecutionStatus::parse(&r.status),
+            status: ExecutionStatus::try_from(r.status.as_str())?,
             input_tokens: n(r.input_tokens),
             output_tokens: n(r.output_tokens),
             input_price: price(r.input_price),
@@ -98,7 +100,7 @@ impl From<ExecutionRow> for UsageRecord {
             cost: Money::from_units(r.cost.unwrap_or(0)),
             hold_id: r.hold_id,
             settlement_id: r.settlement_entry_id,
-        }
+        })
     }
 }
 
@@ -137,7 +139,8 @@ impl<L: modelroute_ledger::Ledger + 'static> Executor<L> {
             q.load(conn).await
         })?;
         let more = rows.len() > limit;
-        let records: Vec<UsageRecord> = rows.into_iter().take(limit).map(UsageRecord::from).collect();
+        let records: Vec<UsageRecord> =
+            rows.into_iter().take(limit).map(UsageRecord::try_from).collect::<Result<_, _>>()?;
         let next_cursor = if more { records.last().map(|r| r.execution_id.to_string()) } else { None };
         Ok(UsagePage { records, next_cursor })
     }

@@ -56,13 +56,19 @@ impl Role {
         };
         granted.iter().copied().collect()
     }
+}
 
-    fn parse(s: &str) -> Self {
-        match s {
+impl TryFrom<&str> for Role {
+    type Error = modelroute_db::DbError;
+
+    /// The stored name back; an unknown one is an error, never `Member`.
+    fn try_from(s: &str) -> Result<Self, Self::Error> {
+        Ok(match s {
             "owner" => Self::Owner,
             "admin" => Self::Admin,
-            _ => Self::Member,
-        }
+            "member" => Self::Member,
+            other => return Err(modelroute_db::DbError::unknown("role", other)),
+        })
     }
 }
 
@@ -124,17 +130,19 @@ struct InvitationRow {
     revoked_at: Option<NaiveDateTime>,
 }
 
-impl From<InvitationRow> for Invitation {
-    fn from(r: InvitationRow) -> Self {
-        Self {
+impl TryFrom<InvitationRow> for Invitation {
+    type Error = IdentityError;
+
+    fn try_from(r: InvitationRow) -> Result<Self, IdentityError> {
+        Ok(Self {
             id: InvitationId::from_trusted(r.id),
             org_id: OrgId::from_trusted(r.org_id),
             email: r.email,
-            role: Role::parse(&r.role),
+            role: Role::try_from(r.role.as_str())?,
             created_at: r.created_at,
             expires_at: r.expires_at,
             accepted_at: r.accepted_at,
-        }
+        })
     }
 }
 
@@ -195,13 +203,14 @@ impl Identity {
             .select((orgs::id, orgs::name, orgs::created_at, memberships::role))
             .load(conn)
             .await)?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, name, created_at, role)| Membership {
-                org: Org { id: OrgId::from_trusted(id), name, created_at },
-                role: Role::parse(&role),
+        rows.into_iter()
+            .map(|(id, name, created_at, role)| {
+                Ok(Membership {
+                    org: Org { id: OrgId::from_trusted(id), name, created_at },
+                    role: Role::try_from(role.as_str())?,
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// `user`'s role in `org`.
@@ -215,7 +224,7 @@ impl Identity {
             .first(conn)
             .await
             .optional())?;
-        role.map(|r| Role::parse(&r)).ok_or(IdentityError::NotFound("organization"))
+        Ok(Role::try_from(role.ok_or(IdentityError::NotFound("organization"))?.as_str())?)
     }
 
     /// The members of `org`.
@@ -231,16 +240,17 @@ impl Identity {
                 .select((users::id, users::email, users::name, memberships::role, memberships::created_at))
                 .load(conn)
                 .await)?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, email, name, role, joined_at)| Member {
-                user_id: UserId::from_trusted(id),
-                email,
-                name,
-                role: Role::parse(&role),
-                joined_at,
+        rows.into_iter()
+            .map(|(id, email, name, role, joined_at)| {
+                Ok(Member {
+                    user_id: UserId::from_trusted(id),
+                    email,
+                    name,
+                    role: Role::try_from(role.as_str())?,
+                    joined_at,
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// The projects of `org`, oldest first.
@@ -429,7 +439,7 @@ impl Identity {
         {
             tracing::warn!(error = %e, "recording an audit event failed");
         }
-        Ok(row.into())
+        row.try_into()
     }
 
     /// The open and accepted invitations of `org`, newest first.
@@ -444,7 +454,7 @@ impl Identity {
             .select(InvitationRow::as_select())
             .load(conn)
             .await)?;
-        Ok(rows.into_iter().map(Invitation::from).collect())
+        rows.into_iter().map(Invitation::try_from).collect()
     }
 
     /// Accepts an invitation as `user`, whose verified email must be the
@@ -501,6 +511,21 @@ impl Identity {
             tracing::warn!(error = %e, "recording an audit event failed");
         }
         let org = self.org(&org_id).await?;
-        Ok(Membership { org, role: Role::parse(&role) })
+        Ok(Membership { org, role: Role::try_from(role.as_str())? })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Role;
+
+    #[test]
+    fn a_stored_role_reads_back_and_an_unknown_one_is_an_error() {
+        for r in [Role::Member, Role::Admin, Role::Owner] {
+            assert_eq!(Role::try_from(r.as_str()).ok(), Some(r));
+        }
+        // Never quietly `member`: a role this server does not know grants nothing.
+        let err = Role::try_from("superuser").err().map(|e| e.to_string());
+        assert_eq!(err.as_deref(), Some("unknown stored role `superuser`"));
     }
 }

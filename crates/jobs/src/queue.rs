@@ -469,6 +469,10 @@ impl Queue {
     /// `retry_at` is `None`. Only the attempt that is running: a worker that
     /// lost its lease changes nothing. Answers whether it did.
     ///
+    /// A keyed job that dies replaces the dead jobs of its kind and key: a
+    /// periodic job that keeps failing is one dead row (its latest error),
+    /// not one per period.
+    ///
     /// # Errors
     /// A database failure.
     pub async fn fail(
@@ -484,22 +488,41 @@ impl Queue {
             None => (JobStatus::Dead, now),
         };
         let error: String = error.chars().take(2000).collect();
-        let changed = db_run!(self.pool, |conn| diesel::update(
-            jobs::table
-                .filter(jobs::id.eq(job.as_str()))
-                .filter(jobs::attempts.eq(attempt))
-                .filter(jobs::status.eq(JobStatus::Running.as_str()))
-        )
-        .set((
-            jobs::status.eq(status.as_str()),
-            jobs::run_at.eq(run_at),
-            jobs::lease_until.eq(None::<NaiveDateTime>),
-            jobs::worker.eq(None::<String>),
-            jobs::last_error.eq(Some(&error)),
-            jobs::updated_at.eq(now),
-        ))
-        .execute(conn)
-        .await)?;
+        let dead = JobStatus::Dead.as_str();
+        let changed = modelroute_db::db_transaction!(self.pool, |conn| {
+            let changed = diesel::update(
+                jobs::table
+                    .filter(jobs::id.eq(job.as_str()))
+                    .filter(jobs::attempts.eq(attempt))
+                    .filter(jobs::status.eq(JobStatus::Running.as_str())),
+            )
+            .set((
+                jobs::status.eq(status.as_str()),
+                jobs::run_at.eq(run_at),
+                jobs::lease_until.eq(None::<NaiveDateTime>),
+                jobs::worker.eq(None::<String>),
+                jobs::last_error.eq(Some(&error)),
+                jobs::updated_at.eq(now),
+            ))
+            .execute(conn)
+            .await?;
+            if changed == 1 && status == JobStatus::Dead {
+                let (kind, key): (String, Option<String>) =
+                    jobs::table.find(job.as_str()).select((jobs::kind, jobs::unique_key)).first(conn).await?;
+                if let Some(key) = key {
+                    diesel::delete(
+                        jobs::table
+                            .filter(jobs::kind.eq(&kind))
+                            .filter(jobs::unique_key.eq(&key))
+                            .filter(jobs::status.eq(dead))
+                            .filter(jobs::id.ne(job.as_str())),
+                    )
+                    .execute(conn)
+                    .await?;
+                }
+            }
+            Ok::<_, JobError>(changed)
+        })?;
         Ok(changed == 1)
     }
 

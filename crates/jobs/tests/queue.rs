@@ -258,6 +258,45 @@ db_test!(async fn a_periodic_job_runs_once_per_period_across_three_replicas(db) 
     assert!((3..=5).contains(&n), "{n} runs over 3.5 periods with 3 replicas");
 });
 
+db_test!(async fn a_periodic_job_that_keeps_failing_is_one_dead_row_with_its_latest_error(db) {
+    let queue = Queue::new(db.pool().clone());
+    let runs = Arc::new(AtomicUsize::new(0));
+    let mut registry = Registry::new();
+    let seen = Arc::clone(&runs);
+    registry.on("check", move |_| {
+        let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
+        async move { Err(Failure::Retry(format!("run {n} failed"))) }
+    });
+    let job = NewJob::new("check", &json!({})).unwrap().max_attempts(1);
+    let worker = WorkerConfig {
+        periodics: vec![Periodic::new("check", Duration::from_millis(150), job)],
+        ..config(&[("default", 1)])
+    };
+    let workers = Workers::start(queue.clone(), registry, worker);
+    until("four failed periods", || runs.load(Ordering::SeqCst) >= 4).await;
+    workers.shutdown().await;
+    let dead = queue.list(&JobFilter { status: Some(JobStatus::Dead), ..JobFilter::default() }).await.unwrap();
+    assert_eq!(dead.len(), 1, "one dead row per key, not one per period: {dead:?}");
+    let latest = format!("run {} failed", runs.load(Ordering::SeqCst));
+    assert_eq!(dead[0].last_error.as_deref(), Some(latest.as_str()));
+    // A job without a key keeps every dead row (each is its own work).
+    let mut registry = Registry::new();
+    registry.on("once", |_| async { Err(Failure::Fatal("no".into())) });
+    for _ in 0..2 {
+        queue.enqueue(&NewJob::new("once", &json!({})).unwrap()).await.unwrap();
+    }
+    let workers = Workers::start(queue.clone(), registry, config(&[("default", 1)]));
+    let filter = JobFilter { status: Some(JobStatus::Dead), kind: Some("once".into()), ..JobFilter::default() };
+    for _ in 0..600 {
+        if queue.list(&filter).await.unwrap().len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    workers.shutdown().await;
+    assert_eq!(queue.list(&filter).await.unwrap().len(), 2);
+});
+
 db_test!(async fn shutdown_hands_back_the_leases_of_unfinished_jobs(db) {
     let queue = Queue::new(db.pool().clone());
     let mut registry = Registry::new();

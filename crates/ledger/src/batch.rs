@@ -252,11 +252,10 @@ pub(crate) fn apply(conn: &mut SqliteConnection, ops: &[Op], now: NaiveDateTime)
     let mut holds: HashMap<&str, Known<'_>> = loaded
         .iter()
         .map(|r| {
-            let known =
-                Known { org_id: &r.org_id, amount: r.amount, status: HoldStatus::parse(&r.status), placed_here: None };
-            (r.id.as_str(), known)
+            let status = HoldStatus::try_from(r.status.as_str())?;
+            Ok((r.id.as_str(), Known { org_id: &r.org_id, amount: r.amount, status, placed_here: None }))
         })
-        .collect();
+        .collect::<Result<_, LedgerError>>()?;
     let mut writes = Writes::default();
     let mut out = Vec::with_capacity(ops.len());
     for op in ops {

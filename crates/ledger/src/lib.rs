@@ -69,14 +69,20 @@ impl HoldStatus {
             Self::Expired => "expired",
         }
     }
+}
 
-    fn parse(s: &str) -> Self {
-        match s {
+impl TryFrom<&str> for HoldStatus {
+    type Error = modelroute_db::DbError;
+
+    /// The stored name back; an unknown one is an error, never `Held`.
+    fn try_from(s: &str) -> Result<Self, Self::Error> {
+        Ok(match s {
+            "held" => Self::Held,
             "settled" => Self::Settled,
             "released" => Self::Released,
             "expired" => Self::Expired,
-            _ => Self::Held,
-        }
+            other => return Err(modelroute_db::DbError::unknown("hold status", other)),
+        })
     }
 }
 

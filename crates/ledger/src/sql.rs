@@ -78,17 +78,17 @@ pub(crate) struct HoldRow {
 }
 
 impl HoldRow {
-    fn to_hold(&self) -> Hold {
-        Hold {
+    fn to_hold(&self) -> Result<Hold, LedgerError> {
+        Ok(Hold {
             id: HoldId::from_trusted(self.id.clone()),
             org_id: OrgId::from_trusted(self.org_id.clone()),
             amount: Money::from_units(self.amount),
-            status: HoldStatus::parse(&self.status),
+            status: HoldStatus::try_from(self.status.as_str())?,
             reference: self.reference.clone(),
             created_at: self.created_at,
             expires_at: self.expires_at,
             settled_amount: self.settled_amount.map(Money::from_units),
-        }
+        })
     }
 
     /// The outcome a replayed resolution returns.
@@ -99,7 +99,7 @@ impl HoldRow {
         Ok(Resolution {
             hold_id: HoldId::from_trusted(self.id.clone()),
             entry_id: EntryId::from_trusted(entry),
-            status: HoldStatus::parse(&self.status),
+            status: HoldStatus::try_from(self.status.as_str())?,
             charged: Money::from_units(charged),
             released: Money::from_units(self.amount - charged),
             overage: Money::ZERO,
@@ -568,7 +568,7 @@ impl SqlLedger {
 /// The outcome of a second attempt to resolve a hold: the first outcome when
 /// it was the same kind of resolution, else a conflict.
 fn replay(row: &HoldRow, wanted: HoldStatus) -> Result<Resolution, LedgerError> {
-    let status = HoldStatus::parse(&row.status);
+    let status = HoldStatus::try_from(row.status.as_str())?;
     let same = status == wanted || (wanted == HoldStatus::Released && status == HoldStatus::Expired);
     if same { row.resolution() } else { Err(LedgerError::AlreadyResolved(status)) }
 }
@@ -666,7 +666,7 @@ fn same_credit(first: FirstCredit, org: &OrgId, amount: Money, memo: &str) -> Re
 impl Ledger for SqlLedger {
     async fn hold(&self, request: HoldRequest) -> Result<Hold, LedgerError> {
         match self.place_hold(&request).await {
-            Ok(Some(row)) => Ok(row.to_hold()),
+            Ok(Some(row)) => row.to_hold(),
             // The idempotency key was used: the first outcome, if the same request.
             Ok(None) => {
                 let key = request.idempotency_key.as_deref().unwrap_or_default();
@@ -734,7 +734,7 @@ impl Ledger for SqlLedger {
     }
 
     async fn get_hold(&self, id: &HoldId) -> Result<Hold, LedgerError> {
-        Ok(self.hold_row(id).await?.to_hold())
+        self.hold_row(id).await?.to_hold()
     }
 
     async fn balance(&self, org: &OrgId) -> Result<Balance, LedgerError> {
@@ -753,7 +753,7 @@ impl Ledger for SqlLedger {
 
 fn same_hold(existing: &HoldRow, request: &HoldRequest) -> Result<Hold, LedgerError> {
     if existing.org_id == request.org_id.as_str() && existing.amount == request.amount.units() {
-        Ok(existing.to_hold())
+        existing.to_hold()
     } else {
         Err(LedgerError::IdempotencyConflict)
     }

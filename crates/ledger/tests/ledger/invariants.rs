@@ -1,10 +1,6 @@
 //! The ledger's invariants, on SQLite and PostgreSQL.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
-
-mod common;
-
-use common::insert_org;
+use crate::common::{execute, insert_org};
 use modelroute_db::db_test;
 use modelroute_db::testing::TestDb;
 use modelroute_ledger::{Balance, CreditSource, HoldRequest, HoldStatus, Ledger, LedgerConfig, LedgerError, SqlLedger};
@@ -48,6 +44,20 @@ db_test!(async fn hold_settle_release_move_money_as_documented(db) {
     let report = l.verify().await.unwrap();
     assert!(report.violations.is_empty(), "{:?}", report.violations);
     assert_eq!(report.entries, 5);
+});
+
+db_test!(async fn a_hold_status_no_variant_names_is_an_error_never_held(db) {
+    let (l, org) = ledger(&db).await;
+    l.credit(&org, usd("10"), CreditSource::Grant, None).await.unwrap();
+    let h = l.hold(hold_req(&org, usd("2"))).await.unwrap();
+    // A newer server's status, or a corrupted row.
+    execute(&db, &format!("UPDATE ledger_holds SET status = 'frozen' WHERE id = '{}'", h.id)).await;
+    let err = l.get_hold(&h.id).await.unwrap_err();
+    assert!(err.to_string().contains("unknown stored hold status `frozen`"), "{err}");
+    // Neither settled nor released as though it were held.
+    assert!(l.settle(&h.id, usd("1")).await.is_err());
+    assert!(l.release(&h.id).await.is_err());
+    assert_eq!(l.balance(&org).await.unwrap(), Balance { available: usd("8"), held: usd("2") });
 });
 
 db_test!(async fn insufficient_balance_writes_nothing(db) {

@@ -11,11 +11,7 @@
 //! Cases per backend: `PROPTEST_CASES` (default 64; CI runs 5,000 per
 //! backend). Failing seeds are kept by proptest and replayed first.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
-
-mod common;
-
-use common::insert_org;
+use crate::common::insert_org;
 use modelroute_db::Backend;
 use modelroute_db::testing::TestDb;
 use modelroute_ledger::{CreditSource, HoldRequest, HoldStatus, Ledger, LedgerConfig, LedgerError, SqlLedger};

@@ -16,3 +16,12 @@ pub(crate) async fn insert_org(db: &TestDb) -> OrgId {
     .expect("insert org");
     org
 }
+
+/// Runs one statement, as a broken or newer server might have.
+pub(crate) async fn execute(db: &TestDb, sql: &str) {
+    match db.pool().get().await.expect("connection") {
+        DbConn::Postgres(mut c) => diesel_async::SimpleAsyncConnection::batch_execute(&mut *c, sql).await,
+        DbConn::Sqlite(mut c) => diesel_async::SimpleAsyncConnection::batch_execute(&mut *c, sql).await,
+    }
+    .expect("statement");
+}
