@@ -22,7 +22,7 @@ pub mod wal;
 pub use config::{DatabaseConfig, DatabaseUrl};
 pub use error::DbError;
 pub use migrate::{MigrationStatus, expected_versions};
-pub use pool::{Backend, DbConn, DbPool, PgConn, SqliteConn, SqliteFile};
+pub use pool::{Backend, DbConn, DbPool, Listener, PgConn, SqliteConn, SqliteFile};
 
 /// Re-exported for the macros; domain crates use their own direct dependency.
 #[doc(hidden)]

@@ -165,6 +165,23 @@ impl DbPool {
         }
     }
 
+    /// A PostgreSQL connection of its own (taken out of the pool for good)
+    /// that `LISTEN`s on `channel`, so another process's `NOTIFY` reaches
+    /// this one. `None` on SQLite, which is one process.
+    ///
+    /// # Errors
+    /// A channel that is not a plain identifier, or a database failure.
+    pub async fn listen(&self, channel: &str) -> Result<Option<Listener>, DbError> {
+        use diesel_async::RunQueryDsl as _;
+        let Self::Postgres(pool) = self else { return Ok(None) };
+        if channel.is_empty() || !channel.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            return Err(DbError::Connect(format!("`{channel}` is not a channel name (a-z and _)")));
+        }
+        let mut conn = Object::take(pool.get().await.map_err(pool_error)?);
+        diesel::sql_query(format!("LISTEN {channel}")).execute(&mut conn).await?;
+        Ok(Some(Listener { conn }))
+    }
+
     /// A SQLite connection of its own for a long-lived single writer on a
     /// thread of its own (the ledger's group commit): opened outside the
     /// pool, blocking, with the pool's settings and a 64 MiB page cache, so
@@ -213,5 +230,21 @@ fn pool_error<E: std::fmt::Display>(e: PoolError<E>) -> DbError {
     match e {
         PoolError::Timeout(_) => DbError::PoolTimeout,
         other => DbError::Connect(other.to_string()),
+    }
+}
+
+/// A connection listening on a PostgreSQL channel ([`DbPool::listen`]).
+#[allow(missing_debug_implementations)]
+pub struct Listener {
+    conn: PgConn,
+}
+
+impl Listener {
+    /// The next notification's payload; `None` once the connection is gone
+    /// (listen again on a new one).
+    pub async fn next(&mut self) -> Option<Result<String, DbError>> {
+        use futures_util::StreamExt as _;
+        let mut stream = std::pin::pin!(self.conn.notifications_stream());
+        stream.next().await.map(|n| n.map(|n| n.payload).map_err(DbError::Query))
     }
 }

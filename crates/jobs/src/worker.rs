@@ -160,6 +160,7 @@ impl Workers {
             .iter()
             .map(|(name, slots)| tokio::spawn(serve_queue(Arc::clone(&ctx), name.clone(), *slots, stopped.clone())))
             .collect();
+        loops.push(tokio::spawn(listen_for_enqueues(ctx.queue.clone(), stopped.clone())));
         loops.push(tokio::spawn(housekeeping(Arc::clone(&ctx), stopped)));
         let completer = tokio::spawn(complete_in_batches(ctx.queue.clone(), done_rx));
         Self { ctx, stop, loops, completer }
@@ -317,6 +318,47 @@ async fn complete_in_batches(queue: Queue, mut done: mpsc::UnboundedReceiver<Job
             tracing::warn!(error = %e, jobs = batch.len(), "recording completed jobs failed");
         }
         batch.clear();
+    }
+}
+
+/// The PostgreSQL channel a new job is announced on (migration 000013's trigger).
+pub(crate) const CHANNEL: &str = "modelroute_jobs";
+
+/// On PostgreSQL, wakes this process's workers when any process enqueues
+/// (`LISTEN modelroute_jobs` on a connection of its own, reconnecting after
+/// a failure); polling stays the fallback. On SQLite there is nothing to
+/// do: one process, woken in memory.
+async fn listen_for_enqueues(queue: Queue, mut stop: watch::Receiver<bool>) {
+    loop {
+        let mut listener = tokio::select! {
+            listening = queue.pool().listen(CHANNEL) => match listening {
+                Ok(Some(l)) => l,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for new jobs; polling until it can");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = stop.changed() => return,
+                    }
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        // Jobs enqueued while no one listened are found by the next claim.
+        queue.wake();
+        loop {
+            tokio::select! {
+                n = listener.next() => match n {
+                    Some(Ok(_)) => queue.wake(),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "listening for new jobs failed; listening again");
+                        break;
+                    }
+                    None => break,
+                },
+                _ = stop.changed() => return,
+            }
+        }
     }
 }
 

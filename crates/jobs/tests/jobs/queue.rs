@@ -1,8 +1,6 @@
 //! The job queue's guarantees, on SQLite and PostgreSQL, each test in a
 //! fresh database of its own.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
