@@ -8,12 +8,24 @@
 //! record the outcome. Everything after the hold runs in a spawned task, so
 //! a client that disconnects cannot cancel it half-way: the hold is always
 //! resolved and the record always finished.
+//!
+//! The executor's phases, one module each: `admission`
+//! (profile, plan, hold, record), `attempts` (routes in order, retries,
+//! bulkheads, breakers, the typed decision record), `pump` (a stream from
+//! its first event to its end), `settlement` (settle or release, and the
+//! record), `recovery` (records a stopped server left running). `executor`
+//! holds the parts and the entry points.
 
+mod admission;
+mod attempts;
 mod error;
 mod executor;
 mod leases;
 mod preferences;
+mod pump;
 mod record;
+mod recovery;
+mod settlement;
 mod usage;
 
 pub use error::ExecutionError;

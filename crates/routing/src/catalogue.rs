@@ -215,6 +215,22 @@ pub struct Route {
     pub first_token_timeout_ms: Option<u64>,
 }
 
+impl Route {
+    /// What the customer pays for `input_tokens` in and `output_tokens` out
+    /// on this route: tokens at its prices plus its flat request price. The
+    /// one formula of both the hold's worst case (the prompt's estimate and
+    /// the output cap) and the settlement (the provider's counts). `None` on
+    /// overflow.
+    #[must_use]
+    pub fn price_of(&self, input_tokens: u64, output_tokens: u64) -> Option<Money> {
+        self.input_price
+            .cost(input_tokens)
+            .zip(self.output_price.cost(output_tokens))
+            .and_then(|(a, b)| a.checked_add(b))
+            .and_then(|c| c.checked_add(self.request_price))
+    }
+}
+
 /// A validated model.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Model {

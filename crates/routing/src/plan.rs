@@ -200,12 +200,7 @@ impl Catalogue {
                 excluded.push((route, reason));
                 continue;
             }
-            let worst_case = route
-                .input_price
-                .cost(profile.input_tokens)
-                .zip(route.output_price.cost(u64::from(max_out)))
-                .and_then(|(a, b)| a.checked_add(b))
-                .and_then(|c| c.checked_add(route.request_price));
+            let worst_case = route.price_of(profile.input_tokens, u64::from(max_out));
             match worst_case {
                 Some(worst_case) => eligible.push(Candidate {
                     route: Arc::clone(route),

@@ -1,0 +1,110 @@
+//! Settlement and the record: the hold settled at the route's prices for
+//! the provider's counts (or charged afterwards when it lapsed), or released
+//! for an unpaid end; the execution record updated with the outcome.
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use modelroute_db::db_run;
+use modelroute_db::schema::executions;
+use modelroute_ledger::{HoldRequest, HoldStatus, Ledger, LedgerError, Resolution};
+use modelroute_providers::{FinishReason, Usage};
+use modelroute_routing::Candidate;
+use modelroute_types::{ErrorCode as _, Money, failpoint, time};
+
+use crate::admission::Admitted;
+use crate::executor::{Executor, update_execution};
+use crate::{ExecutionError, ExecutionStatus};
+
+impl<L: Ledger + 'static> Executor<L> {
+    /// Settles the hold for `usage` at the route's prices and records the outcome.
+    pub(crate) async fn settle(
+        &self,
+        admitted: &Admitted,
+        served_by: &Candidate,
+        usage: Usage,
+        finish_reason: FinishReason,
+        status: ExecutionStatus,
+    ) -> Result<Money, ExecutionError> {
+        let route = &served_by.route;
+        // The same formula as the hold's worst case, on the provider's counts.
+        let cost = route.price_of(usage.input_tokens, usage.output_tokens).unwrap_or(admitted.hold.amount);
+        let resolution = match self.inner.ledger.settle(&admitted.hold.id, cost).await {
+            // The hold lapsed under a running execution (its renewals failed
+            // for longer than a lease): the work was still delivered.
+            Err(LedgerError::AlreadyResolved(HoldStatus::Expired)) => self.settle_late(admitted, cost).await?,
+            other => other?,
+        };
+        failpoint("executions.after_settle");
+        let to_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let update = (
+            executions::status.eq(status.as_str()),
+            executions::cost.eq(Some(resolution.charged.units())),
+            executions::input_tokens.eq(Some(to_i64(usage.input_tokens))),
+            executions::output_tokens.eq(Some(to_i64(usage.output_tokens))),
+            executions::finish_reason.eq(Some(finish_reason.as_str())),
+            executions::finished_at.eq(Some(time::now())),
+            executions::route_id.eq(Some(route.public_id.as_str())),
+            executions::decision.eq(admitted.decision_json()),
+            executions::input_price.eq(Some(route.input_price.per_million().units())),
+            executions::output_price.eq(Some(route.output_price.per_million().units())),
+            executions::price_version.eq(Some(admitted.price_version.as_str())),
+            executions::request_price.eq(Some(route.request_price.units())),
+            executions::settlement_entry_id.eq(Some(resolution.entry_id.as_str())),
+        );
+        update_execution!(self.inner.pool, admitted.id.as_str(), update)?;
+        Ok(resolution.charged)
+    }
+
+    /// Charges `cost` for an execution whose hold expired before it could
+    /// settle: a new hold of what it cost (or, when the balance no longer
+    /// covers it, of what is left: never an overspend), settled at once,
+    /// once (idempotent by the execution). The shortfall, if any, is logged.
+    async fn settle_late(&self, admitted: &Admitted, cost: Money) -> Result<Resolution, ExecutionError> {
+        let ledger = &self.inner.ledger;
+        let request = |amount| HoldRequest {
+            org_id: admitted.hold.org_id.clone(),
+            amount,
+            reference: admitted.id.to_string(),
+            idempotency_key: Some(format!("execution:{}:late", admitted.id)),
+            expires_in: Some(self.inner.leases.lease()),
+        };
+        let hold = match ledger.hold(request(cost)).await {
+            Err(LedgerError::InsufficientBalance { available, .. }) if available.is_positive() => {
+                ledger.hold(request(available)).await?
+            }
+            other => other?,
+        };
+        let resolution = ledger.settle(&hold.id, cost).await?;
+        let shortfall = cost.units().saturating_sub(resolution.charged.units());
+        tracing::warn!(
+            execution_id = %admitted.id, hold_id = %admitted.hold.id, charged = resolution.charged.units(), shortfall,
+            "the hold expired before the execution settled; charged afterwards"
+        );
+        Ok(resolution)
+    }
+
+    /// Releases the hold and records the failure. Never fails: problems are
+    /// logged (the sweeper releases a hold this could not).
+    pub(crate) async fn fail(&self, admitted: &Admitted, error: &ExecutionError) {
+        self.finish_unpaid(admitted, error, ExecutionStatus::Failed).await;
+    }
+
+    /// Releases the hold and records the execution as `status` (failed or
+    /// canceled) with `error`. Never fails; problems are logged.
+    pub(crate) async fn finish_unpaid(&self, admitted: &Admitted, error: &ExecutionError, status: ExecutionStatus) {
+        if let Err(e) = self.inner.ledger.release(&admitted.hold.id).await {
+            tracing::error!(execution_id = %admitted.id, error = %e, "releasing an unpaid execution's hold failed; the sweeper will");
+        }
+        let update = (
+            executions::status.eq(status.as_str()),
+            executions::cost.eq(Some(0_i64)),
+            executions::error_code.eq(Some(error.code().as_str())),
+            executions::error_message.eq(Some(error.to_string())),
+            executions::finished_at.eq(Some(time::now())),
+            executions::decision.eq(admitted.decision_json()),
+        );
+        if let Err(e) = update_execution!(self.inner.pool, admitted.id.as_str(), update) {
+            tracing::error!(execution_id = %admitted.id, error = %e, "recording an unpaid execution failed");
+        }
+    }
+}
