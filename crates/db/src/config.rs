@@ -17,6 +17,12 @@ pub struct DatabaseConfig {
     pub migrate_on_start: bool,
     /// SQLite only: how long a writer waits for the lock before failing.
     pub sqlite_busy_timeout_ms: u64,
+    /// SQLite only: operations per transaction of the shared writer at most
+    /// (the ledger's holds and settlements, the job queue's claims and
+    /// completions). A batch takes what is queued when the writer is free —
+    /// it never waits to fill — so this only bounds a batch under heavy
+    /// load, where bigger batches write more per commit (docs/PERFORMANCE.md).
+    pub sqlite_writer_max_batch: usize,
 }
 
 impl Default for DatabaseConfig {
@@ -27,6 +33,7 @@ impl Default for DatabaseConfig {
             connect_timeout_ms: 5_000,
             migrate_on_start: true,
             sqlite_busy_timeout_ms: 5_000,
+            sqlite_writer_max_batch: 1024,
         }
     }
 }

@@ -21,6 +21,9 @@ pub enum DbError {
     /// Preparing the database's folder failed.
     #[error("cannot prepare the database folder: {0}")]
     Io(#[from] std::io::Error),
+    /// The SQLite writer thread stopped or misbehaved.
+    #[error("the SQLite writer failed: {0}")]
+    Writer(&'static str),
     /// A stored value no variant of its type names (a newer server's row,
     /// or a corrupted one): an error, never quietly a default.
     #[error("unknown stored {what} `{value}`")]
@@ -45,7 +48,9 @@ impl ErrorCode for DbError {
         match self {
             Self::UnsupportedUrl(_) => Code::InvalidConfig,
             Self::Connect(_) | Self::PoolTimeout => Code::DatabaseUnavailable,
-            Self::Query(_) | Self::Migration(_) | Self::Io(_) | Self::UnknownValue { .. } => Code::Internal,
+            Self::Query(_) | Self::Migration(_) | Self::Io(_) | Self::Writer(_) | Self::UnknownValue { .. } => {
+                Code::Internal
+            }
         }
     }
 }

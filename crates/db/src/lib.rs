@@ -6,7 +6,8 @@
 //! copy is type-checked against its real backend (diesel's `MultiConnection`
 //! does not work with diesel-async). Writes on SQLite use `BEGIN IMMEDIATE`,
 //! which avoids the lock-upgrade failures deferred transactions hit under
-//! contention.
+//! contention. On SQLite, [`writer`] is the one thread that batched writes of
+//! every crate go through ([`DbPool::writer`]).
 
 mod config;
 mod error;
@@ -18,6 +19,7 @@ pub mod schema_gen;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod wal;
+pub mod writer;
 
 pub use config::{DatabaseConfig, DatabaseUrl};
 pub use error::DbError;

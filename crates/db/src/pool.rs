@@ -58,11 +58,20 @@ pub enum DbPool {
     Sqlite(Pool<SqliteConn>, SqliteFile),
 }
 
-/// Where a SQLite pool's file is and how its connections are set up.
+/// Where a SQLite pool's file is, how its connections are set up, and its
+/// writer thread (started on first use).
 #[derive(Clone, Debug)]
 pub struct SqliteFile {
     path: std::sync::Arc<str>,
     busy_timeout_ms: u64,
+    writer: std::sync::Arc<WriterSlot>,
+}
+
+/// A pool's writer, once started.
+#[derive(Debug, Default)]
+struct WriterSlot {
+    max_batch: usize,
+    writer: std::sync::OnceLock<Result<crate::writer::Writer, String>>,
 }
 
 impl std::fmt::Debug for DbPool {
@@ -137,7 +146,11 @@ impl DbPool {
                     .runtime(Runtime::Tokio1)
                     .build()
                     .map_err(|e| DbError::Connect(e.to_string()))?;
-                let file = SqliteFile { path: path.to_string_lossy().into(), busy_timeout_ms: busy };
+                let writer = std::sync::Arc::new(WriterSlot {
+                    max_batch: config.sqlite_writer_max_batch,
+                    writer: std::sync::OnceLock::new(),
+                });
+                let file = SqliteFile { path: path.to_string_lossy().into(), busy_timeout_ms: busy, writer };
                 Self::Sqlite(pool, file)
             }
         };
@@ -162,6 +175,26 @@ impl DbPool {
         match self {
             Self::Postgres(p) => p.get().await.map(DbConn::Postgres).map_err(pool_error),
             Self::Sqlite(p, _) => p.get().await.map(DbConn::Sqlite).map_err(pool_error),
+        }
+    }
+
+    /// The SQLite writer every crate's batched writes go through
+    /// ([`crate::writer`]), started on first use; `None` on PostgreSQL.
+    ///
+    /// # Errors
+    /// [`DbError::Writer`] when its thread could not be started.
+    pub fn writer(&self) -> Result<Option<&crate::writer::Writer>, DbError> {
+        let Self::Sqlite(pool, file) = self else { return Ok(None) };
+        let started = file.writer.writer.get_or_init(|| {
+            // The thread's own pool has an empty slot: it must not keep its
+            // own sender alive (it ends when the last user of this pool does).
+            let own = SqliteFile { writer: std::sync::Arc::new(WriterSlot::default()), ..file.clone() };
+            crate::writer::Writer::start(&Self::Sqlite(pool.clone(), own), file.writer.max_batch)
+                .map_err(|e| e.to_string())
+        });
+        match started {
+            Ok(w) => Ok(Some(w)),
+            Err(_) => Err(DbError::Writer("cannot start the writer thread")),
         }
     }
 

@@ -165,8 +165,8 @@ db_test!(async fn a_paid_completion_settles_its_actual_cost(db) {
     assert_eq!(metrics.status, StatusCode::OK);
     assert!(metrics.body.contains("modelroute_http_requests_total"), "{}", metrics.body);
     if app.db.pool().backend() == modelroute_db::Backend::Sqlite {
-        assert!(metrics.body.contains("ledger_group_commit_batch_size"), "{}", metrics.body);
-        assert!(metrics.body.contains("ledger_group_commit_seconds"), "{}", metrics.body);
+        assert!(metrics.body.contains("sqlite_writer_batch_size"), "{}", metrics.body);
+        assert!(metrics.body.contains("sqlite_writer_seconds"), "{}", metrics.body);
     }
 });
 

@@ -28,6 +28,7 @@
 
 mod config;
 mod error;
+mod lane;
 mod queue;
 mod schedule;
 mod worker;

@@ -14,6 +14,15 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::JobError;
+use crate::lane::{JobsLane, Write, Written};
+
+/// Rows a write changed.
+const fn count(w: &Written) -> usize {
+    match w {
+        Written::Count(n) => *n,
+        Written::Claimed(_) => 0,
+    }
+}
 
 /// The state of a job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -149,8 +158,8 @@ impl NewJob {
 
 #[derive(Queryable, Selectable, Insertable, Clone, Debug)]
 #[diesel(table_name = jobs)]
-struct JobRow {
-    id: String,
+pub(crate) struct JobRow {
+    pub(crate) id: String,
     kind: String,
     queue: String,
     payload: String,
@@ -232,9 +241,9 @@ impl Job {
 }
 
 #[derive(QueryableByName)]
-struct ClaimedRow {
+pub(crate) struct ClaimedRow {
     #[diesel(sql_type = Text)]
-    id: String,
+    pub(crate) id: String,
     #[diesel(sql_type = Text)]
     kind: String,
     #[diesel(sql_type = Text)]
@@ -254,7 +263,7 @@ const CLAIM_PG: &str = "UPDATE jobs SET status = 'running', attempts = attempts 
      ORDER BY priority DESC, run_at LIMIT $5 FOR UPDATE SKIP LOCKED) \
      RETURNING id, kind, queue, payload, attempts, max_attempts, created_at";
 
-const CLAIM_SQLITE: &str = "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_until = ?1, worker = ?2, \
+pub(crate) const CLAIM_SQLITE: &str = "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_until = ?1, worker = ?2, \
      updated_at = ?3 WHERE id IN (SELECT id FROM jobs WHERE status = 'pending' AND queue = ?4 AND run_at <= ?3 \
      ORDER BY priority DESC, run_at LIMIT ?5) \
      RETURNING id, kind, queue, payload, attempts, max_attempts, created_at";
@@ -381,7 +390,16 @@ impl Queue {
     /// # Errors
     /// A database failure.
     pub async fn enqueue(&self, job: &NewJob) -> Result<Enqueued, JobError> {
-        let done = db_run!(self.pool, |conn| conn.enqueue(job).await)?;
+        let done = if let Some(writer) = self.pool.writer()? {
+            let row = job.row(time::now());
+            let id = JobId::from_trusted(row.id.clone());
+            match writer.submit::<JobsLane>(Write::Enqueue(row)).await? {
+                Written::Count(1) => Enqueued::New(id),
+                _ => Enqueued::Exists,
+            }
+        } else {
+            db_run!(self.pool, |conn| conn.enqueue(job).await)?
+        };
         self.wake();
         Ok(done)
     }
@@ -398,20 +416,22 @@ impl Queue {
         let now = time::now();
         let until = lease_end(now, lease);
         let n = i64::try_from(n).unwrap_or(i64::MAX);
-        let rows: Vec<ClaimedRow> = db_run!(self.pool, |conn| {
-            let sql = match self.pool.backend() {
-                modelroute_db::Backend::Postgres => CLAIM_PG,
-                modelroute_db::Backend::Sqlite => CLAIM_SQLITE,
-            };
-            diesel::sql_query(sql)
+        let rows: Vec<ClaimedRow> = if let Some(writer) = self.pool.writer()? {
+            let claim = Write::Claim { queue: queue.to_owned(), worker: worker.to_owned(), n, until, now };
+            match writer.submit::<JobsLane>(claim).await? {
+                Written::Claimed(rows) => rows,
+                Written::Count(_) => Vec::new(),
+            }
+        } else {
+            db_run!(self.pool, |conn| diesel::sql_query(CLAIM_PG)
                 .bind::<Timestamp, _>(until)
                 .bind::<Text, _>(worker)
                 .bind::<Timestamp, _>(now)
                 .bind::<Text, _>(queue)
                 .bind::<BigInt, _>(n)
                 .load(conn)
-                .await
-        })?;
+                .await)?
+        };
         Ok(rows
             .into_iter()
             .map(|r| Job {
@@ -433,6 +453,10 @@ impl Queue {
     /// A database failure.
     pub async fn renew(&self, claims: &[(JobId, i32)], lease: Duration) -> Result<usize, JobError> {
         let until = lease_end(time::now(), lease);
+        if let Some(writer) = self.pool.writer()? {
+            let claims = claims.iter().map(|(id, a)| (id.as_str().to_owned(), *a)).collect();
+            return Ok(count(&writer.submit::<JobsLane>(Write::Renew { claims, until }).await?));
+        }
         let mut renewed = 0;
         for (id, attempt) in claims {
             renewed += db_run!(self.pool, |conn| diesel::update(
@@ -455,6 +479,11 @@ impl Queue {
     pub async fn complete(&self, done: &[JobId]) -> Result<usize, JobError> {
         let mut removed = 0;
         for chunk in done.chunks(500) {
+            if let Some(writer) = self.pool.writer()? {
+                let ids = chunk.iter().map(|j| j.as_str().to_owned()).collect();
+                removed += count(&writer.submit::<JobsLane>(Write::Complete(ids)).await?);
+                continue;
+            }
             let ids = ids(chunk);
             removed += db_run!(self.pool, |conn| diesel::delete(
                 jobs::table.filter(jobs::id.eq_any(&ids)).filter(jobs::status.eq(JobStatus::Running.as_str()))
@@ -488,6 +517,10 @@ impl Queue {
             None => (JobStatus::Dead, now),
         };
         let error: String = error.chars().take(2000).collect();
+        if let Some(writer) = self.pool.writer()? {
+            let fail = Write::Fail { id: job.as_str().to_owned(), attempt, status, run_at, error, now };
+            return Ok(count(&writer.submit::<JobsLane>(fail).await?) == 1);
+        }
         let dead = JobStatus::Dead.as_str();
         let changed = modelroute_db::db_transaction!(self.pool, |conn| {
             let changed = diesel::update(

@@ -6,7 +6,7 @@
 //! `MODELROUTE_TEST_POSTGRES_URL` is set (`.ci/run` sets it); SQLite with and
 //! without group commit; `PAIRS_BACKEND=sqlite|postgres` picks one backend,
 //! `PAIRS_CONCURRENCY=1,256` the concurrencies (default 1, 16, 64, 256,
-//! 1024, 2048), `PAIRS_MAX_BATCH` the group-commit batch limit,
+//! 1024, 2048), the shared writer at its default batch limit (1024),
 //! `PAIRS_GROUP_COMMIT=on|off` one SQLite configuration.
 
 #![allow(
@@ -46,10 +46,8 @@ async fn insert_org(db: &TestDb) -> OrgId {
     org
 }
 
-async fn setup(db: &TestDb, group_commit: bool, max_batch: Option<usize>) -> (SqlLedger, Vec<OrgId>) {
-    let defaults = LedgerConfig::default();
-    let group_commit_max_batch = max_batch.unwrap_or(defaults.group_commit_max_batch);
-    let config = LedgerConfig { group_commit, group_commit_max_batch, ..defaults };
+async fn setup(db: &TestDb, group_commit: bool) -> (SqlLedger, Vec<OrgId>) {
+    let config = LedgerConfig { group_commit, ..LedgerConfig::default() };
     let ledger = SqlLedger::open(db.pool().clone(), config).await.unwrap();
     let mut orgs = Vec::new();
     for _ in 0..ORGS {
@@ -149,7 +147,6 @@ fn bench(c: &mut Criterion) {
         |v| v.split(',').map(|n| n.trim().parse().unwrap()).collect(),
     );
     let grouping: Option<bool> = std::env::var("PAIRS_GROUP_COMMIT").ok().map(|v| v == "on");
-    let max_batch: Option<usize> = std::env::var("PAIRS_MAX_BATCH").ok().map(|v| v.parse().unwrap());
     // Group commit is SQLite's only (the setting does nothing on PostgreSQL).
     for (backend, grouped) in [("sqlite", false), ("sqlite", true), ("postgres", false)] {
         if !backends.contains(&backend) || only.as_deref().is_some_and(|o| o != backend) {
@@ -160,7 +157,7 @@ fn bench(c: &mut Criterion) {
         }
         let db = rt
             .block_on(async { if backend == "postgres" { TestDb::postgres().await } else { TestDb::sqlite().await } });
-        let (ledger, orgs) = rt.block_on(setup(&db, grouped, max_batch));
+        let (ledger, orgs) = rt.block_on(setup(&db, grouped));
         let name = format!("{backend}/{}", if grouped { "group_commit" } else { "one_per_txn" });
         for &concurrency in &concurrencies {
             group.throughput(Throughput::Elements(u64::try_from(pairs_for(concurrency)).unwrap()));

@@ -236,7 +236,7 @@ impl OrgAccounts {
 /// Applies `ops` in order, inside the caller's `BEGIN IMMEDIATE`
 /// transaction; one outcome per operation. An `Err` means the caller must
 /// roll back: a refusal or a lost race is an outcome, not an error.
-pub(crate) fn apply(conn: &mut SqliteConnection, ops: &[Op], now: NaiveDateTime) -> Result<Vec<Outcome>, LedgerError> {
+pub(crate) fn apply(conn: &mut SqliteConnection, ops: &[&Op], now: NaiveDateTime) -> Result<Vec<Outcome>, LedgerError> {
     let taken = read_keys(conn, ops)?;
     let loaded = read_holds(conn, ops)?;
     let accounts = OrgAccounts::of(
@@ -268,7 +268,7 @@ pub(crate) fn apply(conn: &mut SqliteConnection, ops: &[Op], now: NaiveDateTime)
     Ok(out)
 }
 
-fn read_keys(conn: &mut SqliteConnection, ops: &[Op]) -> Result<Vec<KeyRow>, LedgerError> {
+fn read_keys(conn: &mut SqliteConnection, ops: &[&Op]) -> Result<Vec<KeyRow>, LedgerError> {
     let wanted: Vec<&str> = ops
         .iter()
         .filter_map(|op| match op {
@@ -282,7 +282,7 @@ fn read_keys(conn: &mut SqliteConnection, ops: &[Op]) -> Result<Vec<KeyRow>, Led
     rows::load(conn, &READ_KEYS, &wanted)
 }
 
-fn read_holds(conn: &mut SqliteConnection, ops: &[Op]) -> Result<Vec<HoldState>, LedgerError> {
+fn read_holds(conn: &mut SqliteConnection, ops: &[&Op]) -> Result<Vec<HoldState>, LedgerError> {
     let wanted: Vec<&str> = ops
         .iter()
         .filter_map(|op| match op {
@@ -299,7 +299,7 @@ fn read_holds(conn: &mut SqliteConnection, ops: &[Op]) -> Result<Vec<HoldState>,
 /// The available balances of the orgs the batch's holds draw on.
 fn read_balances<'a>(
     conn: &mut SqliteConnection,
-    ops: &[Op],
+    ops: &[&Op],
     accounts: &'a OrgAccounts,
 ) -> Result<HashMap<&'a str, i64>, LedgerError> {
     let mut wanted: Vec<&'a str> = Vec::new();

@@ -15,24 +15,15 @@ pub struct LedgerConfig {
     /// How often the server's sweeper looks for expired holds.
     pub sweep_interval_secs: u64,
     /// SQLite: put holds and settlements that arrive together in one
-    /// transaction (group commit). Off: one transaction each. PostgreSQL
-    /// always runs each as its own one-statement transaction.
+    /// transaction of the data layer's shared writer (group commit; its
+    /// batch size is `[database] sqlite_writer_max_batch`). Off: one
+    /// transaction each. PostgreSQL always runs each as its own
+    /// one-statement transaction.
     pub group_commit: bool,
-    /// Operations per group-commit transaction at most. A batch takes what
-    /// is queued when the writer is free (never waits to fill), so this only
-    /// bounds a batch under heavy load, where bigger batches write more per
-    /// commit (docs/PERFORMANCE.md).
-    pub group_commit_max_batch: usize,
 }
 
 impl Default for LedgerConfig {
     fn default() -> Self {
-        Self {
-            currency: "USD".into(),
-            hold_timeout_secs: 120,
-            sweep_interval_secs: 60,
-            group_commit: true,
-            group_commit_max_batch: 1024,
-        }
+        Self { currency: "USD".into(), hold_timeout_secs: 120, sweep_interval_secs: 60, group_commit: true }
     }
 }

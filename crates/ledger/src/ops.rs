@@ -128,7 +128,8 @@ pub(crate) async fn apply_on_sqlite(
     ops: Vec<Op>,
 ) -> Result<(Vec<Op>, Result<Vec<Outcome>, LedgerError>), LedgerError> {
     on_sqlite_thread(conn, move |c| {
-        let outcomes = c.immediate_transaction(|t| batch::apply(t, &ops, time::now()));
+        let refs: Vec<&Op> = ops.iter().collect();
+        let outcomes = c.immediate_transaction(|t| batch::apply(t, &refs, time::now()));
         Ok((ops, outcomes))
     })
     .await

@@ -273,7 +273,7 @@ impl SqlLedger {
     pub async fn open(pool: DbPool, config: LedgerConfig) -> Result<Self, LedgerError> {
         // Group commit is for SQLite (see `group.rs` for why not PostgreSQL).
         let group = (config.group_commit && pool.backend() == modelroute_db::Backend::Sqlite)
-            .then(|| GroupCommit::start(&pool, config.group_commit_max_batch).map(Arc::new))
+            .then(|| GroupCommit::start(&pool).map(Arc::new))
             .transpose()?;
         let ledger = Self { pool, config, group };
         ledger

@@ -1,7 +1,5 @@
 //! WAL checkpoints off the writer's thread (`modelroute_db::wal`).
 
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
-
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection as _;
