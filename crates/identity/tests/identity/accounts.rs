@@ -1,7 +1,7 @@
 //! Accounts, sessions, the brute-force lock, memberships and invitations,
 //! on SQLite and PostgreSQL, through the library (no HTTP).
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! Python with aiosmtpd (`MODELROUTE_TEST_PYTHON`, then the CI venv at
 //! `~/.cache/modelroute-venv`), and installs it into that venv when missing.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -4,10 +4,6 @@
 //! order (credited once), bad signatures and stale timestamps (400, nothing
 //! changes), auto top-up settings, and an alert emailed to the org's admins.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
-
-mod common;
-
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
@@ -31,7 +27,7 @@ struct App {
 
 async fn spawn(db: TestDb, stripe_on: bool) -> App {
     let stripe = StripeStandIn::start().await;
-    let s = common::start(&db, |settings| {
+    let s = crate::helpers::start(&db, |settings| {
         if stripe_on {
             settings.billing.stripe.secret_key = Secret::new(SECRET_KEY);
             settings.billing.stripe.webhook_secret = Secret::new(WEBHOOK_SECRET);

@@ -1,10 +1,6 @@
 //! The HTTP API, driven through the real server on port 0, on SQLite and
 //! PostgreSQL. The provider is the built-in one, configured per test.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
-
-mod common;
-
 use std::time::Duration;
 
 use diesel::sql_types::BigInt;
@@ -46,7 +42,7 @@ impl Reply {
 }
 
 async fn spawn(db: TestDb, tweak: impl FnOnce(&mut Settings)) -> TestApp {
-    let s = common::start(&db, tweak).await;
+    let s = crate::helpers::start(&db, tweak).await;
     TestApp {
         port: s.port,
         key: s.bootstrap.token,

@@ -3,8 +3,6 @@
 //! late first token fails over before any byte is sent, a context-length
 //! refusal goes only to a larger window, and a content filter is final.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
-
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use hyper::{Request, StatusCode};
@@ -13,7 +11,6 @@ use hyper_util::rt::TokioExecutor;
 use modelroute_app::{Reloader, Services, Settings};
 use modelroute_db::db_test;
 use modelroute_db::testing::TestDb;
-use modelroute_http::Application;
 use modelroute_providers::{BuiltinConfig, HttpConfig, ProviderConfig};
 use modelroute_routing::{ModelConfig, RouteConfig};
 use modelroute_testkit::{StandIn, TEST_KEY, Wire};
@@ -53,10 +50,7 @@ fn model(slug: &str, routes: Vec<RouteConfig>) -> ModelConfig {
 async fn spawn(db: TestDb) -> TestApp {
     let (openai, anthropic, gemini) =
         (StandIn::start(Wire::OpenAi).await, StandIn::start(Wire::Anthropic).await, StandIn::start(Wire::Gemini).await);
-    let mut settings = Settings { database: db.config(), ..Settings::default() };
-    settings.server.bind = "127.0.0.1:0".into();
-    settings.server.workers = 2;
-    settings.identity.server_secret = Secret::new("test-secret-0123456789abcdef-0123456789");
+    let mut settings = crate::helpers::test_settings(&db);
     let http = |s: &StandIn| HttpConfig {
         base_url: s.base_url(),
         api_key: Secret::new(TEST_KEY),
@@ -85,12 +79,8 @@ async fn spawn(db: TestDb) -> TestApp {
         model("policy/m", vec![route("p-cheap", "slow-builtin", "echo", "1"), route("p-fast", "oa", "m", "2")]),
         model("busy/m", vec![route("busy-a", "oa", "fault-ratelimit-bare", "1"), route("busy-b", "an", "m", "2")]),
     ];
-    let app = Application::build(settings.clone()).await.expect("server starts");
-    let boot = app.bootstrap.clone().unwrap();
-    let services = app.services.clone();
-    let port = app.port();
-    let reloader = app.reloader();
-    tokio::spawn(app.run_until_stopped());
+    let (port, services, reloader, boot) = crate::helpers::start_instance(settings.clone()).await;
+    let boot = boot.unwrap();
     TestApp {
         port,
         key: boot.token,

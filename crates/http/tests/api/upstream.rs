@@ -2,8 +2,6 @@
 //! OpenAI's chat-completions wire format (bodies, SSE, error bodies) and
 //! checks the bearer key, behind the production OpenAI-compatible adapter.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,7 +16,6 @@ use hyper_util::rt::TokioExecutor;
 use modelroute_app::{Services, Settings};
 use modelroute_db::db_test;
 use modelroute_db::testing::TestDb;
-use modelroute_http::Application;
 use modelroute_providers::{HttpConfig, ProviderConfig};
 use modelroute_routing::{ModelConfig, RouteConfig};
 use modelroute_types::{Money, OrgId, Secret};
@@ -136,10 +133,7 @@ async fn spawn(db: TestDb) -> TestApp {
 
 async fn spawn_with(db: TestDb, tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let (upstream_port, calls, flappy_up) = start_upstream();
-    let mut settings = Settings { database: db.config(), ..Settings::default() };
-    settings.server.bind = "127.0.0.1:0".into();
-    settings.server.workers = 2;
-    settings.identity.server_secret = Secret::new("test-secret-0123456789abcdef-0123456789");
+    let mut settings = crate::helpers::test_settings(&db);
     let openai = HttpConfig {
         base_url: format!("http://127.0.0.1:{upstream_port}/v1"),
         api_key: Secret::new(UPSTREAM_KEY),
@@ -179,11 +173,8 @@ async fn spawn_with(db: TestDb, tweak: impl FnOnce(&mut Settings)) -> TestApp {
     // These tests count upstream calls per route: one call per route unless a test asks for retries.
     settings.routing.retry.attempts_per_route = 1;
     tweak(&mut settings);
-    let app = Application::build(settings).await.expect("server starts");
-    let boot = app.bootstrap.clone().unwrap();
-    let services = app.services.clone();
-    let port = app.port();
-    tokio::spawn(app.run_until_stopped());
+    let (port, services, _, boot) = crate::helpers::start_instance(settings).await;
+    let boot = boot.unwrap();
     TestApp { port, key: boot.token, org: boot.org.id, services, calls, flappy_up, _db: db }
 }
 

@@ -3,8 +3,6 @@
 //! is down. Uses the Redis at 127.0.0.1:6379 (`.ci/run` starts it), each
 //! test under its own key prefix.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
-
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use hyper::{Request, StatusCode};
@@ -13,27 +11,20 @@ use hyper_util::rt::TokioExecutor;
 use modelroute_app::Settings;
 use modelroute_db::db_test;
 use modelroute_db::testing::TestDb;
-use modelroute_http::Application;
 use modelroute_identity::{LimitBackend, RateLimitConfig};
-use modelroute_types::Secret;
 use serde_json::Value;
 
 fn settings(db: &TestDb, limits: RateLimitConfig) -> Settings {
-    let mut settings = Settings { database: db.config(), ..Settings::default() };
-    settings.server.bind = "127.0.0.1:0".into();
+    let mut settings = crate::helpers::test_settings(db);
     settings.server.workers = 1;
-    settings.identity.server_secret = Secret::new("test-secret-0123456789abcdef-0123456789");
     settings.identity.rate_limits = limits;
     settings
 }
 
 /// Starts an instance; returns its port and, for the first on a database, the key.
 async fn start(settings: Settings) -> (u16, Option<String>) {
-    let app = Application::build(settings).await.expect("server starts");
-    let key = app.bootstrap.as_ref().map(|b| b.token.clone());
-    let port = app.port();
-    tokio::spawn(app.run_until_stopped());
-    (port, key)
+    let (port, _, _, bootstrap) = crate::helpers::start_instance(settings).await;
+    (port, bootstrap.map(|b| b.token))
 }
 
 async fn balance(port: u16, key: &str) -> (StatusCode, hyper::HeaderMap, Value) {

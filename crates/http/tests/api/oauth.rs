@@ -4,10 +4,6 @@
 //! the user and emails API for GitHub) and enforce client secrets, redirect
 //! URIs, PKCE and single-use codes. On SQLite and PostgreSQL.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
-
-mod common;
-
 use std::collections::HashMap;
 
 use http_body_util::{BodyExt as _, Full};
@@ -73,7 +69,7 @@ async fn spawn(db: TestDb, provider: Provider, who: Account) -> App {
         Provider::Google => "google",
         Provider::GitHub => "github",
     };
-    let s = common::start(&db, |settings| {
+    let s = crate::helpers::start(&db, |settings| {
         settings.identity.public_url = PUBLIC.into();
         // Every sign-in here comes from 127.0.0.1: the per-IP limit would stop the test.
         settings.identity.rate_limits.per_ip_auth_per_minute = 0;

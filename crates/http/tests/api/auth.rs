@@ -4,10 +4,6 @@
 //! accounts, per-IP limits, and tenant isolation (404, not 403) for keys and
 //! sessions alike.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
-
-mod common;
-
 use std::time::Duration;
 
 use http_body_util::{BodyExt as _, Full};
@@ -48,7 +44,7 @@ struct Browser {
 }
 
 async fn spawn(db: TestDb, tweak: impl FnOnce(&mut Settings)) -> App {
-    let s = common::start(&db, |settings| {
+    let s = crate::helpers::start(&db, |settings| {
         settings.identity.public_url = format!("{ORIGIN}/");
         tweak(settings);
     })

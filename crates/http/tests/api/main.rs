@@ -1,0 +1,22 @@
+//! The HTTP server's tests, one binary (one link step): every module starts
+//! the real server on port 0 over a fresh database of its own, through
+//! [`helpers`].
+//!
+//! - `endpoints`: completions, streaming, usage, audit, keys, limits on bodies
+//! - `auth`: accounts, sessions, members, tenancy
+//! - `oauth`: Google and GitHub sign-in against their stand-ins
+//! - `billing`: Stripe top-ups, webhooks, auto top-up against its stand-in
+//! - `limits`: rate limits in process and on Redis, across instances
+//! - `adapters`: the OpenAI, Anthropic and Gemini adapters against their stand-ins
+//! - `upstream`: failover, retries and breakers against the stand-ins' faults
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod adapters;
+mod auth;
+mod billing;
+mod endpoints;
+mod helpers;
+mod limits;
+mod oauth;
+mod upstream;
