@@ -3,11 +3,7 @@
 //! late first token fails over before any byte is sent, a context-length
 //! refusal goes only to a larger window, and a content filter is final.
 
-use http_body_util::{BodyExt as _, Full};
-use hyper::body::Bytes;
-use hyper::{Request, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper::{Method, StatusCode};
 use modelroute_app::{Reloader, Services, Settings};
 use modelroute_db::db_test;
 use modelroute_db::testing::TestDb;
@@ -97,47 +93,19 @@ async fn spawn(db: TestDb) -> TestApp {
 
 impl TestApp {
     async fn post(&self, path: &str, body: &Value) -> (StatusCode, String) {
-        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-        let req = Request::post(format!("http://127.0.0.1:{}{path}", self.port))
-            .header("authorization", format!("Bearer {}", self.key))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))
-            .unwrap();
-        let res = client.request(req).await.unwrap();
-        let status = res.status();
-        (status, String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap())
+        crate::helpers::call(self.port, &self.key, Method::POST, path, Some(body)).await
     }
 
     async fn put(&self, path: &str, body: &Value) -> (StatusCode, String) {
-        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-        let req = Request::put(format!("http://127.0.0.1:{}{path}", self.port))
-            .header("authorization", format!("Bearer {}", self.key))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))
-            .unwrap();
-        let res = client.request(req).await.unwrap();
-        let status = res.status();
-        (status, String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap())
+        crate::helpers::call(self.port, &self.key, Method::PUT, path, Some(body)).await
     }
 
     async fn get(&self, path: &str) -> Value {
-        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-        let req = Request::get(format!("http://127.0.0.1:{}{path}", self.port))
-            .header("authorization", format!("Bearer {}", self.key))
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let res = client.request(req).await.unwrap();
-        serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap()
+        crate::helpers::get_json(self.port, &self.key, path).await
     }
 
     async fn execution(&self, id: &str) -> Value {
-        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-        let req = Request::get(format!("http://127.0.0.1:{}/v1/executions/{id}", self.port))
-            .header("authorization", format!("Bearer {}", self.key))
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let res = client.request(req).await.unwrap();
-        serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap()
+        self.get(&format!("/v1/executions/{id}")).await
     }
 
     fn public_route(&self, slug: &str, index: usize) -> String {

@@ -41,3 +41,34 @@ pub(crate) async fn start(db: &TestDb, tweak: impl FnOnce(&mut Settings)) -> Sta
     let (port, services, _, bootstrap) = start_instance(settings).await;
     Started { port, services, bootstrap: bootstrap.expect("an empty database is bootstrapped") }
 }
+
+/// One API call with `key` (and a JSON body, when given): the status and the body.
+pub(crate) async fn call(
+    port: u16,
+    key: &str,
+    method: hyper::Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> (hyper::StatusCode, String) {
+    use http_body_util::{BodyExt as _, Full};
+    use hyper::body::Bytes;
+    let client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://127.0.0.1:{port}{path}"))
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.map(ToString::to_string).unwrap_or_default())))
+        .expect("a request");
+    let res = client.request(req).await.expect("the server answers");
+    let status = res.status();
+    let bytes = res.into_body().collect().await.expect("a body").to_bytes();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The JSON body of a `GET` with `key`.
+pub(crate) async fn get_json(port: u16, key: &str, path: &str) -> serde_json::Value {
+    let (_, body) = call(port, key, hyper::Method::GET, path, None).await;
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}

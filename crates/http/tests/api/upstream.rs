@@ -8,11 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
-use http_body_util::{BodyExt as _, Full};
-use hyper::body::Bytes;
-use hyper::{Request, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper::StatusCode;
 use modelroute_app::{Services, Settings};
 use modelroute_db::db_test;
 use modelroute_db::testing::TestDb;
@@ -180,17 +176,8 @@ async fn spawn_with(db: TestDb, tweak: impl FnOnce(&mut Settings)) -> TestApp {
 
 impl TestApp {
     async fn send(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, String) {
-        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-        let req = Request::builder()
-            .method(method)
-            .uri(format!("http://127.0.0.1:{}{path}", self.port))
-            .header("authorization", format!("Bearer {}", self.key))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.map(|b| b.to_string()).unwrap_or_default())))
-            .unwrap();
-        let res = client.request(req).await.unwrap();
-        let status = res.status();
-        (status, String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap())
+        let method = hyper::Method::from_bytes(method.as_bytes()).unwrap();
+        crate::helpers::call(self.port, &self.key, method, path, body.as_ref()).await
     }
 
     /// The execution record behind a chat-completion answer.

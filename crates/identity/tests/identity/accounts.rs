@@ -1,8 +1,6 @@
 //! Accounts, sessions, the brute-force lock, memberships and invitations,
 //! on SQLite and PostgreSQL, through the library (no HTTP).
 
-
-
 use std::time::Duration;
 
 use modelroute_db::db_test;

@@ -3,8 +3,6 @@
 //! Python with aiosmtpd (`MODELROUTE_TEST_PYTHON`, then the CI venv at
 //! `~/.cache/modelroute-venv`), and installs it into that venv when missing.
 
-
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
