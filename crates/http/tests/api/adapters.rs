@@ -109,13 +109,11 @@ impl TestApp {
     }
 
     fn public_route(&self, slug: &str, index: usize) -> String {
-        self.services.catalogue.model(slug).unwrap().routes[index].public_id.clone()
+        crate::helpers::public_route(&self.services, slug, index)
     }
 
     async fn available(&self) -> Money {
-        let b = self.services.balance(&self.org).await.unwrap();
-        assert_eq!(b.held, Money::ZERO, "a hold was left open");
-        b.available
+        crate::helpers::available(&self.services, &self.org).await
     }
 
     /// Attempts of an execution: (route, outcome, error code).

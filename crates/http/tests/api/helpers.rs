@@ -72,3 +72,15 @@ pub(crate) async fn get_json(port: u16, key: &str, path: &str) -> serde_json::Va
     let (_, body) = call(port, key, hyper::Method::GET, path, None).await;
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
+
+/// The public id of the `index`-th route of `slug`.
+pub(crate) fn public_route(services: &Services, slug: &str, index: usize) -> String {
+    services.catalogue.model(slug).expect("a model of the catalogue").routes[index].public_id.clone()
+}
+
+/// `org`'s available balance, checking that no hold was left open.
+pub(crate) async fn available(services: &Services, org: &modelroute_types::OrgId) -> modelroute_types::Money {
+    let b = services.balance(org).await.expect("a balance");
+    assert_eq!(b.held, modelroute_types::Money::ZERO, "a hold was left open");
+    b.available
+}
