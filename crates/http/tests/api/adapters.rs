@@ -27,16 +27,7 @@ struct TestApp {
 }
 
 fn route(id: &str, provider: &str, upstream: &str, price: &str) -> RouteConfig {
-    RouteConfig {
-        max_output_tokens: 256,
-        ..RouteConfig::new(
-            id,
-            provider,
-            upstream,
-            serde_json::from_value(json!(price)).unwrap(),
-            serde_json::from_value(json!(price)).unwrap(),
-        )
-    }
+    crate::helpers::route(id, provider, upstream, price, price)
 }
 
 fn model(slug: &str, routes: Vec<RouteConfig>) -> ModelConfig {

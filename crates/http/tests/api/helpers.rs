@@ -4,6 +4,7 @@
 use modelroute_app::{BootstrapReport, Reloader, Services, Settings};
 use modelroute_db::testing::TestDb;
 use modelroute_http::Application;
+use modelroute_routing::RouteConfig;
 use modelroute_types::Secret;
 
 /// The settings of a test server over `db`: port 0, two workers, a fixed secret.
@@ -83,4 +84,10 @@ pub(crate) async fn available(services: &Services, org: &modelroute_types::OrgId
     let b = services.balance(org).await.expect("a balance");
     assert_eq!(b.held, modelroute_types::Money::ZERO, "a hold was left open");
     b.available
+}
+
+/// A route of a test catalogue: `input` and `output` USD per million tokens, 256 tokens out at most.
+pub(crate) fn route(id: &str, provider: &str, upstream: &str, input: &str, output: &str) -> RouteConfig {
+    let price = |usd: &str| serde_json::from_value(serde_json::json!(usd)).expect("a price");
+    RouteConfig { max_output_tokens: 256, ..RouteConfig::new(id, provider, upstream, price(input), price(output)) }
 }

@@ -101,16 +101,7 @@ fn start_upstream() -> (u16, Calls, Switch) {
 }
 
 fn route(id: &str, provider: &str, upstream: &str) -> RouteConfig {
-    RouteConfig {
-        max_output_tokens: 256,
-        ..RouteConfig::new(
-            id,
-            provider,
-            upstream,
-            serde_json::from_value(json!("1")).unwrap(),
-            serde_json::from_value(json!("2")).unwrap(),
-        )
-    }
+    crate::helpers::route(id, provider, upstream, "1", "2")
 }
 
 struct TestApp {
