@@ -44,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
         project_id: first.project.id.clone(),
         api_key_id: first.key.id.clone(),
         preferences: modelroute_executions::RequestPreferences::default(),
+        fallback_models: Vec::new(),
     };
     let request = ChatRequest::new("builtin/echo".into(), vec![Message::text(Role::User, "Say hello")]);
     let done = services.executor.run(caller, request).await?;

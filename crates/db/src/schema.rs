@@ -223,6 +223,7 @@ diesel::table! {
         max_input_price -> Nullable<BigInt>,
         max_output_price -> Nullable<BigInt>,
         updated_at -> Timestamp,
+        fallbacks -> Nullable<Text>,
     }
 }
 

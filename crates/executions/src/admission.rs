@@ -10,12 +10,15 @@ use modelroute_db::db_run;
 use modelroute_db::schema::executions;
 use modelroute_ledger::{Hold, HoldRequest, Ledger, LedgerError};
 use modelroute_providers::{ChatRequest, ProviderRegistry};
-use modelroute_routing::{Candidate, Preferences, RequestProfile, estimate_input_tokens};
+use modelroute_routing::{
+    Candidate, Catalogue, Decision, Health, Preferences, RequestProfile, RoutingError, estimate_input_tokens,
+};
 use modelroute_types::{ExecutionId, failpoint, time};
 
-use crate::attempts::DecisionRecord;
+use crate::attempts::{ChainLink, DecisionRecord};
 use crate::executor::{Caller, Executor};
 use crate::leases::Lease;
+use crate::preferences::MAX_FALLBACKS;
 use crate::record::ExecutionRow;
 use crate::{ExecutionError, ExecutionStatus};
 
@@ -61,6 +64,84 @@ pub(crate) struct Admitted {
     pub(crate) recording: Option<tokio::task::JoinHandle<Result<(), ExecutionError>>>,
     /// Keeps the hold from expiring while the execution runs.
     pub(crate) _lease: Lease,
+    /// Whether the answer streams.
+    pub(crate) stream: bool,
+    /// Every attempt and wait happens before this (`[routing.retry] deadline_ms`).
+    pub(crate) deadline: tokio::time::Instant,
+}
+
+/// The plans of a model and its fallback models, joined.
+struct Planned {
+    /// The first model's plan that has candidates (the requested model's, unless it had none).
+    plan: Decision,
+    /// The fallback models' plans after it.
+    fallback_plans: Vec<Decision>,
+    /// Every model of the chain, in order, and why one could not serve.
+    chain: Vec<ChainLink>,
+    /// Every candidate, in order: the first model's, then each fallback's.
+    candidates: Vec<Candidate>,
+    /// The candidates the hold should cover when the balance allows.
+    covered: Vec<Candidate>,
+}
+
+/// Plans `model`, then each of `fallbacks` (skipping a repeat of `model`).
+/// The requested model must exist (404 otherwise); a fallback must too (a
+/// 400 naming `models`). A model that cannot serve this request is passed
+/// over when a later one can; when none can, the requested model's error.
+fn plan_chain(
+    catalogue: &Catalogue,
+    model: &str,
+    fallbacks: &[String],
+    profile: &RequestProfile,
+    health: &Health,
+) -> Result<Planned, ExecutionError> {
+    let fallbacks: Vec<&String> = fallbacks.iter().filter(|m| m.as_str() != model).collect();
+    if fallbacks.len() > MAX_FALLBACKS {
+        return Err(ExecutionError::InvalidRequest {
+            param: "models",
+            message: format!("at most {MAX_FALLBACKS} fallback models"),
+        });
+    }
+    if let Some(unknown) = fallbacks.iter().find(|m| catalogue.model(m).is_none()) {
+        return Err(ExecutionError::InvalidRequest {
+            param: "models",
+            message: format!("the fallback model `{unknown}` does not exist"),
+        });
+    }
+    let now = Instant::now();
+    let mut first_error = None;
+    let mut plans = Vec::new();
+    let mut chain = Vec::new();
+    for slug in std::iter::once(model).chain(fallbacks.iter().map(|s| s.as_str())) {
+        match catalogue.plan(slug, profile, health, now) {
+            Ok(plan) => {
+                chain.push(ChainLink { model: slug.to_owned(), unavailable: None });
+                plans.push(plan);
+            }
+            // The requested model must exist; a fallback's absence was checked above.
+            Err(e @ RoutingError::ModelNotFound(_)) => return Err(e.into()),
+            Err(e) => {
+                chain.push(ChainLink { model: slug.to_owned(), unavailable: Some(e.to_string()) });
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    let mut plans = plans.into_iter();
+    let Some(first) = plans.next() else {
+        return Err(first_error.map_or(ExecutionError::ProviderMissing, ExecutionError::from));
+    };
+    let mut covered: Vec<Candidate> = first.candidates.iter().take(HOLD_COVERS_ROUTES).cloned().collect();
+    let mut candidates = first.candidates;
+    let mut fallback_plans = Vec::new();
+    for plan in plans {
+        covered.extend(plan.candidates.as_slice().first().cloned());
+        candidates.extend(plan.candidates);
+        fallback_plans.push(plan.decision);
+    }
+    if chain.len() == 1 {
+        chain.clear(); // no fallbacks: nothing to say
+    }
+    Ok(Planned { plan: first.decision, fallback_plans, chain, candidates, covered })
 }
 
 impl<L: Ledger + 'static> Executor<L> {
@@ -78,17 +159,23 @@ impl<L: Ledger + 'static> Executor<L> {
             });
         }
         let inner = &self.inner;
-        let preferences = caller.preferences.apply_to(inner.preferences.get(&inner.pool, &caller.org_id).await?);
+        let org = inner.preferences.routing(&inner.pool, &caller.org_id).await?;
+        let preferences = caller.preferences.apply_to(org.preferences);
         let profile = profile(request, stream, preferences);
         let table = self.table();
-        let plan = table.catalogue.plan(&request.model, &profile, &inner.health, Instant::now())?;
+        let fallbacks = if caller.fallback_models.is_empty() {
+            org.fallbacks.get(&request.model).cloned().unwrap_or_default()
+        } else {
+            caller.fallback_models.clone()
+        };
+        let planned = plan_chain(&table.catalogue, &request.model, &fallbacks, &profile, &inner.health)?;
         inner.budget.deposit();
-        let first = plan.candidates.as_slice().first().ok_or(ExecutionError::ProviderMissing)?.clone();
+        let first = planned.candidates.as_slice().first().ok_or(ExecutionError::ProviderMissing)?.clone();
         let id = ExecutionId::new();
-        // Hold enough for the first few routes when the balance allows, so a
-        // fallback never needs more than the hold; else just the first.
-        let cover =
-            plan.candidates.iter().take(HOLD_COVERS_ROUTES).map(|c| c.worst_case).max().unwrap_or(first.worst_case);
+        // Hold enough for the first few routes, and the first of each
+        // fallback model, when the balance allows, so a fallback never needs
+        // more than the hold; else just the first.
+        let cover = planned.covered.iter().map(|c| c.worst_case).max().unwrap_or(first.worst_case);
         let hold_for = |amount| HoldRequest {
             org_id: caller.org_id.clone(),
             amount,
@@ -104,8 +191,16 @@ impl<L: Ledger + 'static> Executor<L> {
         };
         let lease = inner.leases.take(hold.id.clone());
         self.keep_leases();
+        self.keep_probing();
         failpoint("executions.after_hold");
-        let candidates: Vec<Candidate> = plan.candidates.into_iter().filter(|c| c.worst_case <= hold.amount).collect();
+        let candidates: Vec<Candidate> =
+            planned.candidates.into_iter().filter(|c| c.worst_case <= hold.amount).collect();
+        let decision = DecisionRecord {
+            plan: planned.plan,
+            chain: planned.chain,
+            fallback_plans: planned.fallback_plans,
+            attempts: Vec::new(),
+        };
         let now = time::now();
         let row = ExecutionRow {
             id: id.to_string(),
@@ -124,7 +219,7 @@ impl<L: Ledger + 'static> Executor<L> {
             finish_reason: None,
             error_code: None,
             error_message: None,
-            decision: serde_json::to_string(&plan.decision).ok(),
+            decision: serde_json::to_string(&decision).ok(),
             created_at: now,
             started_at: Some(now),
             finished_at: None,
@@ -145,7 +240,6 @@ impl<L: Ledger + 'static> Executor<L> {
             .await;
             inserted.map(drop)
         });
-        let decision = DecisionRecord { plan: plan.decision, attempts: Vec::new() };
         Ok(Admitted {
             price_version: table.catalogue.price_version().to_owned(),
             providers: Arc::clone(&table.providers),
@@ -156,6 +250,8 @@ impl<L: Ledger + 'static> Executor<L> {
             decision,
             recording: Some(recording),
             _lease: lease,
+            stream,
+            deadline: tokio::time::Instant::now() + std::time::Duration::from_millis(inner.retry.deadline_ms),
         })
     }
 

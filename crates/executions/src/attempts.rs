@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use modelroute_ledger::Ledger;
-use modelroute_providers::{ChatRequest, Permit, ProviderClient, ProviderError, ProviderErrorKind};
+use modelroute_providers::{ChatRequest, Permit, ProviderClient, ProviderError, ProviderErrorKind, Usage};
 use modelroute_routing::{Candidate, CanonicalError, Classification, Decision, UpstreamFailure};
 use serde::Serialize;
 
@@ -19,12 +19,29 @@ use crate::executor::Executor;
 /// route considered, ranked or excluded, and why) and every try.
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct DecisionRecord {
-    /// The plan.
+    /// The plan (of the first model of the chain that could serve).
     #[serde(flatten)]
     pub(crate) plan: Decision,
+    /// With fallback models: every model of the chain in order, and why
+    /// one could not serve this request.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) chain: Vec<ChainLink>,
+    /// The fallback models' plans, after `plan`'s.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) fallback_plans: Vec<Decision>,
     /// The tries, in order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(crate) attempts: Vec<AttemptRecord>,
+}
+
+/// One model of a fallback chain.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub(crate) struct ChainLink {
+    /// Its public slug.
+    pub(crate) model: String,
+    /// Why it could not serve this request (no route fits it), if it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) unavailable: Option<String>,
 }
 
 /// One try of one route.
@@ -32,10 +49,47 @@ pub(crate) struct DecisionRecord {
 pub(crate) struct AttemptRecord {
     /// The route's public id.
     pub(crate) route: String,
+    /// The public slug of the model the route serves.
+    pub(crate) model: String,
     /// How it went.
     pub(crate) outcome: Outcome,
     /// The canonical error of a failure, or why the route was skipped.
     pub(crate) error_code: Option<&'static str>,
+    /// It continued the answer of the attempt before it, which was cut off
+    /// (the partial answer sent as an assistant prefix).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) continued: bool,
+    /// What a failed attempt delivered before it failed, and is billed for
+    /// (the built-in tokenizer's count: a cut stream reports no usage).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) billed: Option<Usage>,
+    /// The provider reported no usage: the attempt is billed at the
+    /// built-in tokenizer's count.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) usage_estimated: bool,
+    /// Unreadable chunks of its stream that were skipped.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub(crate) malformed_chunks: u32,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+const fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl AttemptRecord {
+    fn new(candidate: &Candidate, outcome: Outcome, error_code: Option<&'static str>) -> Self {
+        Self {
+            route: candidate.route.public_id.clone(),
+            model: candidate.route.model.clone(),
+            outcome,
+            error_code,
+            continued: false,
+            billed: None,
+            usage_estimated: false,
+            malformed_chunks: 0,
+        }
+    }
 }
 
 /// How a try went.
@@ -56,13 +110,22 @@ impl Admitted {
         serde_json::to_string(&self.decision).ok()
     }
 
+    /// Appends a try.
     pub(crate) fn record_attempt(&mut self, candidate: &Candidate, failure: Option<CanonicalError>) {
+        self.record_attempt_with(candidate, failure, |_| {});
+    }
+
+    /// Appends a try, with what `fill` adds to it (a stream's details).
+    pub(crate) fn record_attempt_with(
+        &mut self,
+        candidate: &Candidate,
+        failure: Option<CanonicalError>,
+        fill: impl FnOnce(&mut AttemptRecord),
+    ) {
         let outcome = if failure.is_some() { Outcome::Failed } else { Outcome::Succeeded };
-        self.decision.attempts.push(AttemptRecord {
-            route: candidate.route.public_id.clone(),
-            outcome,
-            error_code: failure.map(CanonicalError::as_str),
-        });
+        let mut attempt = AttemptRecord::new(candidate, outcome, failure.map(CanonicalError::as_str));
+        fill(&mut attempt);
+        self.decision.attempts.push(attempt);
     }
 
     /// The error when no route could even be tried (all full or open).
@@ -75,11 +138,7 @@ impl Admitted {
     }
 
     pub(crate) fn record_skip(&mut self, candidate: &Candidate, why: &'static str) {
-        self.decision.attempts.push(AttemptRecord {
-            route: candidate.route.public_id.clone(),
-            outcome: Outcome::Skipped,
-            error_code: Some(why),
-        });
+        self.decision.attempts.push(AttemptRecord::new(candidate, Outcome::Skipped, Some(why)));
     }
 }
 
@@ -114,7 +173,9 @@ impl<L: Ledger + 'static> Executor<L> {
             ProviderErrorKind::Timeout | ProviderErrorKind::FirstTokenTimeout => CanonicalError::Timeout,
             ProviderErrorKind::RateLimited => CanonicalError::RateLimited,
             ProviderErrorKind::InvalidRequest => CanonicalError::InvalidRequest,
-            ProviderErrorKind::Unavailable | ProviderErrorKind::StreamCut => CanonicalError::UpstreamError,
+            ProviderErrorKind::Unavailable | ProviderErrorKind::StreamCut | ProviderErrorKind::Malformed => {
+                CanonicalError::UpstreamError
+            }
         };
         self.inner.rules.classify(&UpstreamFailure {
             provider: &candidate.route.provider,
@@ -127,6 +188,23 @@ impl<L: Ledger + 'static> Executor<L> {
 
     /// A place in the route provider's bulkhead and its breaker's leave to
     /// call; a refusal is recorded as a skipped attempt.
+    /// How long a streamed call of `candidate` may wait for its first sign
+    /// of progress: the route's own limit, else one derived from what it
+    /// showed (`Health::first_token_limit`).
+    pub(crate) fn first_token_limit(&self, candidate: &Candidate) -> Duration {
+        let retry = &self.inner.retry;
+        candidate.route.first_token_timeout_ms.map_or_else(
+            || {
+                self.inner.health.first_token_limit(
+                    &candidate.route.id,
+                    Duration::from_millis(retry.first_token_floor_ms),
+                    Duration::from_millis(retry.first_token_timeout_ms),
+                )
+            },
+            Duration::from_millis,
+        )
+    }
+
     pub(crate) fn enter(&self, admitted: &mut Admitted, candidate: &Candidate) -> Option<Permit> {
         let Some(permit) = admitted.providers.try_enter(&candidate.route.provider) else {
             admitted.record_skip(candidate, "bulkhead_full");
@@ -160,7 +238,7 @@ impl<L: Ledger + 'static> Executor<L> {
         call: impl AsyncFn(Arc<ProviderClient>, ChatRequest, Duration) -> Result<T, ProviderError>,
     ) -> Result<(Candidate, T, Permit), ExecutionError> {
         let retry = &self.inner.retry;
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(retry.deadline_ms);
+        let deadline = admitted.deadline;
         let mut last_error = None;
         // After a context-length refusal, only routes with a larger window are worth trying.
         let mut needs_context_above: Option<u32> = None;
@@ -170,8 +248,7 @@ impl<L: Ledger + 'static> Executor<L> {
                 admitted.record_skip(&candidate, "context_too_small");
                 continue;
             }
-            let first_token =
-                Duration::from_millis(candidate.route.first_token_timeout_ms.unwrap_or(retry.first_token_timeout_ms));
+            let first_token = self.first_token_limit(&candidate);
             for n in 0.. {
                 let Some(permit) = self.enter(admitted, &candidate) else { continue 'routes };
                 let started = Instant::now();
@@ -187,7 +264,11 @@ impl<L: Ledger + 'static> Executor<L> {
                 let e = match outcome {
                     Ok(value) => {
                         // Time to the answer, or to a stream's first event.
-                        self.inner.health.record_latency(&candidate.route.id, started.elapsed());
+                        let took = started.elapsed();
+                        self.inner.health.record_latency(&candidate.route.id, took);
+                        if admitted.stream {
+                            self.inner.health.record_first_token(&candidate.route.id, took);
+                        }
                         return Ok((candidate, value, permit));
                     }
                     Err(e) => e,
@@ -209,8 +290,12 @@ impl<L: Ledger + 'static> Executor<L> {
                     needs_context_above = Some(candidate.route.context_window);
                     continue 'routes;
                 }
-                if e.kind == ProviderErrorKind::FirstTokenTimeout && class.retryable {
-                    continue 'routes; // a slow route is left, not waited on twice
+                if matches!(e.kind, ProviderErrorKind::Timeout | ProviderErrorKind::FirstTokenTimeout)
+                    && class.retryable
+                {
+                    // A route that did not answer in time is unlikely to the
+                    // second time: it is left, not waited on twice.
+                    continue 'routes;
                 }
                 if !class.retryable {
                     break 'routes;

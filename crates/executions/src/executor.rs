@@ -15,7 +15,7 @@ use modelroute_types::{ApiKeyId, ExecutionId, Money, OrgId, ProjectId, failpoint
 use tokio::sync::{mpsc, oneshot};
 
 use crate::leases::{KeeperRunning, Leases};
-use crate::preferences::{PreferenceStore, RequestPreferences};
+use crate::preferences::{MAX_FALLBACKS, OrgRouting, PreferenceStore, RequestPreferences};
 use crate::record::ExecutionRow;
 use crate::{Execution, ExecutionError, ExecutionStatus};
 
@@ -45,6 +45,9 @@ pub struct Caller {
     pub api_key_id: ApiKeyId,
     /// What this request asks of routing on top of the org's preferences.
     pub preferences: RequestPreferences,
+    /// Models to fall back to, in order, when the requested one cannot
+    /// serve (empty: the org's fallbacks for the model, if any).
+    pub fallback_models: Vec<String>,
 }
 
 /// A finished non-streamed execution.
@@ -54,6 +57,9 @@ pub struct Completed {
     pub execution_id: ExecutionId,
     /// When it was accepted.
     pub created_at: NaiveDateTime,
+    /// The public slug of the model that answered (a fallback model's, when
+    /// the requested one could not serve).
+    pub model: String,
     /// The provider's answer.
     pub response: ChatResponse,
     /// What was charged.
@@ -96,6 +102,9 @@ pub struct StreamingExecution {
     pub execution_id: ExecutionId,
     /// When it was accepted.
     pub created_at: NaiveDateTime,
+    /// The public slug of the model answering (a fallback model's, when
+    /// the requested one could not serve).
+    pub model: String,
     /// The events, ending with `Done` or `Failed`.
     pub events: mpsc::Receiver<StreamItem>,
 }
@@ -125,6 +134,10 @@ pub(crate) struct Inner<L> {
     pub(crate) budget: RetryBudget,
     /// The leases of running executions' holds.
     pub(crate) leases: Arc<Leases>,
+    /// Whether open routes are probed by the platform (`[routing.breaker] active_probes`).
+    pub(crate) breaker_probes: bool,
+    /// Whether the prober runs.
+    pub(crate) prober: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The catalogue and the providers its routes name: replaced together.
@@ -150,6 +163,7 @@ impl<L: Ledger + 'static> Executor<L> {
         retry: RetryConfig,
     ) -> Self {
         let budget = RetryBudget::new(retry.budget_percent, retry.budget_min_per_second);
+        let breaker_probes = health.active_probes();
         Self {
             inner: Arc::new(Inner {
                 pool,
@@ -161,6 +175,8 @@ impl<L: Ledger + 'static> Executor<L> {
                 preferences: PreferenceStore::default(),
                 budget,
                 leases: Arc::new(Leases::new(DEFAULT_HOLD_LEASE)),
+                breaker_probes,
+                prober: Arc::default(),
             }),
         }
     }
@@ -218,6 +234,12 @@ impl<L: Ledger + 'static> Executor<L> {
         &self.inner.pool
     }
 
+    /// The routes' circuit breakers and observed latencies.
+    #[must_use]
+    pub fn health(&self) -> &Arc<Health> {
+        &self.inner.health
+    }
+
     /// The catalogue in use.
     #[must_use]
     pub fn catalogue(&self) -> Arc<Catalogue> {
@@ -240,12 +262,47 @@ impl<L: Ledger + 'static> Executor<L> {
         self.inner.preferences.get(&self.inner.pool, org).await
     }
 
-    /// Replaces the org's routing preferences.
+    /// Replaces the org's routing preferences (its fallbacks stay).
     ///
     /// # Errors
     /// The data layer failed.
     pub async fn set_preferences(&self, org: &OrgId, preferences: Preferences) -> Result<(), ExecutionError> {
-        self.inner.preferences.set(&self.inner.pool, org, preferences).await
+        let routing = self.routing(org).await?;
+        self.set_routing(org, OrgRouting { preferences, ..routing }).await
+    }
+
+    /// The org's routing settings: preferences and fallback models.
+    ///
+    /// # Errors
+    /// The data layer failed.
+    pub async fn routing(&self, org: &OrgId) -> Result<OrgRouting, ExecutionError> {
+        self.inner.preferences.routing(&self.inner.pool, org).await
+    }
+
+    /// Replaces the org's routing settings. Every model a fallback list
+    /// names, and every model given one, must be in the catalogue, and no
+    /// list may be longer than [`MAX_FALLBACKS`].
+    ///
+    /// # Errors
+    /// [`ExecutionError::InvalidRequest`] naming the unknown model; the data layer failed.
+    pub async fn set_routing(&self, org: &OrgId, routing: OrgRouting) -> Result<(), ExecutionError> {
+        let catalogue = self.catalogue();
+        for (model, list) in routing.fallbacks.iter() {
+            let unknown = std::iter::once(model).chain(list).find(|m| catalogue.model(m).is_none());
+            if let Some(m) = unknown {
+                return Err(ExecutionError::InvalidRequest {
+                    param: "fallbacks",
+                    message: format!("the model `{m}` does not exist"),
+                });
+            }
+            if list.len() > MAX_FALLBACKS {
+                return Err(ExecutionError::InvalidRequest {
+                    param: "fallbacks",
+                    message: format!("`{model}` names more than {MAX_FALLBACKS} fallback models"),
+                });
+            }
+        }
+        self.inner.preferences.set(&self.inner.pool, org, routing).await
     }
 
     /// Runs a chat request to completion. `request.model` is the public slug.
@@ -281,10 +338,16 @@ impl<L: Ledger + 'static> Executor<L> {
         };
         self.observe(&candidate, None);
         admitted.record_attempt(&candidate, None);
-        let cost = self
-            .settle(&admitted, &candidate, response.usage, response.finish_reason, ExecutionStatus::Succeeded)
-            .await?;
-        Ok(Completed { execution_id: admitted.id, created_at: admitted.created_at, response, cost })
+        let legs = [(candidate, response.usage)];
+        let (cost, _) = self.settle(&admitted, &legs, response.finish_reason, ExecutionStatus::Succeeded, None).await?;
+        let [(candidate, _)] = legs;
+        Ok(Completed {
+            execution_id: admitted.id,
+            created_at: admitted.created_at,
+            model: candidate.route.model.clone(),
+            response,
+            cost,
+        })
     }
 
     /// Starts a streamed execution. Returns once the hold is placed; the
@@ -302,8 +365,8 @@ impl<L: Ledger + 'static> Executor<L> {
         let (tx, rx) = mpsc::channel(64);
         let this = self.clone();
         tokio::spawn(async move { this.stream_detached(caller, request, admitted_tx, tx).await });
-        let (execution_id, created_at) = admitted_rx.await.map_err(|_| ExecutionError::TaskFailed)??;
-        Ok(StreamingExecution { execution_id, created_at, events: rx })
+        let (execution_id, created_at, model) = admitted_rx.await.map_err(|_| ExecutionError::TaskFailed)??;
+        Ok(StreamingExecution { execution_id, created_at, model, events: rx })
     }
 
     /// An execution of `org`.

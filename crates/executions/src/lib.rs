@@ -12,7 +12,8 @@
 //! The executor's phases, one module each: `admission`
 //! (profile, plan, hold, record), `attempts` (routes in order, retries,
 //! bulkheads, breakers, the typed decision record), `pump` (a stream from
-//! its first event to its end), `settlement` (settle or release, and the
+//! its first event to its end, continued on another route when cut),
+//! `probes` (open routes probed on a schedule), `settlement` (settle or release, and the
 //! record), `recovery` (records a stopped server left running). `executor`
 //! holds the parts and the entry points.
 
@@ -22,6 +23,7 @@ mod error;
 mod executor;
 mod leases;
 mod preferences;
+mod probes;
 mod pump;
 mod record;
 mod recovery;
@@ -30,6 +32,6 @@ mod usage;
 
 pub use error::ExecutionError;
 pub use executor::{Caller, Completed, Executor, StreamItem, StreamingExecution};
-pub use preferences::{CACHE_TTL as PREFERENCES_CACHE_TTL, RequestPreferences};
+pub use preferences::{CACHE_TTL as PREFERENCES_CACHE_TTL, Fallbacks, MAX_FALLBACKS, OrgRouting, RequestPreferences};
 pub use record::{Execution, ExecutionStatus};
 pub use usage::{UsageFilter, UsagePage, UsageRecord};

@@ -1,10 +1,10 @@
-//! Each org's routing preferences (policy and price ceilings), stored in
-//! `org_routing` and cached in-process so that admission costs no extra
-//! database round trip. A change made through this process is seen at once;
-//! other replicas see it within [`CACHE_TTL`].
+//! Each org's routing preferences (policy and price ceilings) and its
+//! fallback models, stored in `org_routing` and cached in-process so that
+//! admission costs no extra database round trip. A change made through this
+//! process is seen at once; other replicas see it within [`CACHE_TTL`].
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
@@ -19,6 +19,22 @@ use crate::ExecutionError;
 
 /// How long a cached org's preferences are trusted.
 pub const CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// Per model (its public slug), the models to try in order when it cannot
+/// serve: OpenRouter's `models`, LiteLLM's fallbacks, as an org's default.
+pub type Fallbacks = BTreeMap<String, Vec<String>>;
+
+/// The most fallback models one model (or one request) may name.
+pub const MAX_FALLBACKS: usize = 5;
+
+/// An org's routing settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OrgRouting {
+    /// What routing ranks and filters by.
+    pub preferences: Preferences,
+    /// The org's fallback models.
+    pub fallbacks: Arc<Fallbacks>,
+}
 
 /// What one request asks of routing, on top of its org's preferences: it
 /// may choose the policy, and may lower the ceilings but never raise them.
@@ -61,6 +77,7 @@ struct Row {
     max_input_price: Option<i64>,
     max_output_price: Option<i64>,
     updated_at: chrono::NaiveDateTime,
+    fallbacks: Option<String>,
 }
 
 /// The stored policy back; an unknown one is an error, never `cheapest`.
@@ -78,22 +95,27 @@ fn price(units: Option<i64>) -> Option<PricePerMTok> {
 /// The store and its cache.
 #[derive(Debug, Default)]
 pub(crate) struct PreferenceStore {
-    cache: Mutex<HashMap<String, (Instant, Preferences)>>,
+    cache: Mutex<HashMap<String, (Instant, OrgRouting)>>,
 }
 
 impl PreferenceStore {
-    fn cached(&self, org: &OrgId) -> Option<Preferences> {
+    fn cached(&self, org: &OrgId) -> Option<OrgRouting> {
         let cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        cache.get(org.as_str()).filter(|(at, _)| at.elapsed() < CACHE_TTL).map(|(_, p)| *p)
+        cache.get(org.as_str()).filter(|(at, _)| at.elapsed() < CACHE_TTL).map(|(_, p)| p.clone())
     }
 
-    fn remember(&self, org: &OrgId, preferences: Preferences) {
+    fn remember(&self, org: &OrgId, routing: OrgRouting) {
         let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        cache.insert(org.as_str().to_owned(), (Instant::now(), preferences));
+        cache.insert(org.as_str().to_owned(), (Instant::now(), routing));
     }
 
     /// The org's preferences (defaults when it set none).
     pub(crate) async fn get(&self, pool: &DbPool, org: &OrgId) -> Result<Preferences, ExecutionError> {
+        Ok(self.routing(pool, org).await?.preferences)
+    }
+
+    /// The org's routing settings (defaults when it set none).
+    pub(crate) async fn routing(&self, pool: &DbPool, org: &OrgId) -> Result<OrgRouting, ExecutionError> {
         if let Some(p) = self.cached(org) {
             return Ok(p);
         }
@@ -103,26 +125,36 @@ impl PreferenceStore {
             .first(conn)
             .await
             .optional())?;
-        let preferences = match row {
-            None => Preferences::default(),
-            Some(r) => Preferences {
-                policy: policy_of(&r.policy)?,
-                max_input_price: price(r.max_input_price),
-                max_output_price: price(r.max_output_price),
+        let routing = match row {
+            None => OrgRouting::default(),
+            Some(r) => OrgRouting {
+                preferences: Preferences {
+                    policy: policy_of(&r.policy)?,
+                    max_input_price: price(r.max_input_price),
+                    max_output_price: price(r.max_output_price),
+                },
+                fallbacks: Arc::new(match r.fallbacks.as_deref() {
+                    None => Fallbacks::new(),
+                    Some(json) => serde_json::from_str(json)
+                        .map_err(|_| modelroute_db::DbError::unknown("fallback models", json))?,
+                }),
             },
         };
-        self.remember(org, preferences);
-        Ok(preferences)
+        self.remember(org, routing.clone());
+        Ok(routing)
     }
 
-    /// Replaces the org's preferences.
-    pub(crate) async fn set(&self, pool: &DbPool, org: &OrgId, p: Preferences) -> Result<(), ExecutionError> {
+    /// Replaces the org's routing settings.
+    pub(crate) async fn set(&self, pool: &DbPool, org: &OrgId, routing: OrgRouting) -> Result<(), ExecutionError> {
+        let p = routing.preferences;
         let row = Row {
             org_id: org.as_str().to_owned(),
             policy: p.policy.as_str().to_owned(),
             max_input_price: p.max_input_price.map(|m| m.per_million().units()),
             max_output_price: p.max_output_price.map(|m| m.per_million().units()),
             updated_at: time::now(),
+            fallbacks: (!routing.fallbacks.is_empty())
+                .then(|| serde_json::to_string(&*routing.fallbacks).unwrap_or_default()),
         };
         db_run!(pool, |conn| diesel::insert_into(org_routing::table)
             .values(&row)
@@ -131,7 +163,7 @@ impl PreferenceStore {
             .set(&row)
             .execute(conn)
             .await)?;
-        self.remember(org, p);
+        self.remember(org, routing);
         Ok(())
     }
 }

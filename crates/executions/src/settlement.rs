@@ -16,18 +16,31 @@ use crate::executor::{Executor, update_execution};
 use crate::{ExecutionError, ExecutionStatus};
 
 impl<L: Ledger + 'static> Executor<L> {
-    /// Settles the hold for `usage` at the route's prices and records the outcome.
+    /// Settles the hold for what each route delivered (`legs`: one, or a
+    /// cut stream and the routes that continued it, in order), each at its
+    /// own prices, and records the outcome — with `error` when it failed
+    /// after delivering something. Returns the charge and the usage summed.
     pub(crate) async fn settle(
         &self,
         admitted: &Admitted,
-        served_by: &Candidate,
-        usage: Usage,
+        legs: &[(Candidate, Usage)],
         finish_reason: FinishReason,
         status: ExecutionStatus,
-    ) -> Result<Money, ExecutionError> {
+        error: Option<&ExecutionError>,
+    ) -> Result<(Money, Usage), ExecutionError> {
+        let Some((served_by, _)) = legs.last() else { return Err(ExecutionError::TaskFailed) };
         let route = &served_by.route;
         // The same formula as the hold's worst case, on the provider's counts.
-        let cost = route.price_of(usage.input_tokens, usage.output_tokens).unwrap_or(admitted.hold.amount);
+        let cost = legs
+            .iter()
+            .try_fold(Money::ZERO, |sum, (c, u)| {
+                c.route.price_of(u.input_tokens, u.output_tokens).and_then(|p| sum.checked_add(p))
+            })
+            .unwrap_or(admitted.hold.amount);
+        let usage = legs.iter().fold(Usage::default(), |sum, (_, u)| Usage {
+            input_tokens: sum.input_tokens.saturating_add(u.input_tokens),
+            output_tokens: sum.output_tokens.saturating_add(u.output_tokens),
+        });
         let resolution = match self.inner.ledger.settle(&admitted.hold.id, cost).await {
             // The hold lapsed under a running execution (its renewals failed
             // for longer than a lease): the work was still delivered.
@@ -50,9 +63,12 @@ impl<L: Ledger + 'static> Executor<L> {
             executions::price_version.eq(Some(admitted.price_version.as_str())),
             executions::request_price.eq(Some(route.request_price.units())),
             executions::settlement_entry_id.eq(Some(resolution.entry_id.as_str())),
+            executions::model.eq(route.model.as_str()),
+            executions::error_code.eq(error.map(|e| e.code().as_str())),
+            executions::error_message.eq(error.map(ToString::to_string)),
         );
         update_execution!(self.inner.pool, admitted.id.as_str(), update)?;
-        Ok(resolution.charged)
+        Ok((resolution.charged, usage))
     }
 
     /// Charges `cost` for an execution whose hold expired before it could

@@ -77,11 +77,10 @@ fn bench(c: &mut Criterion) {
         settings.identity.rate_limits.per_key_per_minute = 0;
         settings.identity.rate_limits.per_org_per_minute = 0;
         let http = HttpConfig {
-            base_url: standin.base_url(),
-            api_key: Secret::new(TEST_KEY),
             timeout_ms: 5_000,
             stream_idle_timeout_ms: 5_000,
             max_concurrency: 0,
+            ..HttpConfig::new(standin.base_url(), Secret::new(TEST_KEY))
         };
         settings.providers.insert("standin".into(), ProviderConfig::OpenaiCompatible(http));
         let route = RouteConfig::new(

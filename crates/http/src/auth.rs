@@ -74,6 +74,7 @@ impl Caller {
     pub(crate) fn payer(
         &self,
         preferences: Option<modelroute_executions::RequestPreferences>,
+        fallback_models: Vec<String>,
     ) -> Result<modelroute_executions::Caller, ApiError> {
         self.require(Scope::Execute)?;
         let Who::Key(p) = &self.who else {
@@ -84,6 +85,7 @@ impl Caller {
             project_id: p.project_id.clone(),
             api_key_id: p.api_key_id.clone(),
             preferences: preferences.unwrap_or_default(),
+            fallback_models,
         })
     }
 }

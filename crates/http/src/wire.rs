@@ -40,6 +40,10 @@ pub(crate) struct ChatCompletionRequest {
     /// ModelRoute's own: routing policy and price ceilings for this request.
     #[serde(default)]
     pub(crate) routing: Option<modelroute_executions::RequestPreferences>,
+    /// Models to fall back to, in order, when `model` cannot serve
+    /// (OpenRouter's `models`; a leading repeat of `model` is ignored).
+    #[serde(default)]
+    pub(crate) models: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

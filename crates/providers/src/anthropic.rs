@@ -341,6 +341,9 @@ enum WireDelta {
     InputJsonDelta {
         partial_json: String,
     },
+    ThinkingDelta {
+        thinking: String,
+    },
     #[serde(other)]
     Other,
 }
@@ -363,6 +366,8 @@ struct Decoder {
     input_tokens: Option<u64>,
     output_tokens: Option<u64>,
     finish: FinishReason,
+    /// A stop reason arrived (`message_delta`): the answer is complete.
+    stopped: bool,
     estimate: UsageEstimate,
 }
 
@@ -375,6 +380,7 @@ impl Decoder {
             input_tokens: None,
             output_tokens: None,
             finish: FinishReason::Stop,
+            stopped: false,
             estimate: UsageEstimate::of(request),
         }
     }
@@ -426,8 +432,15 @@ impl StreamDecoder for Decoder {
                     _ => {}
                 }
             }
+            WireEvent::ContentBlockDelta { delta: WireDelta::ThinkingDelta { thinking }, .. }
+                if !thinking.is_empty() =>
+            {
+                self.estimate.add_output(&thinking);
+                out.push(StreamEvent::Thinking(thinking));
+            }
             WireEvent::MessageDelta { delta, usage } => {
                 if let Some(r) = delta.stop_reason.as_deref() {
+                    self.stopped = true;
                     self.finish = finish_reason(Some(r));
                     if self.finish == FinishReason::ToolCalls && self.next_call == 0 {
                         self.finish = FinishReason::Stop; // only the schema tool was called
@@ -438,16 +451,7 @@ impl StreamDecoder for Decoder {
                     self.input_tokens = u.input().or(self.input_tokens);
                 }
             }
-            WireEvent::MessageStop => {
-                let estimate = self.estimate.produced();
-                out.push(StreamEvent::Done {
-                    finish_reason: self.finish,
-                    usage: Usage {
-                        input_tokens: self.input_tokens.unwrap_or(estimate.input_tokens),
-                        output_tokens: self.output_tokens.unwrap_or(estimate.output_tokens),
-                    },
-                });
-            }
+            WireEvent::MessageStop => out.push(self.done()),
             WireEvent::Error { error } => {
                 let kind = match error.kind.as_str() {
                     "rate_limit_error" => ProviderErrorKind::RateLimited,
@@ -465,7 +469,22 @@ impl StreamDecoder for Decoder {
     }
 
     fn end(&mut self) -> Option<StreamEvent> {
-        None // no message_stop: cut off
+        // No message_stop: complete when the stop reason came, else cut off.
+        self.stopped.then(|| self.done())
+    }
+}
+
+impl Decoder {
+    fn done(&self) -> StreamEvent {
+        let estimate = self.estimate.produced();
+        StreamEvent::Done {
+            finish_reason: self.finish,
+            usage: Usage {
+                input_tokens: self.input_tokens.unwrap_or(estimate.input_tokens),
+                output_tokens: self.output_tokens.unwrap_or(estimate.output_tokens),
+            },
+            estimated: self.input_tokens.is_none() || self.output_tokens.is_none(),
+        }
     }
 }
 
@@ -591,7 +610,8 @@ mod tests {
                 StreamEvent::ToolCallDelta { index: 0, id: None, name: None, arguments: "1}".into() },
                 StreamEvent::Done {
                     finish_reason: FinishReason::ToolCalls,
-                    usage: Usage { input_tokens: 25, output_tokens: 15 }
+                    usage: Usage { input_tokens: 25, output_tokens: 15 },
+                    estimated: false,
                 },
             ]
         );
@@ -599,5 +619,28 @@ mod tests {
             .data(r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#)
             .unwrap_err();
         assert_eq!(e.upstream_code.as_deref(), Some("overloaded_error"));
+    }
+
+    #[test]
+    fn thinking_is_progress_and_a_stop_reason_completes_a_stream_without_message_stop() {
+        let mut d = Decoder::new(&req());
+        d.data(r#"{"type":"message_start","message":{"id":"m","type":"message","role":"assistant","content":[],"model":"c","stop_reason":null,"usage":{"input_tokens":25,"output_tokens":1}}}"#).unwrap();
+        d.data(r#"{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":""}}"#)
+            .unwrap();
+        let e = d
+            .data(r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"Hmm."}}"#)
+            .unwrap();
+        assert_eq!(e, vec![StreamEvent::Thinking("Hmm.".into())]);
+        d.data(r#"{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"Hi"}}"#).unwrap();
+        assert!(d.end().is_none(), "no stop reason: a cut stream");
+        d.data(r#"{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":7}}"#).unwrap();
+        assert_eq!(
+            d.end(),
+            Some(StreamEvent::Done {
+                finish_reason: FinishReason::Stop,
+                usage: Usage { input_tokens: 25, output_tokens: 7 },
+                estimated: false
+            })
+        );
     }
 }

@@ -171,7 +171,8 @@ impl Provider for BuiltinProvider {
         }
         match self.config.failure {
             BuiltinFailure::MidStream => events.truncate(1),
-            _ => events.push(Ok(StreamEvent::Done { finish_reason, usage })),
+            // The built-in model's counts are its own, never an estimate.
+            _ => events.push(Ok(StreamEvent::Done { finish_reason, usage, estimated: false })),
         }
         let chunk_delay = self.config.chunk_delay_ms;
         let stream = futures_util::stream::iter(events).then(move |e| async move {
@@ -214,8 +215,13 @@ mod tests {
         while let Some(e) = s.next().await {
             match e.unwrap() {
                 StreamEvent::Delta(d) => text.push_str(&d),
-                StreamEvent::Done { usage, finish_reason } => done = Some((usage, finish_reason)),
-                StreamEvent::ToolCallDelta { .. } => panic!("no tools were offered"),
+                StreamEvent::Done { usage, finish_reason, estimated } => {
+                    assert!(!estimated);
+                    done = Some((usage, finish_reason));
+                }
+                StreamEvent::ToolCallDelta { .. } | StreamEvent::Thinking(_) | StreamEvent::Malformed => {
+                    panic!("no tools were offered, no thinking, nothing malformed")
+                }
             }
         }
         assert_eq!(text, a.content);

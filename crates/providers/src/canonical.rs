@@ -272,12 +272,21 @@ pub enum StreamEvent {
         /// More argument text.
         arguments: String,
     },
+    /// Reasoning ("thinking") the model streams before or between its
+    /// output: a sign of progress, billed as output, not part of the answer.
+    Thinking(String),
+    /// A chunk that could not be read was skipped (the stream goes on; past
+    /// the provider's `max_malformed_chunks` the stream fails instead).
+    Malformed,
     /// The end, with the provider's usage. Only this marks success.
     Done {
         /// Why it ended.
         finish_reason: FinishReason,
         /// Token counts.
         usage: Usage,
+        /// The provider reported no usage: `usage` is the built-in
+        /// tokenizer's estimate ([`UsageEstimate`]).
+        estimated: bool,
     },
 }
 

@@ -16,6 +16,8 @@ pub enum ProviderErrorKind {
     InvalidRequest,
     /// The stream ended before its end marker.
     StreamCut,
+    /// The provider sent a body or chunk that could not be read.
+    Malformed,
 }
 
 /// A failed provider call. The message is safe to show: it never names the
@@ -62,7 +64,9 @@ impl ProviderError {
 impl ErrorCode for ProviderError {
     fn code(&self) -> Code {
         match self.kind {
-            ProviderErrorKind::Unavailable | ProviderErrorKind::StreamCut => Code::UpstreamError,
+            ProviderErrorKind::Unavailable | ProviderErrorKind::StreamCut | ProviderErrorKind::Malformed => {
+                Code::UpstreamError
+            }
             ProviderErrorKind::Timeout | ProviderErrorKind::FirstTokenTimeout => Code::UpstreamTimeout,
             ProviderErrorKind::RateLimited => Code::Overloaded,
             ProviderErrorKind::InvalidRequest => Code::InvalidRequest,

@@ -297,26 +297,33 @@ fn blocked(reason: &str) -> ProviderError {
 /// A function call as read: (id, if Gemini sent one; name; arguments as JSON text).
 type ReadCall = (Option<String>, String, String);
 
-/// What one response (or chunk) says: text, calls, finish reason.
-fn read(wire: WireResponse) -> Result<(String, Vec<ReadCall>, Option<String>), ProviderError> {
+/// What one response (or chunk) says.
+#[derive(Default)]
+struct Read {
+    text: String,
+    /// Thought summaries: progress, not the answer.
+    thought: String,
+    calls: Vec<ReadCall>,
+    finish: Option<String>,
+}
+
+/// Reads one response (or chunk).
+fn read(wire: WireResponse) -> Result<Read, ProviderError> {
     if let Some(reason) = wire.prompt_feedback.and_then(|f| f.block_reason) {
         return Err(blocked(&reason));
     }
-    let Some(candidate) = wire.candidates.into_iter().next() else { return Ok((String::new(), Vec::new(), None)) };
-    let mut text = String::new();
-    let mut calls = Vec::new();
+    let mut read = Read::default();
+    let Some(candidate) = wire.candidates.into_iter().next() else { return Ok(read) };
     for p in candidate.content.map(|c| c.parts).unwrap_or_default() {
-        if p.thought == Some(true) {
-            continue; // thought summaries are not the answer
-        }
         if let Some(t) = p.text {
-            text.push_str(&t);
+            if p.thought == Some(true) { &mut read.thought } else { &mut read.text }.push_str(&t);
         }
         if let Some(c) = p.function_call {
-            calls.push((c.id, c.name, c.args.to_string()));
+            read.calls.push((c.id, c.name, c.args.to_string()));
         }
     }
-    Ok((text, calls, candidate.finish_reason))
+    read.finish = candidate.finish_reason;
+    Ok(read)
 }
 
 /// Parses a non-streamed answer.
@@ -326,7 +333,7 @@ fn read(wire: WireResponse) -> Result<(String, Vec<ReadCall>, Option<String>), P
 pub fn from_wire(request: &ChatRequest, body: &[u8]) -> Result<ChatResponse, ProviderError> {
     let wire: WireResponse = serde_json::from_slice(body).map_err(|_| malformed("response"))?;
     let usage = wire.usage_metadata.map(WireUsage::usage);
-    let (content, calls, finish) = read(wire)?;
+    let Read { text: content, calls, finish, .. } = read(wire)?;
     let finish = finish.ok_or_else(|| malformed("response (no candidate)"))?;
     let tool_calls: Vec<ToolCall> = calls
         .into_iter()
@@ -361,8 +368,12 @@ impl StreamDecoder for Decoder {
         if let Some(u) = wire.usage_metadata {
             self.usage = Some(u.usage());
         }
-        let (text, calls, finish) = read(wire)?;
+        let Read { text, thought, calls, finish } = read(wire)?;
         let mut out = Vec::new();
+        if !thought.is_empty() {
+            self.estimate.add_output(&thought);
+            out.push(StreamEvent::Thinking(thought));
+        }
         if !text.is_empty() {
             self.estimate.add_output(&text);
             out.push(StreamEvent::Delta(text));
@@ -390,7 +401,10 @@ impl StreamDecoder for Decoder {
         if self.calls > 0 && finish_reason == FinishReason::Stop {
             finish_reason = FinishReason::ToolCalls;
         }
-        Some(StreamEvent::Done { finish_reason, usage: self.usage.unwrap_or_else(|| self.estimate.produced()) })
+        Some(match self.usage {
+            Some(usage) => StreamEvent::Done { finish_reason, usage, estimated: false },
+            None => StreamEvent::Done { finish_reason, usage: self.estimate.produced(), estimated: true },
+        })
     }
 }
 
@@ -502,7 +516,8 @@ mod tests {
             d.end(),
             Some(StreamEvent::Done {
                 finish_reason: FinishReason::Stop,
-                usage: Usage { input_tokens: 8, output_tokens: 2 }
+                usage: Usage { input_tokens: 8, output_tokens: 2 },
+                estimated: false,
             })
         );
     }

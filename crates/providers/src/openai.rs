@@ -180,6 +180,10 @@ struct WireMessage {
     content: Option<String>,
     #[serde(default)]
     tool_calls: Vec<WireToolCall>,
+    #[serde(default)]
+    reasoning_content: Option<String>,
+    #[serde(default)]
+    reasoning: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -265,8 +269,7 @@ impl Decoder {
 impl StreamDecoder for Decoder {
     fn data(&mut self, payload: &str) -> Result<Vec<StreamEvent>, ProviderError> {
         if payload == "[DONE]" {
-            let usage = self.usage.unwrap_or_else(|| self.estimate.produced());
-            return Ok(vec![StreamEvent::Done { finish_reason: self.finish.unwrap_or(FinishReason::Stop), usage }]);
+            return Ok(vec![self.done(self.finish.unwrap_or(FinishReason::Stop))]);
         }
         let wire: WireCompletion = serde_json::from_str(payload).map_err(|_| malformed("stream chunk"))?;
         if let Some(u) = wire.usage {
@@ -278,6 +281,11 @@ impl StreamDecoder for Decoder {
             self.finish = Some(finish_reason(Some(f)));
         }
         if let Some(delta) = choice.delta {
+            // vLLM, DeepSeek and others: `reasoning_content`; OpenRouter: `reasoning`.
+            if let Some(thought) = delta.reasoning_content.or(delta.reasoning).filter(|t| !t.is_empty()) {
+                self.estimate.add_output(&thought);
+                events.push(StreamEvent::Thinking(thought));
+            }
             if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
                 self.estimate.add_output(&text);
                 events.push(StreamEvent::Delta(text));
@@ -298,7 +306,17 @@ impl StreamDecoder for Decoder {
     }
 
     fn end(&mut self) -> Option<StreamEvent> {
-        None // no [DONE]: cut off
+        // No [DONE]: complete when a finish reason came, else cut off.
+        self.finish.map(|f| self.done(f))
+    }
+}
+
+impl Decoder {
+    fn done(&self, finish_reason: FinishReason) -> StreamEvent {
+        match self.usage {
+            Some(usage) => StreamEvent::Done { finish_reason, usage, estimated: false },
+            None => StreamEvent::Done { finish_reason, usage: self.estimate.produced(), estimated: true },
+        }
     }
 }
 
@@ -431,10 +449,43 @@ mod tests {
             done,
             vec![StreamEvent::Done {
                 finish_reason: FinishReason::ToolCalls,
-                usage: Usage { input_tokens: 3, output_tokens: 2 }
+                usage: Usage { input_tokens: 3, output_tokens: 2 },
+                estimated: false,
             }]
         );
-        assert!(d.data("{not json").is_err());
-        assert!(d.end().is_none(), "no [DONE] is a cut stream");
+        assert_eq!(d.data("{not json").unwrap_err().kind, crate::ProviderErrorKind::Malformed);
+    }
+
+    #[test]
+    fn a_stream_without_done_is_complete_after_a_finish_reason_and_cut_before_one() {
+        let chunk = |delta: &str, finish: &str| {
+            format!(r#"{{"id":"x","choices":[{{"index":0,"delta":{delta},"finish_reason":{finish}}}]}}"#)
+        };
+        // Reasoning, then text, then the connection closes: cut.
+        let mut d = Decoder::new(&req());
+        let e = d.data(&chunk(r#"{"role":"assistant","reasoning_content":"Let me think."}"#, "null")).unwrap();
+        assert_eq!(e, vec![StreamEvent::Thinking("Let me think.".into())]);
+        assert_eq!(
+            d.data(&chunk(r#"{"reasoning":"More."}"#, "null")).unwrap(),
+            vec![StreamEvent::Thinking("More.".into())]
+        );
+        d.data(&chunk(r#"{"content":"Hello there"}"#, "null")).unwrap();
+        assert!(d.end().is_none(), "no finish reason: a cut stream");
+        // The same with a finish reason and no usage: complete, usage estimated.
+        d.data(&chunk("{}", r#""stop""#)).unwrap();
+        let Some(StreamEvent::Done { finish_reason, usage, estimated }) = d.end() else { panic!("complete") };
+        assert_eq!(finish_reason, FinishReason::Stop);
+        assert!(estimated && usage.output_tokens > 0 && usage.input_tokens > 0, "{usage:?}");
+        // With usage: the provider's counts.
+        d.data(r#"{"id":"x","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":4,"total_tokens":13}}"#)
+            .unwrap();
+        assert_eq!(
+            d.end(),
+            Some(StreamEvent::Done {
+                finish_reason: FinishReason::Stop,
+                usage: Usage { input_tokens: 9, output_tokens: 4 },
+                estimated: false
+            })
+        );
     }
 }

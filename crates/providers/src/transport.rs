@@ -42,6 +42,30 @@ pub struct HttpConfig {
     /// Bulkhead: calls in flight at once (0 = unbounded).
     #[serde(default = "default_concurrency")]
     pub max_concurrency: usize,
+    /// Unreadable chunks a stream may skip (each logged and counted);
+    /// one more fails the stream.
+    #[serde(default = "default_malformed")]
+    pub max_malformed_chunks: u32,
+}
+
+impl HttpConfig {
+    /// Settings for the API at `base_url` with this key, every other value
+    /// its default.
+    #[must_use]
+    pub fn new(base_url: impl Into<String>, api_key: Secret) -> Self {
+        Self {
+            base_url: base_url.into(),
+            api_key,
+            timeout_ms: default_timeout(),
+            stream_idle_timeout_ms: default_idle(),
+            max_concurrency: default_concurrency(),
+            max_malformed_chunks: default_malformed(),
+        }
+    }
+}
+
+const fn default_malformed() -> u32 {
+    3
 }
 
 const fn default_concurrency() -> usize {
@@ -169,6 +193,8 @@ impl Transport {
             pending: Vec::new(),
             decoder,
             done: false,
+            malformed: 0,
+            max_malformed: self.config.max_malformed_chunks,
         };
         let stream = futures_util::stream::unfold(state, move |mut s| async move {
             loop {
@@ -208,6 +234,12 @@ impl Transport {
                                 break;
                             }
                         }
+                        Err(e) if e.kind == ProviderErrorKind::Malformed && s.malformed < s.max_malformed => {
+                            // One unreadable chunk among good ones: skipped, and said.
+                            s.malformed += 1;
+                            tracing::warn!(skipped = s.malformed, "skipped a malformed stream chunk");
+                            events.push(Ok(StreamEvent::Malformed));
+                        }
                         Err(e) => {
                             events.push(Err(e));
                             s.done = true;
@@ -228,8 +260,10 @@ pub(crate) trait StreamDecoder: Send + 'static {
     /// One `data:` payload. Returning [`StreamEvent::Done`] ends the stream.
     fn data(&mut self, payload: &str) -> Result<Vec<StreamEvent>, ProviderError>;
 
-    /// The body ended. `Some(Done)` when that is the format's proper end
-    /// (Gemini's, after a finish reason); `None` for a cut stream.
+    /// The body ended without the format's end marker. `Some(Done)` when
+    /// the answer is complete all the same — a finish reason arrived (many
+    /// hosts close the connection without `[DONE]` or `message_stop`;
+    /// Gemini has no marker at all) —; `None` for a cut stream.
     fn end(&mut self) -> Option<StreamEvent>;
 }
 
@@ -239,11 +273,14 @@ struct StreamState<D> {
     pending: Vec<Result<StreamEvent, ProviderError>>,
     decoder: D,
     done: bool,
+    /// Malformed chunks skipped so far, and how many may be.
+    malformed: u32,
+    max_malformed: u32,
 }
 
-/// A malformed answer: treated like a cut stream (never a success).
+/// A malformed answer or chunk: never a success (a stream may skip a few).
 pub(crate) fn malformed(what: &str) -> ProviderError {
-    ProviderError::new(ProviderErrorKind::StreamCut, format!("the upstream provider sent a malformed {what}"))
+    ProviderError::new(ProviderErrorKind::Malformed, format!("the upstream provider sent a malformed {what}"))
 }
 
 /// Maps an upstream error answer to the adapter's default conclusion and

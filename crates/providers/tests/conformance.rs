@@ -26,8 +26,12 @@ struct Setup {
 }
 
 fn config(wire: Wire, base_url: String, key: &str, timeout_ms: u64) -> ProviderConfig {
-    let http =
-        HttpConfig { base_url, api_key: Secret::new(key), timeout_ms, stream_idle_timeout_ms: 500, max_concurrency: 0 };
+    let http = HttpConfig {
+        timeout_ms,
+        stream_idle_timeout_ms: 500,
+        max_concurrency: 0,
+        ..HttpConfig::new(base_url, Secret::new(key))
+    };
     match wire {
         Wire::OpenAi => ProviderConfig::OpenaiCompatible(http),
         Wire::Anthropic => ProviderConfig::Anthropic(http),
@@ -60,6 +64,10 @@ struct Gathered {
     text: String,
     calls: Vec<ToolCall>,
     done: Option<(FinishReason, Usage)>,
+    /// The provider reported no usage.
+    estimated: bool,
+    thinking: String,
+    malformed: usize,
     error: Option<ProviderError>,
 }
 
@@ -84,10 +92,13 @@ async fn gather(client: &ProviderClient, r: &ChatRequest) -> Gathered {
                 }
                 call.arguments.push_str(&arguments);
             }
-            Ok(StreamEvent::Done { finish_reason, usage }) => {
+            Ok(StreamEvent::Done { finish_reason, usage, estimated }) => {
                 assert!(g.done.is_none(), "one Done only");
                 g.done = Some((finish_reason, usage));
+                g.estimated = estimated;
             }
+            Ok(StreamEvent::Thinking(t)) => g.thinking.push_str(&t),
+            Ok(StreamEvent::Malformed) => g.malformed += 1,
             Err(e) => {
                 g.error = Some(e);
                 break;
@@ -103,7 +114,9 @@ fn classify(e: &ProviderError) -> (CanonicalError, bool) {
         ProviderErrorKind::Timeout | ProviderErrorKind::FirstTokenTimeout => CanonicalError::Timeout,
         ProviderErrorKind::RateLimited => CanonicalError::RateLimited,
         ProviderErrorKind::InvalidRequest => CanonicalError::InvalidRequest,
-        ProviderErrorKind::Unavailable | ProviderErrorKind::StreamCut => CanonicalError::UpstreamError,
+        ProviderErrorKind::Unavailable | ProviderErrorKind::StreamCut | ProviderErrorKind::Malformed => {
+            CanonicalError::UpstreamError
+        }
     };
     let c = ErrorRules::default().classify(&UpstreamFailure {
         provider: "p",
@@ -255,18 +268,46 @@ async fn errors_keep_what_the_rules_need(wire: Wire) {
 
 async fn broken_streams_never_look_complete(wire: Wire) {
     let s = setup(wire).await;
+    let whole = gather(&s.client, &req("m", "one two three")).await;
     let cut = gather(&s.client, &req("fault-cut", "one two three")).await;
     assert!(cut.done.is_none(), "a cut stream has no Done");
     assert_eq!(cut.error.map(|e| e.kind), Some(ProviderErrorKind::StreamCut));
-    let no_end = gather(&s.client, &req("fault-noend", "one two three")).await;
-    assert!(no_end.done.is_none() && no_end.error.is_none(), "ends without Done: the caller sees a cut");
-    assert!(!no_end.text.is_empty() || wire == Wire::Anthropic, "the deltas before the end still arrive");
-    let malformed = gather(&s.client, &req("fault-malformed", "one two three")).await;
-    assert!(malformed.done.is_none());
-    assert_eq!(malformed.error.map(|e| e.kind), Some(ProviderErrorKind::StreamCut));
+    let midway = gather(&s.client, &req("fault-cut-midway", "one two three")).await;
+    assert!(midway.done.is_none() && !midway.text.is_empty() && midway.text.len() < whole.text.len(), "{midway:?}");
+    // Ended cleanly before the finish reason: no Done, no error — the caller sees a cut.
+    let truncated = gather(&s.client, &req("fault-truncated", "one two three")).await;
+    assert!(truncated.done.is_none() && truncated.error.is_none(), "{truncated:?}");
+    assert_eq!(truncated.text, whole.text, "the deltas before the end still arrive");
     let stall = gather(&s.client, &req("fault-stall", "one two three")).await;
     assert!(stall.done.is_none());
     assert_eq!(stall.error.map(|e| e.kind), Some(ProviderErrorKind::Timeout));
+    // Past the allowance of malformed chunks (3 by default): failed.
+    let garbled = gather(&s.client, &req("fault-malformed-4", "one two three")).await;
+    assert!(garbled.done.is_none());
+    assert_eq!((garbled.malformed, garbled.error.map(|e| e.kind)), (3, Some(ProviderErrorKind::Malformed)));
+}
+
+async fn complete_streams_are_complete_without_their_end_marker(wire: Wire) {
+    let s = setup(wire).await;
+    let whole = gather(&s.client, &req("m", "one two three")).await;
+    assert!(whole.done.is_some() && !whole.estimated && whole.malformed == 0, "{whole:?}");
+    // A finish reason and usage, then the connection closes cleanly: complete, the provider's counts.
+    let no_end = gather(&s.client, &req("fault-noend", "one two three")).await;
+    assert_eq!((no_end.text.as_str(), no_end.done, no_end.estimated), (whole.text.as_str(), whole.done, false));
+    // A finish reason without usage (OpenAI-compatible hosts that ignore stream_options): complete, estimated.
+    let bare = gather(&s.client, &req("fault-bare", "one two three")).await;
+    assert_eq!(bare.text, whole.text);
+    let (finish, usage) = bare.done.unwrap();
+    assert_eq!(finish, FinishReason::Stop);
+    assert!(usage.input_tokens > 0 && usage.output_tokens > 0);
+    assert_eq!(bare.estimated, wire == Wire::OpenAi, "only OpenAI's usage is optional");
+    // One malformed chunk among good ones: skipped, said, and the answer goes on.
+    let malformed = gather(&s.client, &req("fault-malformed", "one two three")).await;
+    assert_eq!((malformed.text.as_str(), malformed.done, malformed.malformed), (whole.text.as_str(), whole.done, 1));
+    // Reasoning before the answer is progress, not text.
+    let thinks = gather(&s.client, &req("fault-thinks", "one two three")).await;
+    assert_eq!((thinks.text.as_str(), thinks.done.is_some()), (whole.text.as_str(), true));
+    assert!(thinks.thinking.starts_with("Considering the question."), "{thinks:?}");
 }
 
 macro_rules! conformance {
@@ -281,6 +322,7 @@ macro_rules! conformance {
             #[tokio::test] async fn json_schema() { super::json_schema($wire).await }
             #[tokio::test] async fn errors_keep_what_the_rules_need() { super::errors_keep_what_the_rules_need($wire).await }
             #[tokio::test] async fn broken_streams_never_look_complete() { super::broken_streams_never_look_complete($wire).await }
+            #[tokio::test] async fn complete_streams_are_complete_without_their_end_marker() { super::complete_streams_are_complete_without_their_end_marker($wire).await }
         }
     )*};
 }

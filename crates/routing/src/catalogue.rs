@@ -94,6 +94,13 @@ pub struct RouteConfig {
     /// to the next route (default: `[routing.retry] first_token_timeout_ms`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_token_timeout_ms: Option<u64>,
+    /// Whether this deployment continues a final assistant turn (a prefix)
+    /// instead of starting a fresh answer: Anthropic's Messages API does,
+    /// an OpenAI-compatible host may not. A stream of the same model cut
+    /// off after some output continues on a route that says so (default off:
+    /// a fresh answer would repeat text inside a success).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub continues_prefix: bool,
 }
 
 impl RouteConfig {
@@ -123,6 +130,7 @@ impl RouteConfig {
             json_mode: true,
             vision: true,
             first_token_timeout_ms: None,
+            continues_prefix: false,
         }
     }
 }
@@ -181,6 +189,8 @@ pub struct Route {
     pub id: String,
     /// The opaque id customers see: stable, but reveals nothing.
     pub public_id: String,
+    /// The public slug of the model it serves.
+    pub model: String,
     /// The provider's name (never shown to customers).
     pub provider: String,
     /// The provider's model name.
@@ -213,6 +223,8 @@ pub struct Route {
     pub vision: bool,
     /// Time-to-first-token limit override.
     pub first_token_timeout_ms: Option<u64>,
+    /// Continues a final assistant turn (see [`RouteConfig::continues_prefix`]).
+    pub continues_prefix: bool,
 }
 
 impl Route {
@@ -319,6 +331,7 @@ impl Catalogue {
                 routes.push(Arc::new(Route {
                     id: r.id.clone(),
                     public_id: public_route_id(&r.id),
+                    model: m.slug.clone(),
                     provider: r.provider.clone(),
                     upstream_model: r.upstream_model.clone(),
                     input_price: with_margin(r.input_price, margin).ok_or_else(overflow)?,
@@ -337,6 +350,7 @@ impl Catalogue {
                     json_mode: r.json_mode,
                     vision: r.vision,
                     first_token_timeout_ms: r.first_token_timeout_ms,
+                    continues_prefix: r.continues_prefix,
                 }));
             }
             let model = Model {

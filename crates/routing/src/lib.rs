@@ -10,7 +10,7 @@ mod error;
 mod errors;
 mod plan;
 
-pub use breaker::{BreakerConfig, BreakerState, Health};
+pub use breaker::{BreakerConfig, BreakerState, FIRST_TOKEN_SAMPLES, Health};
 pub use budget::RetryBudget;
 pub use catalogue::{Catalogue, CatalogueConfig, Model, ModelConfig, Route, RouteConfig, with_margin};
 pub use error::RoutingError;
@@ -47,9 +47,17 @@ pub struct RetryConfig {
     pub max_retry_after_ms: u64,
     /// Every attempt and wait of one execution happens within this time.
     pub deadline_ms: u64,
-    /// A streamed call whose first token takes longer fails over to the
-    /// next route (a route may set its own).
+    /// How long a streamed call may go without a first sign of progress
+    /// (text, reasoning or a tool call) before it fails over to the next
+    /// route: the ceiling, and the limit of a route not yet observed. Once
+    /// a route has streamed `FIRST_TOKEN_SAMPLES` times its limit is derived
+    /// from what was observed — the smoothed time to first token plus four
+    /// deviations, at least three times the smoothed time (TCP's
+    /// retransmission timer, RFC 6298) —, kept within
+    /// [`first_token_floor_ms`, this]. A route may set a fixed limit of its own.
     pub first_token_timeout_ms: u64,
+    /// The least a derived first-token limit may be.
+    pub first_token_floor_ms: u64,
     /// Retry budget: same-route retries may add this percentage to the
     /// calls the process makes…
     pub budget_percent: u32,
@@ -65,7 +73,8 @@ impl Default for RetryConfig {
             max_backoff_ms: 2_000,
             max_retry_after_ms: 5_000,
             deadline_ms: 120_000,
-            first_token_timeout_ms: 60_000,
+            first_token_timeout_ms: 15_000,
+            first_token_floor_ms: 2_000,
             budget_percent: 20,
             budget_min_per_second: 10,
         }

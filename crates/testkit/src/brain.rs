@@ -24,6 +24,8 @@ pub struct Ask {
     pub stop: Vec<String>,
     /// Words across the whole prompt (the stand-in's token count).
     pub prompt_words: usize,
+    /// The text of a final assistant turn: a prefix the answer continues.
+    pub prefix: Option<String>,
 }
 
 /// The stand-in's answer.
@@ -56,7 +58,9 @@ impl Answer {
 /// - JSON asked for → `{"echo": <last user text>}`;
 /// - otherwise `echo: <last user text>`, then ` [system: …]` and
 ///   ` [images: …]` when present;
-/// - cut at the first stop sequence, then at `max_tokens` words (`length`).
+/// - cut at the first stop sequence, then at `max_tokens` words (`length`);
+/// - after a final assistant turn that begins that text (a prefix to
+///   continue), only the rest of it.
 #[must_use]
 pub fn brain(ask: &Ask) -> Answer {
     let tool = match &ask.forced_tool {
@@ -90,6 +94,9 @@ pub fn brain(ask: &Ask) -> Answer {
     };
     if let Some(at) = ask.stop.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min() {
         text.truncate(at);
+    }
+    if let Some(rest) = ask.prefix.as_deref().and_then(|p| text.strip_prefix(p)) {
+        text = rest.to_owned();
     }
     let mut pieces: Vec<String> = text.split_inclusive(' ').map(str::to_owned).collect();
     let mut finish = "stop";

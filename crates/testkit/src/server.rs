@@ -32,7 +32,8 @@ pub enum Wire {
     Gemini,
 }
 
-/// A behaviour, chosen by the upstream model name `fault-<name>`; any other
+/// A behaviour, chosen by the upstream model name `fault-<name>` (or set for
+/// a model with [`StandIn::set_fault`] and [`StandIn::script`]); any other
 /// model name answers normally.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
@@ -44,6 +45,8 @@ pub enum Fault {
     RateLimitBare,
     /// 503 (Anthropic: 529) overloaded.
     Overloaded,
+    /// 503 (Anthropic: 529) overloaded, with `Retry-After: 1`.
+    OverloadedRetry,
     /// 500.
     ServerError,
     /// 400 with the provider's context-length error.
@@ -51,47 +54,85 @@ pub enum Fault {
     /// The provider's content filter: OpenAI's 400, Anthropic's `refusal`
     /// stop reason, Gemini's blocked prompt.
     Filter,
+    /// 400 when the conversation ends with the assistant's turn (a host
+    /// that does not continue a prefix); answers otherwise.
+    RefusePrefix,
     /// The connection is closed before any response.
     Reset,
     /// No response head for 60 s.
     Hang,
     /// The response head at once, the first token after 1.5 s.
     SlowFirst,
+    /// Reasoning (thinking) deltas every 250 ms for 1.5 s, then the answer.
+    Thinks,
     /// A stream that stops after its first event and goes silent.
     Stall,
+    /// A stream that goes silent after half its output.
+    StallMidway,
     /// A stream whose connection breaks after the first event.
     Cut,
-    /// A stream that ends cleanly but without its end marker.
+    /// A stream whose connection breaks after half its output.
+    CutMidway,
+    /// A stream that ends cleanly after its finish reason and usage, but
+    /// without its end marker (Gemini has none: a normal answer).
     NoEnd,
-    /// A stream with a malformed chunk after the first event.
-    Malformed,
+    /// A stream that ends cleanly after its finish reason, with neither
+    /// usage nor end marker (a host that ignores `stream_options`).
+    Bare,
+    /// A stream that ends cleanly after its output, before its finish
+    /// reason: truncated.
+    Truncated,
+    /// A stream with this many malformed chunks among its good ones
+    /// (`fault-malformed`: one; `fault-malformed-4`: four).
+    Malformed(u8),
 }
 
 impl Fault {
     fn of(model: &str) -> Self {
-        match model.strip_prefix("fault-").unwrap_or_default() {
+        let name = model.strip_prefix("fault-").unwrap_or_default();
+        if let Some(n) = name.strip_prefix("malformed-").and_then(|n| n.parse().ok()) {
+            return Self::Malformed(n);
+        }
+        match name {
             "ratelimit" => Self::RateLimit,
             "ratelimit-bare" => Self::RateLimitBare,
             "overloaded" => Self::Overloaded,
+            "overloaded-retry" => Self::OverloadedRetry,
             "servererror" => Self::ServerError,
             "context" => Self::Context,
             "filter" => Self::Filter,
+            "refuse-prefix" => Self::RefusePrefix,
             "reset" => Self::Reset,
             "hang" => Self::Hang,
             "slowfirst" => Self::SlowFirst,
+            "thinks" => Self::Thinks,
             "stall" => Self::Stall,
+            "stall-midway" => Self::StallMidway,
             "cut" => Self::Cut,
+            "cut-midway" => Self::CutMidway,
             "noend" => Self::NoEnd,
-            "malformed" => Self::Malformed,
+            "bare" => Self::Bare,
+            "truncated" => Self::Truncated,
+            "malformed" => Self::Malformed(1),
             _ => Self::None,
         }
     }
+}
+
+/// Faults set by a test for a model, over what its name says.
+#[derive(Debug, Default)]
+struct Faults {
+    /// Met by the next calls, one each, in order.
+    script: std::collections::VecDeque<Fault>,
+    /// Met by every call once the script is spent (`None`: the name decides).
+    standing: Option<Fault>,
 }
 
 #[derive(Debug, Default)]
 struct Seen {
     calls: BTreeMap<String, usize>,
     bodies: BTreeMap<String, Value>,
+    faults: BTreeMap<String, Faults>,
 }
 
 /// A running stand-in. It stops when dropped.
@@ -154,6 +195,25 @@ impl StandIn {
         self.seen.lock().expect("lock").calls.get(model).copied().unwrap_or(0)
     }
 
+    /// Every later call for `model` meets `fault` (a switchable outage);
+    /// `None` hands the choice back to the model's name.
+    ///
+    /// # Panics
+    /// If a request handler panicked while holding the record.
+    pub fn set_fault(&self, model: &str, fault: Option<Fault>) {
+        self.seen.lock().expect("lock").faults.entry(model.to_owned()).or_default().standing = fault;
+    }
+
+    /// The next calls for `model` meet these faults, one call each, in
+    /// order (`[Fault::OverloadedRetry, Fault::OverloadedRetry]`: the first
+    /// two calls fail, the third answers).
+    ///
+    /// # Panics
+    /// If a request handler panicked while holding the record.
+    pub fn script(&self, model: &str, faults: impl IntoIterator<Item = Fault>) {
+        self.seen.lock().expect("lock").faults.entry(model.to_owned()).or_default().script.extend(faults);
+    }
+
     /// The last request body received for `model`.
     ///
     /// # Panics
@@ -162,6 +222,13 @@ impl StandIn {
     pub fn last_body(&self, model: &str) -> Option<Value> {
         self.seen.lock().expect("lock").bodies.get(model).cloned()
     }
+}
+
+/// Breaks the connection once what was sent has left (a break sooner would
+/// take the buffered frames with it, which is not what a cut stream does).
+async fn cut(tx: &mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>) {
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let _ = tx.send(Err(std::io::Error::other("cut"))).await;
 }
 
 fn json_response(status: u16, body: &Value, retry_after: Option<u64>) -> Response<Body> {
@@ -218,11 +285,12 @@ async fn handle(wire: Wire, seen: Arc<Mutex<Seen>>, req: Request<Incoming>) -> R
     let Some((model, stream)) = route(wire, &path, query.as_deref(), &body) else {
         return Ok(json_response(404, &json!({ "error": { "message": format!("no route {path}") } }), None));
     };
-    {
+    let set = {
         let mut s = seen.lock().expect("lock");
         *s.calls.entry(model.clone()).or_default() += 1;
         s.bodies.insert(model.clone(), body.clone());
-    }
+        s.faults.get_mut(&model).and_then(|f| f.script.pop_front().or(f.standing))
+    };
     if !ok {
         return Ok(error_response(wire, ErrorKind::Auth, "", None));
     }
@@ -230,11 +298,17 @@ async fn handle(wire: Wire, seen: Arc<Mutex<Seen>>, req: Request<Incoming>) -> R
         Ok(ask) => ask,
         Err(message) => return Ok(error_response(wire, ErrorKind::BadRequest, &message, None)),
     };
-    let fault = Fault::of(&model);
+    let fault = set.unwrap_or_else(|| Fault::of(&model));
     match fault {
         Fault::RateLimit => return Ok(error_response(wire, ErrorKind::RateLimited, "", Some(1))),
         Fault::RateLimitBare => return Ok(error_response(wire, ErrorKind::RateLimited, "", None)),
         Fault::Overloaded => return Ok(error_response(wire, ErrorKind::Overloaded, "", None)),
+        Fault::OverloadedRetry => return Ok(error_response(wire, ErrorKind::Overloaded, "", Some(1))),
+        Fault::RefusePrefix if ask.prefix.is_some() => {
+            let message =
+                "This model does not support assistant message prefill. The conversation must end with a user message.";
+            return Ok(error_response(wire, ErrorKind::BadRequest, message, None));
+        }
         Fault::ServerError => return Ok(error_response(wire, ErrorKind::Server, "", None)),
         Fault::Context => return Ok(error_response(wire, ErrorKind::ContextLength, "", None)),
         Fault::Filter if wire == Wire::OpenAi => {
@@ -271,42 +345,66 @@ async fn handle(wire: Wire, seen: Arc<Mutex<Seen>>, req: Request<Incoming>) -> R
         return Ok(json_response(200, &b, None));
     }
     let include_usage = body.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
-    let (mut frames, end) = wire::frames(wire, &model, &answer, include_usage);
+    let mut frames = wire::frames(wire, &model, &answer, include_usage && fault != Fault::Bare);
     if fault == Fault::Filter {
-        for f in &mut frames {
+        for f in &mut frames.head {
+            *f = f.replace("\"end_turn\"", "\"refusal\"");
+        }
+        for f in &mut frames.tail {
             *f = f.replace("\"end_turn\"", "\"refusal\"");
         }
     }
+    let thinking = wire::thinking(wire, &model, "Considering the question. ");
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(16);
     tokio::spawn(async move {
         let send = |s: String| tx.send(Ok(Frame::data(Bytes::from(s))));
-        let mut frames = frames.into_iter();
-        if fault == Fault::SlowFirst {
-            tokio::time::sleep(Duration::from_millis(1_500)).await;
-        }
-        if let Some(first) = frames.next() {
-            let _ = send(first).await;
-        }
+        let wire::Frames { head, tail, end } = frames;
+        // Where in the output a midway fault strikes: after the first frame
+        // and half of the rest.
+        let midway = 1 + head.len().saturating_sub(1) / 2;
         match fault {
-            Fault::Stall => {
-                tokio::time::sleep(Duration::from_secs(60)).await;
-                return;
-            }
-            Fault::Cut => {
-                let _ = tx.send(Err(std::io::Error::other("cut"))).await;
-                return;
-            }
-            Fault::Malformed => {
-                let _ = send("data: {\"choices\": [{\"delta\": \n\n".to_owned()).await;
+            Fault::SlowFirst => tokio::time::sleep(Duration::from_millis(1_500)).await,
+            Fault::Thinks => {
+                for _ in 0..6 {
+                    if send(thinking.clone()).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
             }
             _ => {}
         }
-        for f in frames {
+        for (i, f) in head.into_iter().enumerate() {
+            if i > 0 {
+                let (first, mid) = (i == 1, i == midway);
+                match fault {
+                    Fault::Stall if first => return tokio::time::sleep(Duration::from_secs(60)).await,
+                    Fault::StallMidway if mid => return tokio::time::sleep(Duration::from_secs(60)).await,
+                    Fault::Cut if first => return cut(&tx).await,
+                    Fault::CutMidway if mid => return cut(&tx).await,
+                    Fault::Malformed(n) if first => {
+                        for _ in 0..n {
+                            let _ = send("data: {\"choices\": [{\"delta\": \n\n".to_owned()).await;
+                        }
+                    }
+                    _ => {}
+                }
+            }
             if send(f).await.is_err() {
                 return;
             }
         }
-        if fault != Fault::NoEnd {
+        if fault == Fault::Truncated {
+            return;
+        }
+        for f in tail {
+            if send(f).await.is_err() {
+                return;
+            }
+        }
+        if let Some(end) = end
+            && !matches!(fault, Fault::NoEnd | Fault::Bare)
+        {
             let _ = send(end).await;
         }
     });

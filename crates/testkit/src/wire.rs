@@ -49,10 +49,11 @@ fn openai_ask(body: &Value) -> Result<Ask, String> {
         return Err("messages: at least one message is required".into());
     }
     let mut calls: Vec<(String, String)> = Vec::new(); // (id, name)
-    for m in messages {
+    for (i, m) in messages.iter().enumerate() {
         let content = m.get("content").unwrap_or(&Value::Null);
         let text = text_of(content);
         ask.prompt_words += words(&text);
+        let last = i + 1 == messages.len();
         match m.get("role").and_then(Value::as_str) {
             Some("system" | "developer") => ask.system = [ask.system.as_str(), &text].join(" ").trim().to_owned(),
             Some("user") => {
@@ -65,6 +66,9 @@ fn openai_ask(body: &Value) -> Result<Ask, String> {
                     .collect();
             }
             Some("assistant") => {
+                if last && !text.is_empty() {
+                    ask.prefix = Some(text);
+                }
                 for c in arr(m.get("tool_calls")) {
                     let id = c.get("id").and_then(Value::as_str).ok_or("tool_calls[].id is required")?;
                     let name =
@@ -113,7 +117,8 @@ fn anthropic_ask(body: &Value) -> Result<Ask, String> {
         return Err("messages: first message must use the \"user\" role".into());
     }
     let mut calls: Vec<(String, String)> = Vec::new();
-    for m in messages {
+    for (i, m) in messages.iter().enumerate() {
+        let last = i + 1 == messages.len();
         let content = m.get("content").unwrap_or(&Value::Null);
         let blocks: Vec<Value> = match content {
             Value::String(s) => vec![json!({ "type": "text", "text": s })],
@@ -153,6 +158,15 @@ fn anthropic_ask(body: &Value) -> Result<Ask, String> {
                 ask.last_user = text;
             }
         } else if role == Some("assistant") {
+            let text = text_of(&Value::Array(blocks.clone()));
+            ask.prompt_words += words(&text);
+            if last && !text.is_empty() {
+                // Anthropic's own rule for a prefilled answer.
+                if text.ends_with(char::is_whitespace) {
+                    return Err("messages: final assistant content cannot end with trailing whitespace".into());
+                }
+                ask.prefix = Some(text);
+            }
             for b in &blocks {
                 if b.get("type").and_then(Value::as_str) == Some("tool_use") {
                     if !b.get("input").is_some_and(Value::is_object) {
@@ -194,7 +208,8 @@ fn gemini_ask(body: &Value) -> Result<Ask, String> {
         .join(" ");
     ask.prompt_words = words(&ask.system);
     let mut called: Vec<String> = Vec::new();
-    for c in arr(body.get("contents")) {
+    let contents = arr(body.get("contents"));
+    for (i, c) in contents.iter().enumerate() {
         let parts = arr(c.get("parts"));
         match c.get("role").and_then(Value::as_str) {
             Some("user") | None => {
@@ -235,6 +250,11 @@ fn gemini_ask(body: &Value) -> Result<Ask, String> {
                     if let Some(name) = p.pointer("/functionCall/name").and_then(Value::as_str) {
                         called.push(name.to_owned());
                     }
+                }
+                let text = text_of(&Value::Array(parts.to_vec()));
+                ask.prompt_words += words(&text);
+                if i + 1 == contents.len() && !text.is_empty() {
+                    ask.prefix = Some(text);
                 }
             }
             Some(other) => return Err(format!("Please use a valid role: user, model. (got {other})")),
@@ -337,43 +357,70 @@ fn event(name: &str, data: &Value) -> String {
     format!("event: {name}\ndata: {data}\n\n")
 }
 
-/// The streamed answer: the frames, and the frame that ends the stream
-/// properly (sent last, unless a fault drops it).
-pub(crate) fn frames(wire: Wire, model: &str, a: &Answer, include_usage: bool) -> (Vec<String>, String) {
+/// A streamed answer, in the order it is sent: `head` (the start and the
+/// output), `tail` (the finish reason and the usage), `end` (the end
+/// marker). Faults drop or break parts of it.
+pub(crate) struct Frames {
+    pub(crate) head: Vec<String>,
+    pub(crate) tail: Vec<String>,
+    pub(crate) end: Option<String>,
+}
+
+/// A frame of reasoning before the answer, as each provider streams it
+/// (`None`: the format has none of its own).
+pub(crate) fn thinking(wire: Wire, model: &str, text: &str) -> String {
+    match wire {
+        Wire::OpenAi => {
+            sse(&json!({ "id": "chatcmpl-standin", "object": "chat.completion.chunk", "created": 1_731_000_000,
+            "model": model, "choices": [{ "index": 0, "delta": { "reasoning_content": text }, "finish_reason": null }] }))
+        }
+        Wire::Anthropic => event(
+            "content_block_delta",
+            &json!({ "type": "content_block_delta", "index": 0, "delta": { "type": "thinking_delta", "thinking": text } }),
+        ),
+        Wire::Gemini => sse(
+            &json!({ "candidates": [{ "content": { "parts": [{ "text": text, "thought": true }], "role": "model" }, "index": 0 }],
+            "modelVersion": model, "responseId": "standin" }),
+        ),
+    }
+}
+
+/// The streamed answer.
+pub(crate) fn frames(wire: Wire, model: &str, a: &Answer, include_usage: bool) -> Frames {
     match wire {
         Wire::OpenAi => {
             let chunk = |delta: Value, finish: Option<&str>| {
                 json!({ "id": "chatcmpl-standin", "object": "chat.completion.chunk", "created": 1_731_000_000,
                         "model": model, "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish }] })
             };
-            let mut out = vec![sse(&chunk(json!({ "role": "assistant", "content": "" }), None))];
-            out.extend(a.pieces.iter().map(|p| sse(&chunk(json!({ "content": p }), None))));
+            let mut head = vec![sse(&chunk(json!({ "role": "assistant", "content": "" }), None))];
+            head.extend(a.pieces.iter().map(|p| sse(&chunk(json!({ "content": p }), None))));
             if let Some((name, args)) = &a.tool_call {
-                out.push(sse(&chunk(
+                head.push(sse(&chunk(
                     json!({ "tool_calls": [{ "index": 0, "id": "call_standin", "type": "function", "function": { "name": name, "arguments": "" } }] }),
                     None,
                 )));
                 let args = args.to_string();
                 let (x, y) = args.split_at(args.len() / 2);
                 for piece in [x, y] {
-                    out.push(sse(&chunk(
+                    head.push(sse(&chunk(
                         json!({ "tool_calls": [{ "index": 0, "function": { "arguments": piece } }] }),
                         None,
                     )));
                 }
             }
-            out.push(sse(&chunk(json!({}), Some(a.finish))));
+            let mut tail = vec![sse(&chunk(json!({}), Some(a.finish)))];
             if include_usage {
-                out.push(sse(
+                tail.push(sse(
                     &json!({ "id": "chatcmpl-standin", "object": "chat.completion.chunk", "created": 1_731_000_000,
                     "model": model, "choices": [], "usage": { "prompt_tokens": a.input_tokens,
                     "completion_tokens": a.output_tokens, "total_tokens": a.input_tokens + a.output_tokens } }),
                 ));
             }
-            (out, "data: [DONE]\n\n".to_owned())
+            Frames { head, tail, end: Some("data: [DONE]\n\n".to_owned()) }
         }
         Wire::Anthropic => {
-            let mut out = vec![event(
+            let mut head = vec![event(
                 "message_start",
                 &json!({ "type": "message_start", "message": { "id": "msg_standin", "type": "message", "role": "assistant",
                     "content": [], "model": model, "stop_reason": null, "stop_sequence": null,
@@ -381,19 +428,19 @@ pub(crate) fn frames(wire: Wire, model: &str, a: &Answer, include_usage: bool) -
             )];
             let mut index = 0;
             if !a.pieces.is_empty() {
-                out.push(event("content_block_start", &json!({ "type": "content_block_start", "index": 0, "content_block": { "type": "text", "text": "" } })));
-                out.push(event("ping", &json!({ "type": "ping" })));
+                head.push(event("content_block_start", &json!({ "type": "content_block_start", "index": 0, "content_block": { "type": "text", "text": "" } })));
+                head.push(event("ping", &json!({ "type": "ping" })));
                 for p in &a.pieces {
-                    out.push(event(
+                    head.push(event(
                         "content_block_delta",
                         &json!({ "type": "content_block_delta", "index": 0, "delta": { "type": "text_delta", "text": p } }),
                     ));
                 }
-                out.push(event("content_block_stop", &json!({ "type": "content_block_stop", "index": 0 })));
+                head.push(event("content_block_stop", &json!({ "type": "content_block_stop", "index": 0 })));
                 index = 1;
             }
             if let Some((name, args)) = &a.tool_call {
-                out.push(event(
+                head.push(event(
                     "content_block_start",
                     &json!({ "type": "content_block_start", "index": index,
                     "content_block": { "type": "tool_use", "id": "toolu_standin", "name": name, "input": {} } }),
@@ -401,20 +448,20 @@ pub(crate) fn frames(wire: Wire, model: &str, a: &Answer, include_usage: bool) -
                 let args = args.to_string();
                 let (x, y) = args.split_at(args.len() / 2);
                 for piece in [x, y] {
-                    out.push(event(
+                    head.push(event(
                         "content_block_delta",
                         &json!({ "type": "content_block_delta", "index": index,
                         "delta": { "type": "input_json_delta", "partial_json": piece } }),
                     ));
                 }
-                out.push(event("content_block_stop", &json!({ "type": "content_block_stop", "index": index })));
+                head.push(event("content_block_stop", &json!({ "type": "content_block_stop", "index": index })));
             }
-            out.push(event(
+            let tail = vec![event(
                 "message_delta",
                 &json!({ "type": "message_delta", "delta": { "stop_reason": anthropic_stop(a.finish), "stop_sequence": null },
                          "usage": { "output_tokens": a.output_tokens } }),
-            ));
-            (out, event("message_stop", &json!({ "type": "message_stop" })))
+            )];
+            Frames { head, tail, end: Some(event("message_stop", &json!({ "type": "message_stop" }))) }
         }
         Wire::Gemini => {
             let chunk = |parts: Value| {
@@ -422,15 +469,16 @@ pub(crate) fn frames(wire: Wire, model: &str, a: &Answer, include_usage: bool) -
                         "usageMetadata": { "promptTokenCount": a.input_tokens, "totalTokenCount": a.input_tokens },
                         "modelVersion": model, "responseId": "standin" })
             };
-            let mut out: Vec<String> = a.pieces.iter().map(|p| sse(&chunk(json!([{ "text": p }])))).collect();
+            let mut head: Vec<String> = a.pieces.iter().map(|p| sse(&chunk(json!([{ "text": p }])))).collect();
             if let Some((name, args)) = &a.tool_call {
-                out.push(sse(&chunk(json!([{ "functionCall": { "name": name, "args": args } }]))));
+                head.push(sse(&chunk(json!([{ "functionCall": { "name": name, "args": args } }]))));
             }
-            // The last chunk carries the finish reason and the full usage.
+            // The last chunk carries the finish reason and the full usage;
+            // the body's end is the stream's end (Gemini has no marker).
             let end = json!({ "candidates": [{ "content": { "parts": [{ "text": "" }], "role": "model" },
                               "finishReason": gemini_finish(a.finish), "index": 0 }],
                               "usageMetadata": gemini_usage(a), "modelVersion": model, "responseId": "standin" });
-            (out, sse(&end))
+            Frames { head, tail: vec![sse(&end)], end: None }
         }
     }
 }

@@ -82,8 +82,13 @@ async fn setup(db: &TestDb, failure: BuiltinFailure, credit: &str) -> Setup {
         Arc::new(ErrorRules::new(routing.error_rules)),
         routing.retry,
     );
-    let caller =
-        Caller { org_id: org, project_id: project, api_key_id: key, preferences: RequestPreferences::default() };
+    let caller = Caller {
+        org_id: org,
+        project_id: project,
+        api_key_id: key,
+        preferences: RequestPreferences::default(),
+        fallback_models: Vec::new(),
+    };
     Setup { ledger, executor, caller }
 }
 
@@ -111,7 +116,10 @@ db_test!(async fn a_run_holds_the_worst_case_and_settles_what_the_route_prices_t
     // The decision record: the plan and the typed attempts.
     let decision = record.decision.unwrap();
     assert_eq!(decision["model"], "builtin/echo");
-    assert_eq!(decision["attempts"], serde_json::json!([{ "route": route.public_id, "outcome": "succeeded", "error_code": null }]));
+    assert_eq!(
+        decision["attempts"],
+        serde_json::json!([{ "route": route.public_id, "model": "builtin/echo", "outcome": "succeeded", "error_code": null }])
+    );
     sound(&s.ledger).await;
 });
 

@@ -19,12 +19,11 @@ use crate::wire::{ChatCompletionRequest, assistant_message, usage};
 
 pub(crate) async fn completions(state: State, caller: Caller, payload: Body) -> Result<HttpResponse, ApiError> {
     caller.require(modelroute_identity::Scope::Execute)?;
-    let body: ChatCompletionRequest = payload.json().await?;
-    let exec_caller = caller.payer(body.routing)?;
+    let mut body: ChatCompletionRequest = payload.json().await?;
+    let exec_caller = caller.payer(body.routing, std::mem::take(&mut body.models))?;
     let stream = body.stream.unwrap_or(false);
     let include_usage = body.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let request = body.into_canonical()?;
-    let slug = request.model.clone();
     if !stream {
         let done = state.services.executor.run(exec_caller, request).await?;
         let r = &done.response;
@@ -32,7 +31,7 @@ pub(crate) async fn completions(state: State, caller: Caller, payload: Body) -> 
             "id": done.execution_id,
             "object": "chat.completion",
             "created": time::unix_seconds(done.created_at),
-            "model": slug,
+            "model": done.model,
             "choices": [{
                 "index": 0,
                 "message": assistant_message(r),
@@ -46,12 +45,13 @@ pub(crate) async fn completions(state: State, caller: Caller, payload: Body) -> 
     let execution = state.services.executor.start_stream(exec_caller, request).await?;
     let id = execution.execution_id.to_string();
     let created = time::unix_seconds(execution.created_at);
+    let model = execution.model;
     let chunk = move |delta: Value, finish: Option<&str>| {
         json!({
             "id": id,
             "object": "chat.completion.chunk",
             "created": created,
-            "model": slug,
+            "model": model,
             "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish }],
         })
     };

@@ -1,7 +1,7 @@
 use actix_web::{HttpResponse, web};
 use modelroute_executions::{Execution, ExecutionError, ExecutionStatus};
 use modelroute_identity::Scope;
-use modelroute_types::{ExecutionId, time};
+use modelroute_types::{ExecutionId, Money, time};
 use serde_json::json;
 
 use crate::ApiError;
@@ -19,12 +19,14 @@ pub(crate) async fn get(state: State, caller: Caller, id: web::Path<String>) -> 
 }
 
 fn view(e: &Execution) -> serde_json::Value {
-    // A cancellation after output started is settled for what was produced;
-    // one before the first byte released the hold.
+    // A cancellation after output started is settled for what was produced,
+    // and so is a failure after output reached the client; one before the
+    // first byte released the hold.
     let hold_status = match e.status {
         ExecutionStatus::Queued | ExecutionStatus::Running => "held",
         ExecutionStatus::Succeeded => "settled",
         ExecutionStatus::Canceled if e.error_code.is_none() => "settled",
+        ExecutionStatus::Failed if e.cost.is_some_and(Money::is_positive) => "settled",
         ExecutionStatus::Canceled | ExecutionStatus::Failed => "released",
     };
     let settlement = e

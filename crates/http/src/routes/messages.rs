@@ -20,11 +20,10 @@ use modelroute_providers::anthropic::stop_reason;
 pub(crate) async fn create(state: State, req: HttpRequest, payload: Body) -> Result<HttpResponse, AnthropicError> {
     let caller = authenticate(&req).await?;
     caller.require(modelroute_identity::Scope::Execute)?;
-    let body: MessagesRequest = payload.json().await?;
-    let exec_caller = caller.payer(body.routing)?;
+    let mut body: MessagesRequest = payload.json().await?;
+    let exec_caller = caller.payer(body.routing, std::mem::take(&mut body.models))?;
     let stream = body.stream;
     let request = body.into_canonical()?;
-    let slug = request.model.clone();
     if !stream {
         let done = state.services.executor.run(exec_caller, request).await?;
         let r = &done.response;
@@ -32,7 +31,7 @@ pub(crate) async fn create(state: State, req: HttpRequest, payload: Body) -> Res
             "id": done.execution_id,
             "type": "message",
             "role": "assistant",
-            "model": slug,
+            "model": done.model,
             "content": content_blocks(r),
             "stop_reason": stop_reason(r.finish_reason),
             "stop_sequence": null,
@@ -43,7 +42,7 @@ pub(crate) async fn create(state: State, req: HttpRequest, payload: Body) -> Res
     let start = event(
         "message_start",
         &json!({ "type": "message_start", "message": {
-        "id": execution.execution_id, "type": "message", "role": "assistant", "model": slug,
+        "id": execution.execution_id, "type": "message", "role": "assistant", "model": execution.model,
         "content": [], "stop_reason": null, "stop_sequence": null,
         "usage": { "input_tokens": 0, "output_tokens": 0 } } }),
     );

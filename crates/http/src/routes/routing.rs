@@ -1,10 +1,16 @@
 //! `GET`/`PUT /v1/routing/preferences`: the caller's org routing policy
-//! (`cheapest`, `fastest`, `balanced`) and price ceilings. A request may
-//! choose another policy or lower ceilings in its own `routing` field.
+//! (`cheapest`, `fastest`, `balanced`), price ceilings and fallback models
+//! per model. A request may choose another policy or lower ceilings in its
+//! own `routing` field, and name its own fallbacks in `models`.
+
+use std::sync::Arc;
 
 use actix_web::{HttpRequest, HttpResponse};
+use modelroute_executions::{Fallbacks, OrgRouting};
 use modelroute_identity::Scope;
-use modelroute_routing::Preferences;
+use modelroute_routing::{Policy, Preferences};
+use modelroute_types::PricePerMTok;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::ApiError;
@@ -12,20 +18,37 @@ use crate::auth::Caller;
 use crate::body::Body;
 use crate::state::State;
 
-fn body(p: &Preferences) -> Value {
+fn body(r: &OrgRouting) -> Value {
+    let p = &r.preferences;
     json!({
         "object": "routing_preferences",
         "policy": p.policy,
         "max_input_price": p.max_input_price,
         "max_output_price": p.max_output_price,
+        "fallbacks": &*r.fallbacks,
     })
+}
+
+/// The body of a `PUT`: everything it names replaces what was set.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Put {
+    #[serde(default)]
+    policy: Policy,
+    #[serde(default)]
+    max_input_price: Option<PricePerMTok>,
+    #[serde(default)]
+    max_output_price: Option<PricePerMTok>,
+    /// Per model, the models to try in order when it cannot serve.
+    #[serde(default)]
+    fallbacks: Fallbacks,
 }
 
 /// `GET /v1/routing/preferences`.
 pub(crate) async fn get(state: State, caller: Caller) -> Result<HttpResponse, ApiError> {
     let org = caller.require(Scope::Read)?;
-    let p = state.services.executor.preferences(org).await?;
-    Ok(HttpResponse::Ok().json(body(&p)))
+    let r = state.services.executor.routing(org).await?;
+    Ok(HttpResponse::Ok().json(body(&r)))
 }
 
 /// `PUT /v1/routing/preferences` (manage scope): replaces them.
@@ -36,9 +59,17 @@ pub(crate) async fn put(
     payload: Body,
 ) -> Result<HttpResponse, ApiError> {
     let org = caller.require(Scope::Manage)?;
-    let p: Preferences = payload.json().await?;
-    state.services.executor.set_preferences(org, p).await?;
+    let put: Put = payload.json().await?;
+    let r = OrgRouting {
+        preferences: Preferences {
+            policy: put.policy,
+            max_input_price: put.max_input_price,
+            max_output_price: put.max_output_price,
+        },
+        fallbacks: Arc::new(put.fallbacks),
+    };
+    state.services.executor.set_routing(org, r.clone()).await?;
     let actor = super::audit::actor(&caller, &req);
-    state.services.identity.record(Some(org), &actor, "routing.preferences_updated", None, Some(body(&p))).await?;
-    Ok(HttpResponse::Ok().json(body(&p)))
+    state.services.identity.record(Some(org), &actor, "routing.preferences_updated", None, Some(body(&r))).await?;
+    Ok(HttpResponse::Ok().json(body(&r)))
 }

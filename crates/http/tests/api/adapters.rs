@@ -7,10 +7,10 @@ use hyper::{Method, StatusCode};
 use modelroute_app::{Reloader, Services, Settings};
 use modelroute_db::db_test;
 use modelroute_db::testing::TestDb;
-use modelroute_providers::{BuiltinConfig, HttpConfig, ProviderConfig};
+use modelroute_providers::{BuiltinConfig, ProviderConfig};
 use modelroute_routing::{ModelConfig, RouteConfig};
-use modelroute_testkit::{StandIn, TEST_KEY, Wire};
-use modelroute_types::{Money, OrgId, Secret};
+use modelroute_testkit::{StandIn, Wire};
+use modelroute_types::{Money, OrgId};
 use serde_json::{Value, json};
 
 struct TestApp {
@@ -38,13 +38,7 @@ async fn spawn(db: TestDb) -> TestApp {
     let (openai, anthropic, gemini) =
         (StandIn::start(Wire::OpenAi).await, StandIn::start(Wire::Anthropic).await, StandIn::start(Wire::Gemini).await);
     let mut settings = crate::helpers::test_settings(&db);
-    let http = |s: &StandIn| HttpConfig {
-        base_url: s.base_url(),
-        api_key: Secret::new(TEST_KEY),
-        timeout_ms: 5_000,
-        stream_idle_timeout_ms: 5_000,
-        max_concurrency: 64,
-    };
+    let http = crate::helpers::standin_config;
     settings.providers.insert("oa".into(), ProviderConfig::OpenaiCompatible(http(&openai)));
     settings.providers.insert("an".into(), ProviderConfig::Anthropic(http(&anthropic)));
     settings.providers.insert("ge".into(), ProviderConfig::Gemini(http(&gemini)));

@@ -251,7 +251,7 @@ db_test!(async fn a_failing_provider_releases_the_hold(db) {
     app.assert_ledger_sound().await;
 });
 
-db_test!(async fn a_stream_cut_midway_is_not_reported_as_success(db) {
+db_test!(async fn a_stream_cut_midway_is_not_reported_as_success_and_is_billed_for_what_it_delivered(db) {
     let app = spawn(db, |s| builtin(s, |b| b.failure = BuiltinFailure::MidStream)).await;
     let before = app.available().await;
     let mut req = hello("builtin/echo");
@@ -262,8 +262,15 @@ db_test!(async fn a_stream_cut_midway_is_not_reported_as_success(db) {
     assert!(r.body.contains("\"code\":\"upstream_error\""), "{}", r.body);
     let id = r.headers["x-modelroute-execution-id"].to_str().unwrap().to_owned();
     let e = app.get(&format!("/v1/executions/{id}")).await.json();
-    assert_eq!((e["status"].as_str(), e["hold"]["status"].as_str()), (Some("failed"), Some("released")));
-    assert_eq!(app.available().await, before);
+    // Failed, and charged for the output that reached the client (the
+    // failover rule: an attempt is billed for what it delivered), no more.
+    assert_eq!((e["status"].as_str(), e["hold"]["status"].as_str()), (Some("failed"), Some("settled")), "{e}");
+    assert_eq!(e["error"]["code"], "upstream_error", "{e}");
+    let billed = &e["decision"]["attempts"][0]["billed"];
+    assert!(billed["output_tokens"].as_u64().unwrap() > 0, "{e}");
+    let charged = before.0.checked_sub(app.available().await.0).unwrap();
+    assert_eq!(charged.units(), e["cost"]["nano_usd"].as_i64().unwrap());
+    assert!(charged.units() > 0 && charged.units() < e["hold"]["amount"]["nano_usd"].as_i64().unwrap());
     app.assert_ledger_sound().await;
 });
 

@@ -79,11 +79,27 @@ pub(crate) fn public_route(services: &Services, slug: &str, index: usize) -> Str
     services.catalogue.model(slug).expect("a model of the catalogue").routes[index].public_id.clone()
 }
 
+/// The operator's id of the route whose public id is `public` (breakers are kept by it).
+pub(crate) fn route_id(services: &Services, public: &str) -> String {
+    let mut routes = services.catalogue.models().flat_map(|m| m.routes.iter());
+    routes.find(|r| r.public_id == public).expect("a route of the catalogue").id.clone()
+}
+
 /// `org`'s available balance, checking that no hold was left open.
 pub(crate) async fn available(services: &Services, org: &modelroute_types::OrgId) -> modelroute_types::Money {
     let b = services.balance(org).await.expect("a balance");
     assert_eq!(b.held, modelroute_types::Money::ZERO, "a hold was left open");
     b.available
+}
+
+/// Settings of a provider served by `standin`: 5 s timeouts, 64 calls at once.
+pub(crate) fn standin_config(standin: &modelroute_testkit::StandIn) -> modelroute_providers::HttpConfig {
+    modelroute_providers::HttpConfig {
+        timeout_ms: 5_000,
+        stream_idle_timeout_ms: 5_000,
+        max_concurrency: 64,
+        ..modelroute_providers::HttpConfig::new(standin.base_url(), Secret::new(modelroute_testkit::TEST_KEY))
+    }
 }
 
 /// A route of a test catalogue: `input` and `output` USD per million tokens, 256 tokens out at most.

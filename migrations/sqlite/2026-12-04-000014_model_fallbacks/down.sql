@@ -1,0 +1,1 @@
+ALTER TABLE org_routing DROP COLUMN fallbacks;
