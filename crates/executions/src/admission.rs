@@ -164,11 +164,11 @@ impl<L: Ledger + 'static> Executor<L> {
         let profile = profile(request, stream, preferences);
         let table = self.table();
         let fallbacks = if caller.fallback_models.is_empty() {
-            org.fallbacks.get(&request.model).cloned().unwrap_or_default()
+            org.fallbacks.get(&request.model).map_or(&[][..], Vec::as_slice)
         } else {
-            caller.fallback_models.clone()
+            caller.fallback_models.as_slice()
         };
-        let planned = plan_chain(&table.catalogue, &request.model, &fallbacks, &profile, &inner.health)?;
+        let planned = plan_chain(&table.catalogue, &request.model, fallbacks, &profile, &inner.health)?;
         inner.budget.deposit();
         let first = planned.candidates.as_slice().first().ok_or(ExecutionError::ProviderMissing)?.clone();
         let id = ExecutionId::new();

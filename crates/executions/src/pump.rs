@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::admission::Admitted;
 use crate::attempts::{upstream_error, upstream_request};
 use crate::executor::{Caller, Executor, StreamItem};
+use crate::settlement::cost_of;
 use crate::{ExecutionError, ExecutionStatus};
 
 /// What a streamed execution's admission answers: its id, when it was
@@ -312,9 +313,7 @@ impl<L: Ledger + 'static> Executor<L> {
         answer: &str,
         billed: &[(Candidate, Usage)],
     ) -> Option<Leg> {
-        let spent = billed.iter().try_fold(Money::ZERO, |sum, (c, u)| {
-            c.route.price_of(u.input_tokens, u.output_tokens).and_then(|p| sum.checked_add(p))
-        })?;
+        let spent = cost_of(billed)?;
         let delivered_tokens = billed.iter().map(|(_, u)| u.output_tokens).sum::<u64>();
         let prefix = answer.trim_end();
         let echo = answer.get(prefix.len()..).unwrap_or_default().to_owned();

@@ -15,6 +15,14 @@ use crate::admission::Admitted;
 use crate::executor::{Executor, update_execution};
 use crate::{ExecutionError, ExecutionStatus};
 
+/// What `legs` cost, each at its own route's prices (`Route::price_of`, the
+/// formula of the hold's worst case); `None` on overflow.
+pub(crate) fn cost_of(legs: &[(Candidate, Usage)]) -> Option<Money> {
+    legs.iter().try_fold(Money::ZERO, |sum, (c, u)| {
+        c.route.price_of(u.input_tokens, u.output_tokens).and_then(|p| sum.checked_add(p))
+    })
+}
+
 impl<L: Ledger + 'static> Executor<L> {
     /// Settles the hold for what each route delivered (`legs`: one, or a
     /// cut stream and the routes that continued it, in order), each at its
@@ -31,12 +39,7 @@ impl<L: Ledger + 'static> Executor<L> {
         let Some((served_by, _)) = legs.last() else { return Err(ExecutionError::TaskFailed) };
         let route = &served_by.route;
         // The same formula as the hold's worst case, on the provider's counts.
-        let cost = legs
-            .iter()
-            .try_fold(Money::ZERO, |sum, (c, u)| {
-                c.route.price_of(u.input_tokens, u.output_tokens).and_then(|p| sum.checked_add(p))
-            })
-            .unwrap_or(admitted.hold.amount);
+        let cost = cost_of(legs).unwrap_or(admitted.hold.amount);
         let usage = legs.iter().fold(Usage::default(), |sum, (_, u)| Usage {
             input_tokens: sum.input_tokens.saturating_add(u.input_tokens),
             output_tokens: sum.output_tokens.saturating_add(u.output_tokens),
