@@ -278,7 +278,7 @@ db_test!(async fn another_orgs_things_are_not_found_for_keys_and_sessions(db) {
         (Some(b_org.clone()), Method::POST, format!("/v1/keys/{a_key_id}/rotate"), Some(json!({ "grace_period_secs": 0 }))),
         (Some(b_org.clone()), Method::POST, "/v1/keys".into(), Some(json!({ "project_id": a_project, "name": "mine", "scopes": ["execute"] }))),
         (Some(a.clone()), Method::DELETE, format!("/v1/keys/{a_key_id}"), None),
-        (Some(a.clone()), Method::PUT, "/v1/routing/preferences".into(), Some(json!({ "policy": "fastest" }))),
+        (Some(a.clone()), Method::PUT, "/v1/routing/preferences".into(), Some(json!({ "policy": "fastest", "fallbacks": { "builtin/echo": ["builtin/echo"] } }))),
         (None, Method::POST, format!("/v1/orgs/{a}/invitations"), Some(json!({ "email": "eve2@example.com" }))),
         (None, Method::POST, format!("/v1/orgs/{a}/projects"), Some(json!({ "name": "mine now" }))),
         (None, Method::PATCH, format!("/v1/orgs/{a}/members/{eve_id}"), Some(json!({ "role": "owner" }))),
@@ -295,7 +295,12 @@ db_test!(async fn another_orgs_things_are_not_found_for_keys_and_sessions(db) {
     let revoked = app.with_key(&app.key, Method::GET, "/v1/audit-events?action=api_key.revoked", None).await;
     assert_eq!(revoked.json["data"], json!([]));
     assert_eq!(app.with_key(&app.key, Method::GET, "/v1/routing/preferences", None).await.json, a_preferences);
+    // Eve's own org's routing settings (fallbacks included) are hers to write, and leave A's alone.
     eve.org = Some(b_org.clone());
+    let own = json!({ "policy": "fastest", "fallbacks": { "builtin/echo": ["builtin/echo"] } });
+    let r = app.browse(&eve, Method::PUT, "/v1/routing/preferences", Some(own)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    assert_eq!(app.with_key(&app.key, Method::GET, "/v1/routing/preferences", None).await.json, a_preferences);
     let mine = app.browse(&eve, Method::GET, "/v1/keys", None).await;
     assert_eq!(mine.json["data"], json!([]), "no key was made in B either");
     eve.org = Some(a.clone());
