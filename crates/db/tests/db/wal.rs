@@ -52,6 +52,9 @@ async fn a_busy_writer_keeps_its_wal_bounded() {
     .await
     .unwrap();
     // Measured: ~1.5 MiB with the writer's part (cap 200 pages, 0.8 MiB),
-    // 17 MiB without it.
-    assert!(biggest < 4 * 1024 * 1024, "the WAL grew to {biggest} bytes");
+    // 17 MiB without it. Under a loaded CI run (the suite's other tests on
+    // both cores) it once reached 4.03 MiB: the checkpoint thread, descheduled
+    // while it holds the checkpoint, makes the writer's attempts busy for a
+    // few commits. 8 MiB still tells bounded from unbounded.
+    assert!(biggest < 8 * 1024 * 1024, "the WAL grew to {biggest} bytes");
 }
