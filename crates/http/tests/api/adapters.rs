@@ -3,27 +3,30 @@
 //! late first token fails over before any byte is sent, a context-length
 //! refusal goes only to a larger window, and a content filter is final.
 
-use hyper::{Method, StatusCode};
-use modelroute_app::{Reloader, Services, Settings};
+use hyper::StatusCode;
 use modelroute_db::db_test;
 use modelroute_db::testing::TestDb;
 use modelroute_providers::{BuiltinConfig, ProviderConfig};
 use modelroute_routing::{ModelConfig, RouteConfig};
 use modelroute_testkit::{StandIn, Wire};
-use modelroute_types::{Money, OrgId};
+use modelroute_types::Money;
 use serde_json::{Value, json};
 
-struct TestApp {
-    port: u16,
-    key: String,
-    org: OrgId,
-    services: Services,
+use crate::helpers::{Reply, TestApp};
+
+/// The server with the three providers' stand-ins.
+struct App {
+    app: TestApp,
     openai: StandIn,
     anthropic: StandIn,
     gemini: StandIn,
-    settings: Settings,
-    reloader: Reloader,
-    _db: TestDb,
+}
+
+impl std::ops::Deref for App {
+    type Target = TestApp;
+    fn deref(&self) -> &TestApp {
+        &self.app
+    }
 }
 
 fn route(id: &str, provider: &str, upstream: &str, price: &str) -> RouteConfig {
@@ -34,7 +37,7 @@ fn model(slug: &str, routes: Vec<RouteConfig>) -> ModelConfig {
     ModelConfig { slug: slug.into(), description: String::new(), context_window: 8192, routes }
 }
 
-async fn spawn(db: TestDb) -> TestApp {
+async fn spawn(db: TestDb) -> App {
     let (openai, anthropic, gemini) =
         (StandIn::start(Wire::OpenAi).await, StandIn::start(Wire::Anthropic).await, StandIn::start(Wire::Gemini).await);
     let mut settings = crate::helpers::test_settings(&db);
@@ -60,47 +63,10 @@ async fn spawn(db: TestDb) -> TestApp {
         model("policy/m", vec![route("p-cheap", "slow-builtin", "echo", "1"), route("p-fast", "oa", "m", "2")]),
         model("busy/m", vec![route("busy-a", "oa", "fault-ratelimit-bare", "1"), route("busy-b", "an", "m", "2")]),
     ];
-    let (port, services, reloader, boot) = crate::helpers::start_instance(settings.clone()).await;
-    let boot = boot.unwrap();
-    TestApp {
-        port,
-        key: boot.token,
-        org: boot.org.id,
-        services,
-        openai,
-        anthropic,
-        gemini,
-        settings,
-        reloader,
-        _db: db,
-    }
+    App { app: TestApp::start(db, settings).await, openai, anthropic, gemini }
 }
 
 impl TestApp {
-    async fn post(&self, path: &str, body: &Value) -> (StatusCode, String) {
-        crate::helpers::call(self.port, &self.key, Method::POST, path, Some(body)).await
-    }
-
-    async fn put(&self, path: &str, body: &Value) -> (StatusCode, String) {
-        crate::helpers::call(self.port, &self.key, Method::PUT, path, Some(body)).await
-    }
-
-    async fn get(&self, path: &str) -> Value {
-        crate::helpers::get_json(self.port, &self.key, path).await
-    }
-
-    async fn execution(&self, id: &str) -> Value {
-        self.get(&format!("/v1/executions/{id}")).await
-    }
-
-    fn public_route(&self, slug: &str, index: usize) -> String {
-        crate::helpers::public_route(&self.services, slug, index)
-    }
-
-    async fn available(&self) -> Money {
-        crate::helpers::available(&self.services, &self.org).await
-    }
-
     /// Attempts of an execution: (route, outcome, error code).
     async fn attempts(&self, id: &str) -> Vec<(String, String, Option<String>)> {
         let e = self.execution(id).await;
@@ -139,7 +105,7 @@ db_test!(async fn both_ingress_formats_reach_every_adapter_with_tools_and_stream
         // OpenAI in, any provider out.
         let plain = json!({ "model": slug, "messages": [
             { "role": "system", "content": "be brief" }, { "role": "user", "content": "Hello there" }] });
-        let (status, body) = app.post("/v1/chat/completions", &plain).await;
+        let Reply { status, body, .. } = app.post("/v1/chat/completions", &plain).await;
         assert_eq!(status, StatusCode::OK, "{slug}: {body}");
         let v: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["choices"][0]["message"]["content"], "echo: Hello there [system: be brief]", "{slug}");
@@ -147,7 +113,7 @@ db_test!(async fn both_ingress_formats_reach_every_adapter_with_tools_and_stream
 
         let with_tools = json!({ "model": slug, "tools": tools(), "tool_choice": "required",
             "messages": [{ "role": "user", "content": "find cats" }] });
-        let (status, body) = app.post("/v1/chat/completions", &with_tools).await;
+        let Reply { status, body, .. } = app.post("/v1/chat/completions", &with_tools).await;
         assert_eq!(status, StatusCode::OK, "{slug}: {body}");
         let v: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["choices"][0]["finish_reason"], "tool_calls", "{slug}: {body}");
@@ -162,7 +128,7 @@ db_test!(async fn both_ingress_formats_reach_every_adapter_with_tools_and_stream
             { "role": "user", "content": "find cats" },
             { "role": "assistant", "content": null, "tool_calls": [call] },
             { "role": "tool", "tool_call_id": id, "content": "three cats" }] });
-        let (status, body) = app.post("/v1/chat/completions", &follow_up).await;
+        let Reply { status, body, .. } = app.post("/v1/chat/completions", &follow_up).await;
         assert_eq!(status, StatusCode::OK, "{slug}: {body}");
         let v: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["choices"][0]["message"]["content"], "tool lookup said: three cats", "{slug}");
@@ -170,7 +136,7 @@ db_test!(async fn both_ingress_formats_reach_every_adapter_with_tools_and_stream
         // Streamed tool call, OpenAI's chunks.
         let mut streamed = with_tools.clone();
         streamed["stream"] = json!(true);
-        let (status, body) = app.post("/v1/chat/completions", &streamed).await;
+        let Reply { status, body, .. } = app.post("/v1/chat/completions", &streamed).await;
         assert_eq!(status, StatusCode::OK, "{slug}: {body}");
         let chunks = sse_data(&body);
         let arguments: String = chunks
@@ -185,7 +151,7 @@ db_test!(async fn both_ingress_formats_reach_every_adapter_with_tools_and_stream
         let anthropic = json!({ "model": slug, "max_tokens": 100, "stream": true, "system": "be brief",
             "tools": [{ "name": "lookup", "input_schema": { "type": "object" } }], "tool_choice": { "type": "any" },
             "messages": [{ "role": "user", "content": "find dogs" }] });
-        let (status, body) = app.post("/v1/messages", &anthropic).await;
+        let Reply { status, body, .. } = app.post("/v1/messages", &anthropic).await;
         assert_eq!(status, StatusCode::OK, "{slug}: {body}");
         let events = sse_data(&body);
         let start = events.iter().find(|e| e["type"] == "content_block_start" && e["content_block"]["type"] == "tool_use");
@@ -203,7 +169,7 @@ db_test!(async fn a_late_first_token_fails_over_before_any_byte(db) {
     let app = spawn(db).await;
     let before = app.available().await;
     let ask = json!({ "model": "slow/first", "stream": true, "messages": [{ "role": "user", "content": "Hello" }] });
-    let (status, body) = app.post("/v1/chat/completions", &ask).await;
+    let Reply { status, body, .. } = app.post("/v1/chat/completions", &ask).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let chunks = sse_data(&body);
     let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
@@ -227,7 +193,7 @@ db_test!(async fn a_late_first_token_fails_over_before_any_byte(db) {
 db_test!(async fn a_context_length_refusal_goes_only_to_a_larger_window(db) {
     let app = spawn(db).await;
     let ask = |model: &str| json!({ "model": model, "messages": [{ "role": "user", "content": "Hello" }] });
-    let (status, body) = app.post("/v1/chat/completions", &ask("ctx/model")).await;
+    let Reply { status, body, .. } = app.post("/v1/chat/completions", &ask("ctx/model")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["choices"][0]["message"]["content"], "echo: Hello");
@@ -245,7 +211,7 @@ db_test!(async fn a_context_length_refusal_goes_only_to_a_larger_window(db) {
 
     // No larger window: the client learns why, once, and pays nothing.
     let before = app.available().await;
-    let (status, body) = app.post("/v1/chat/completions", &ask("ctx/none")).await;
+    let Reply { status, body, .. } = app.post("/v1/chat/completions", &ask("ctx/none")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["error"]["code"], "context_length_exceeded");
@@ -258,7 +224,7 @@ db_test!(async fn a_content_filter_is_final_and_says_so(db) {
     let app = spawn(db).await;
     let before = app.available().await;
     let ask = json!({ "model": "filter/gemini", "messages": [{ "role": "user", "content": "Hello" }] });
-    let (status, body) = app.post("/v1/chat/completions", &ask).await;
+    let Reply { status, body, .. } = app.post("/v1/chat/completions", &ask).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["error"]["code"], "content_filtered");
@@ -269,7 +235,7 @@ db_test!(async fn a_content_filter_is_final_and_says_so(db) {
 
 db_test!(async fn org_policy_and_request_preferences_order_and_exclude_routes(db) {
     let app = spawn(db).await;
-    let defaults = app.get("/v1/routing/preferences").await;
+    let defaults = app.get("/v1/routing/preferences").await.json;
     assert_eq!(defaults["policy"], "cheapest");
     assert_eq!(defaults["max_output_price"], Value::Null);
     let ask = |routing: Value| {
@@ -284,16 +250,16 @@ db_test!(async fn org_policy_and_request_preferences_order_and_exclude_routes(db
         v["choices"][0]["message"]["content"].as_str().unwrap().to_owned()
     };
     // Cheapest (the default): the slow built-in route.
-    let (status, body) = app.post("/v1/chat/completions", &ask(Value::Null)).await;
+    let Reply { status, body, .. } = app.post("/v1/chat/completions", &ask(Value::Null)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(served_by(&body), "Echo: Hello");
     // One request asks for the fastest: the unobserved route is tried.
-    let (_, body) = app.post("/v1/chat/completions", &ask(json!({ "policy": "fastest" }))).await;
+    let Reply { body, .. } = app.post("/v1/chat/completions", &ask(json!({ "policy": "fastest" }))).await;
     assert_eq!(served_by(&body), "echo: Hello");
     // The org makes `fastest` its policy: observed latencies now decide.
-    let (status, body) = app.put("/v1/routing/preferences", &json!({ "policy": "fastest" })).await;
+    let Reply { status, body, .. } = app.put("/v1/routing/preferences", &json!({ "policy": "fastest" })).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (_, body) = app.post("/v1/chat/completions", &ask(Value::Null)).await;
+    let Reply { body, .. } = app.post("/v1/chat/completions", &ask(Value::Null)).await;
     assert_eq!(served_by(&body), "echo: Hello");
     let id = serde_json::from_str::<Value>(&body).unwrap()["id"].as_str().unwrap().to_owned();
     let decision = &app.execution(&id).await["decision"];
@@ -302,29 +268,29 @@ db_test!(async fn org_policy_and_request_preferences_order_and_exclude_routes(db
     assert!(cheap["latency_ms"].as_u64().unwrap() >= 150, "the evidence shows the slow route's latency: {decision}");
     // A ceiling excludes the dearer route; a request cannot raise it.
     let capped = json!({ "policy": "fastest", "max_output_price": "1.50" });
-    let (status, body) = app.put("/v1/routing/preferences", &capped).await;
+    let Reply { status, body, .. } = app.put("/v1/routing/preferences", &capped).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(app.get("/v1/routing/preferences").await["max_output_price"], "1.500000000");
-    let (_, body) = app.post("/v1/chat/completions", &ask(json!({ "max_output_price": "5" }))).await;
+    assert_eq!(app.get("/v1/routing/preferences").await.json["max_output_price"], "1.500000000");
+    let Reply { body, .. } = app.post("/v1/chat/completions", &ask(json!({ "max_output_price": "5" }))).await;
     assert_eq!(served_by(&body), "Echo: Hello");
     let id = serde_json::from_str::<Value>(&body).unwrap()["id"].as_str().unwrap().to_owned();
     let decision = &app.execution(&id).await["decision"];
     assert!(decision["candidates"].as_array().unwrap().iter().any(|c| c["excluded"] == "output price above the ceiling"));
     // Bad preferences are a 400 that names the field, and change nothing.
-    let (status, body) = app.put("/v1/routing/preferences", &json!({ "policy": "random" })).await;
+    let Reply { status, body, .. } = app.put("/v1/routing/preferences", &json!({ "policy": "random" })).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(body.contains("policy"), "{body}");
-    let (status, body) = app.put("/v1/routing/preferences", &json!({ "max_input_price": 0.5 })).await;
+    let Reply { status, body, .. } = app.put("/v1/routing/preferences", &json!({ "max_input_price": 0.5 })).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "a float price is refused: {body}");
-    assert_eq!(app.get("/v1/routing/preferences").await["policy"], "fastest");
-    let (status, body) = app.post("/v1/chat/completions", &ask(json!({ "policy": "slowest" }))).await;
+    assert_eq!(app.get("/v1/routing/preferences").await.json["policy"], "fastest");
+    let Reply { status, body, .. } = app.post("/v1/chat/completions", &ask(json!({ "policy": "slowest" }))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 });
 
 db_test!(async fn the_catalogue_reloads_while_serving_and_a_bad_one_is_refused(db) {
     let app = spawn(db).await;
     let ask = |model: &str| json!({ "model": model, "messages": [{ "role": "user", "content": "Hello" }] });
-    let (status, _) = app.post("/v1/chat/completions", &ask("via/openai")).await;
+    let Reply { status, .. } = app.post("/v1/chat/completions", &ask("via/openai")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!((app.openai.calls("m"), app.gemini.calls("m")), (1, 0));
 
@@ -334,12 +300,12 @@ db_test!(async fn the_catalogue_reloads_while_serving_and_a_bad_one_is_refused(d
     next.catalogue.models.push(model("new/model", vec![route("new-r", "an", "m", "1")]));
     let models = app.reloader.reload(&next).unwrap();
     assert_eq!(models, app.settings.catalogue.models.len() + 1);
-    let listed = app.get("/v1/models").await;
+    let listed = app.get("/v1/models").await.json;
     assert!(listed["data"].as_array().unwrap().iter().any(|m| m["id"] == "new/model"), "{listed}");
-    let (status, body) = app.post("/v1/chat/completions", &ask("via/openai")).await;
+    let Reply { status, body, .. } = app.post("/v1/chat/completions", &ask("via/openai")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!((app.openai.calls("m"), app.gemini.calls("m")), (1, 1), "the moved route serves");
-    let (status, body) = app.post("/v1/chat/completions", &ask("new/model")).await;
+    let Reply { status, body, .. } = app.post("/v1/chat/completions", &ask("new/model")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 
     // A catalogue naming an unknown provider is refused, by name; the running one stays.
@@ -347,7 +313,7 @@ db_test!(async fn the_catalogue_reloads_while_serving_and_a_bad_one_is_refused(d
     bad.catalogue.models[0].routes[0].provider = "nope".into();
     let e = app.reloader.reload(&bad).unwrap_err().to_string();
     assert!(e.contains("models[0].routes[0].provider `nope`"), "{e}");
-    let (status, _) = app.post("/v1/chat/completions", &ask("new/model")).await;
+    let Reply { status, .. } = app.post("/v1/chat/completions", &ask("new/model")).await;
     assert_eq!(status, StatusCode::OK);
     let _no_hold_left = app.available().await;
 });
@@ -356,7 +322,7 @@ db_test!(async fn a_persistent_429_without_retry_after_is_backed_off_then_failed
     let app = spawn(db).await;
     let before = app.available().await;
     let ask = json!({ "model": "busy/m", "messages": [{ "role": "user", "content": "Hello" }] });
-    let (status, body) = app.post("/v1/chat/completions", &ask).await;
+    let Reply { status, body, .. } = app.post("/v1/chat/completions", &ask).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["choices"][0]["message"]["content"], "echo: Hello");

@@ -6,33 +6,16 @@
 
 use std::time::Duration;
 
-use http_body_util::{BodyExt as _, Full};
-use hyper::body::Bytes;
-use hyper::{Method, Request, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use modelroute_app::{Services, Settings};
+use hyper::{Method, StatusCode};
+use modelroute_app::Settings;
 use modelroute_db::db_test;
 use modelroute_db::testing::TestDb;
 use serde_json::{Value, json};
 
+use crate::helpers::{Reply, TestApp};
+
 const PASSWORD: &str = "correct horse battery staple";
 const ORIGIN: &str = "https://app.modelroute.test";
-
-struct App {
-    port: u16,
-    key: String,
-    org: String,
-    services: Services,
-    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
-    _db: TestDb,
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: hyper::HeaderMap,
-    json: Value,
-}
 
 /// A browser: its cookies and CSRF token.
 #[derive(Default, Clone)]
@@ -43,38 +26,17 @@ struct Browser {
     org: Option<String>,
 }
 
-async fn spawn(db: TestDb, tweak: impl FnOnce(&mut Settings)) -> App {
-    let s = crate::helpers::start(&db, |settings| {
+async fn spawn(db: TestDb, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    TestApp::spawn(db, |settings| {
         settings.identity.public_url = format!("{ORIGIN}/");
         tweak(settings);
     })
-    .await;
-    App {
-        port: s.port,
-        key: s.bootstrap.token,
-        org: s.bootstrap.org.id.to_string(),
-        services: s.services,
-        client: Client::builder(TokioExecutor::new()).build_http(),
-        _db: db,
-    }
+    .await
 }
 
-impl App {
+impl TestApp {
     async fn call(&self, method: Method, path: &str, headers: &[(&str, String)], body: Option<Value>) -> Reply {
-        let mut req = Request::builder().method(method).uri(format!("http://127.0.0.1:{}{path}", self.port));
-        if !headers.iter().any(|(k, _)| *k == "content-type") {
-            req = req.header("content-type", "application/json");
-        }
-        for (k, v) in headers {
-            req = req.header(*k, v);
-        }
-        let req = req.body(Full::new(Bytes::from(body.map(|b| b.to_string()).unwrap_or_default()))).unwrap();
-        let res = self.client.request(req).await.unwrap();
-        let status = res.status();
-        let headers = res.headers().clone();
-        let bytes = res.into_body().collect().await.unwrap().to_bytes();
-        let json = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
-        Reply { status, headers, json }
+        self.request(method, path, headers, body.map(|b| b.to_string()).unwrap_or_default()).await
     }
 
     /// A request as `browser`: its cookies, and for writes its CSRF token and origin.
@@ -130,25 +92,13 @@ impl App {
         let r =
             self.call(Method::POST, "/v1/auth/login", &[], Some(json!({ "email": email, "password": password }))).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.json);
-        let cookie = |name: &str| {
-            r.headers
-                .get_all("set-cookie")
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .find(|v| v.starts_with(&format!("{name}=")))
-                .map(|v| v.split(';').next().unwrap().split_once('=').unwrap().1.to_owned())
-        };
         Browser {
-            session: cookie("__Host-mr_session"),
-            device: cookie("__Host-mr_device"),
+            session: r.cookie("__Host-mr_session"),
+            device: r.cookie("__Host-mr_device"),
             csrf: r.json["csrf_token"].as_str().map(str::to_owned),
             org: None,
         }
     }
-}
-
-fn code(r: &Reply) -> &str {
-    r.json["error"]["code"].as_str().unwrap_or_default()
 }
 
 db_test!(async fn a_browser_signs_up_and_manages_its_org(db) {
@@ -175,15 +125,15 @@ db_test!(async fn a_browser_signs_up_and_manages_its_org(db) {
     // Writes need the CSRF token and the public origin.
     let no_csrf = Browser { csrf: None, ..ada.clone() };
     let r = app.browse(&no_csrf, Method::POST, "/v1/orgs", Some(json!({ "name": "Ada Labs" }))).await;
-    assert_eq!((r.status, code(&r)), (StatusCode::FORBIDDEN, "csrf_failed"));
+    assert_eq!((r.status, r.code()), (StatusCode::FORBIDDEN, "csrf_failed"));
     let cookie = format!("__Host-mr_session={}", ada.session.clone().unwrap());
     let csrf = ada.csrf.clone().unwrap();
     let r = app
         .call(Method::POST, "/v1/orgs", &[("cookie", cookie.clone()), ("x-csrf-token", csrf.clone()), ("origin", "https://evil.example".into())], Some(json!({ "name": "x" })))
         .await;
-    assert_eq!((r.status, code(&r)), (StatusCode::FORBIDDEN, "csrf_failed"));
+    assert_eq!((r.status, r.code()), (StatusCode::FORBIDDEN, "csrf_failed"));
     let r = app.call(Method::POST, "/v1/orgs", &[("cookie", cookie.clone()), ("x-csrf-token", csrf.clone())], Some(json!({ "name": "x" }))).await;
-    assert_eq!((r.status, code(&r)), (StatusCode::FORBIDDEN, "csrf_failed"), "no Origin nor Referer");
+    assert_eq!((r.status, r.code()), (StatusCode::FORBIDDEN, "csrf_failed"), "no Origin nor Referer");
     let r = app
         .call(Method::POST, "/v1/orgs", &[("cookie", cookie), ("x-csrf-token", csrf), ("referer", format!("{ORIGIN}/settings"))], Some(json!({ "name": "Ada Labs" })))
         .await;
@@ -255,7 +205,7 @@ db_test!(async fn another_orgs_things_are_not_found_for_keys_and_sessions(db) {
     let eve_id = app.browse(&eve, Method::GET, "/v1/auth/session", None).await.json["user"]["id"].as_str().unwrap().to_owned();
     let r = app.browse(&eve, Method::POST, "/v1/orgs", Some(json!({ "name": "Evil" }))).await;
     let b_org = r.json["id"].as_str().unwrap().to_owned();
-    let a = app.org.clone();
+    let a = app.org.to_string();
     // What org A holds, to compare after every attempt.
     let snapshot = || async {
         let mut held = serde_json::Map::new();
@@ -377,17 +327,17 @@ db_test!(async fn cross_site_pages_cannot_sign_a_browser_in(db) {
     // A cross-site form posts text/plain (no preflight): refused before anything is read.
     for content_type in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"] {
         let r = app.call(Method::POST, "/v1/auth/login", &[("content-type", content_type.into())], Some(creds.clone())).await;
-        assert_eq!((r.status, code(&r)), (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"), "{content_type}");
+        assert_eq!((r.status, r.code()), (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"), "{content_type}");
         assert!(no_session(&r));
     }
     // JSON from another site's page (fetch with CORS would need a preflight,
     // but the origin is checked anyway): refused, for sign-up too.
     for (header, value) in [("origin", "https://evil.example"), ("referer", "https://evil.example/page"), ("origin", "null")] {
         let r = app.call(Method::POST, "/v1/auth/login", &[(header, value.into())], Some(creds.clone())).await;
-        assert_eq!((r.status, code(&r)), (StatusCode::FORBIDDEN, "csrf_failed"), "{header}: {value}: {}", r.json);
+        assert_eq!((r.status, r.code()), (StatusCode::FORBIDDEN, "csrf_failed"), "{header}: {value}: {}", r.json);
         assert!(no_session(&r));
         let r = app.call(Method::POST, "/v1/auth/signup", &[(header, value.into())], Some(json!({ "email": "victim@example.com", "password": PASSWORD }))).await;
-        assert_eq!((r.status, code(&r)), (StatusCode::FORBIDDEN, "csrf_failed"), "{header}: {value}");
+        assert_eq!((r.status, r.code()), (StatusCode::FORBIDDEN, "csrf_failed"), "{header}: {value}");
     }
     assert!(app.services.identity.outbox("victim@example.com").await.unwrap().is_empty(), "no account was started");
     // The site itself, and programs (no Origin, no Referer), sign in.

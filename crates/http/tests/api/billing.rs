@@ -4,30 +4,37 @@
 //! order (credited once), bad signatures and stale timestamps (400, nothing
 //! changes), auto top-up settings, and an alert emailed to the org's admins.
 
-use http_body_util::{BodyExt as _, Full};
-use hyper::body::Bytes;
-use hyper::{Method, Request, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use modelroute_app::Services;
+use hyper::{Method, StatusCode};
 use modelroute_db::db_test;
 use modelroute_db::testing::TestDb;
 use modelroute_testkit::stripe::{SECRET_KEY, StripeStandIn, WEBHOOK_SECRET, signature, unix_now};
 use modelroute_types::Secret;
 use serde_json::{Value, json};
 
+use crate::helpers::{Reply, TestApp};
+
+/// The server with the Stripe stand-in (configured when `stripe_on`).
 struct App {
-    port: u16,
-    key: String,
-    services: Services,
+    app: TestApp,
     stripe: StripeStandIn,
-    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
-    _db: TestDb,
+}
+
+impl std::ops::Deref for App {
+    type Target = TestApp;
+    fn deref(&self) -> &TestApp {
+        &self.app
+    }
+}
+
+impl std::ops::DerefMut for App {
+    fn deref_mut(&mut self) -> &mut TestApp {
+        &mut self.app
+    }
 }
 
 async fn spawn(db: TestDb, stripe_on: bool) -> App {
     let stripe = StripeStandIn::start().await;
-    let s = crate::helpers::start(&db, |settings| {
+    let app = TestApp::spawn(db, |settings| {
         if stripe_on {
             settings.billing.stripe.secret_key = Secret::new(SECRET_KEY);
             settings.billing.stripe.webhook_secret = Secret::new(WEBHOOK_SECRET);
@@ -36,54 +43,30 @@ async fn spawn(db: TestDb, stripe_on: bool) -> App {
         }
     })
     .await;
-    App {
-        port: s.port,
-        key: s.bootstrap.token,
-        services: s.services,
-        stripe,
-        client: Client::builder(TokioExecutor::new()).build_http(),
-        _db: db,
-    }
+    App { app, stripe }
 }
 
-impl App {
-    async fn call(&self, method: Method, path: &str, headers: &[(&str, String)], body: String) -> (StatusCode, Value) {
-        let mut req = Request::builder().method(method).uri(format!("http://127.0.0.1:{}{path}", self.port));
-        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
-            req = req.header("content-type", "application/json");
-        }
-        for (k, v) in headers {
-            req = req.header(*k, v);
-        }
-        let res = self.client.request(req.body(Full::new(Bytes::from(body))).unwrap()).await.unwrap();
-        let status = res.status();
-        let bytes = res.into_body().collect().await.unwrap().to_bytes();
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
-    }
-
-    async fn api(&self, method: Method, path: &str, body: Value) -> (StatusCode, Value) {
-        let body = if body.is_null() { String::new() } else { body.to_string() };
-        self.call(method, path, &[("authorization", format!("Bearer {}", self.key))], body).await
-    }
-
+impl TestApp {
+    /// A Stripe event delivered to the webhook, signed now unless `header` says otherwise.
     async fn webhook(&self, event: &Value, header: Option<String>) -> StatusCode {
         let body = event.to_string();
         let header = header.unwrap_or_else(|| signature(body.as_bytes(), WEBHOOK_SECRET, unix_now()));
-        self.call(Method::POST, "/v1/billing/stripe/webhook", &[("stripe-signature", header)], body).await.0
+        self.request(Method::POST, "/v1/billing/stripe/webhook", &[("stripe-signature", header)], body).await.status
     }
 
-    async fn available(&self) -> i64 {
-        self.api(Method::GET, "/v1/billing/balance", Value::Null).await.1["available"]["nano_usd"].as_i64().unwrap()
+    /// The available balance in nano-USD, as the API shows it.
+    async fn available_nanos(&self) -> i64 {
+        self.get("/v1/billing/balance").await.json["available"]["nano_usd"].as_i64().unwrap()
     }
 }
 
 db_test!(async fn a_top_up_is_credited_once_from_signed_webhooks_only(db) {
     let app = spawn(db, true).await;
-    let start = app.available().await;
-    let (status, session) = app.api(Method::POST, "/v1/billing/checkout", json!({ "amount": "25.00" })).await;
+    let start = app.available_nanos().await;
+    let Reply { status, json: session, .. } = app.api(Method::POST, "/v1/billing/checkout", &json!({ "amount": "25.00" })).await;
     assert_eq!(status, StatusCode::CREATED, "{session}");
     assert!(session["url"].as_str().unwrap().starts_with("https://checkout.stripe.com/"));
-    let (status, err) = app.api(Method::POST, "/v1/billing/checkout", json!({ "amount": "1.00" })).await;
+    let Reply { status, json: err, .. } = app.api(Method::POST, "/v1/billing/checkout", &json!({ "amount": "1.00" })).await;
     assert_eq!((status, err["error"]["param"].as_str()), (StatusCode::BAD_REQUEST, Some("amount")));
 
     let events = app.stripe.pay_session(session["id"].as_str().unwrap());
@@ -96,11 +79,11 @@ db_test!(async fn a_top_up_is_credited_once_from_signed_webhooks_only(db) {
     ] {
         assert_eq!(app.webhook(&events[0], bad).await, StatusCode::BAD_REQUEST);
     }
-    assert_eq!(app.available().await, start, "bad deliveries change nothing");
+    assert_eq!(app.available_nanos().await, start, "bad deliveries change nothing");
     for e in [&events[1], &events[0], &events[0], &events[1], &events[1]] {
         assert_eq!(app.webhook(e, None).await, StatusCode::OK);
     }
-    assert_eq!(app.available().await - start, 25_000_000_000, "$25 exactly once");
+    assert_eq!(app.available_nanos().await - start, 25_000_000_000, "$25 exactly once");
     let verify = app.services.verify_ledger().await.unwrap();
     assert!(verify.violations.is_empty(), "{:?}", verify.violations);
 });
@@ -108,22 +91,23 @@ db_test!(async fn a_top_up_is_credited_once_from_signed_webhooks_only(db) {
 db_test!(async fn auto_top_up_over_http_and_a_failure_is_emailed_to_the_owners(db) {
     let mut app = spawn(db, true).await;
     // An org with a person in it (the bootstrap org has none), and a key for it.
-    let id = &app.services.identity;
+    let services = app.services.clone();
+    let id = &services.identity;
     let actor = modelroute_identity::Actor::default();
     id.sign_up("owner@example.com", "correct horse battery staple", "Owner", &actor).await.unwrap();
     let mail = id.outbox("owner@example.com").await.unwrap();
     let token = mail[0].body.split("token=").nth(1).unwrap()[..64].to_owned();
     let owner = id.verify_email(&token, &actor).await.unwrap();
-    let (org, project) = app.services.create_org("Owned", Some(&owner.id), &actor).await.unwrap();
+    let (org, project) = services.create_org("Owned", Some(&owner.id), &actor).await.unwrap();
     app.key = id.create_api_key(&org.id, &project.id, "k", &modelroute_identity::Scopes::all(), None).await.unwrap().1;
 
-    let (status, err) = app.api(Method::PUT, "/v1/billing/auto-top-up", json!({ "enabled": true, "threshold": "20", "amount": "50" })).await;
+    let Reply { status, json: err, .. } = app.api(Method::PUT, "/v1/billing/auto-top-up", &json!({ "enabled": true, "threshold": "20", "amount": "50" })).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "no payment method yet: {err}");
-    let (status, setup) = app.api(Method::POST, "/v1/billing/payment-method", Value::Null).await;
+    let Reply { status, json: setup, .. } = app.api(Method::POST, "/v1/billing/payment-method", &Value::Null).await;
     assert_eq!(status, StatusCode::CREATED, "{setup}");
     let saved = app.stripe.confirm_setup(setup["client_secret"].as_str().unwrap(), "pm_card_chargeDeclined");
     assert_eq!(app.webhook(&saved, None).await, StatusCode::OK);
-    let (status, on) = app.api(Method::PUT, "/v1/billing/auto-top-up", json!({ "enabled": true, "threshold": "20", "amount": "50" })).await;
+    let Reply { status, json: on, .. } = app.api(Method::PUT, "/v1/billing/auto-top-up", &json!({ "enabled": true, "threshold": "20", "amount": "50" })).await;
     assert_eq!(status, StatusCode::OK, "{on}");
     assert_eq!(on["has_payment_method"], true);
     // The server checks balances every second here: $0 is below $20, the card
@@ -137,14 +121,14 @@ db_test!(async fn auto_top_up_over_http_and_a_failure_is_emailed_to_the_owners(d
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(told, "the owner was emailed");
-    let (_, after) = app.api(Method::GET, "/v1/billing/auto-top-up", Value::Null).await;
+    let Reply { json: after, .. } = app.api(Method::GET, "/v1/billing/auto-top-up", &Value::Null).await;
     assert_eq!((after["enabled"].as_bool(), after["last_failure"].as_str()), (Some(false), Some("card_declined")));
     assert_eq!(app.stripe.created("payment_intent"), 1);
 });
 
 db_test!(async fn without_stripe_the_billing_endpoints_say_manual_credits(db) {
     let app = spawn(db, false).await;
-    let (status, err) = app.api(Method::POST, "/v1/billing/checkout", json!({ "amount": "25.00" })).await;
+    let Reply { status, json: err, .. } = app.api(Method::POST, "/v1/billing/checkout", &json!({ "amount": "25.00" })).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(err["error"]["message"].as_str().unwrap().contains("manual-credits"), "{err}");
     let event = app.stripe.event("payment_intent.succeeded", &json!({}));

@@ -3,54 +3,22 @@
 
 use std::time::Duration;
 
+use crate::helpers::{Reply, TestApp};
 use diesel::sql_types::BigInt;
 use diesel::{QueryableByName, sql_query};
 use diesel_async::RunQueryDsl;
-use http_body_util::{BodyExt as _, Full};
-use hyper::body::Bytes;
-use hyper::{Method, Request, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use modelroute_app::{Services, Settings};
+use hyper::{Method, StatusCode};
+use modelroute_app::Settings;
 use modelroute_db::testing::TestDb;
 use modelroute_db::{DbConn, db_test};
 use modelroute_identity::{Actor, Scopes};
 use modelroute_providers::{BuiltinFailure, ProviderConfig};
-use modelroute_types::{Money, OrgId};
+use modelroute_types::Money;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-struct TestApp {
-    port: u16,
-    key: String,
-    org: OrgId,
-    services: Services,
-    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
-    db: TestDb,
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: hyper::HeaderMap,
-    body: String,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
-}
-
 async fn spawn(db: TestDb, tweak: impl FnOnce(&mut Settings)) -> TestApp {
-    let s = crate::helpers::start(&db, tweak).await;
-    TestApp {
-        port: s.port,
-        key: s.bootstrap.token,
-        org: s.bootstrap.org.id,
-        services: s.services,
-        client: Client::builder(TokioExecutor::new()).build_http(),
-        db,
-    }
+    TestApp::spawn(db, tweak).await
 }
 
 fn builtin(settings: &mut Settings, f: impl FnOnce(&mut modelroute_providers::BuiltinConfig)) {
@@ -59,31 +27,8 @@ fn builtin(settings: &mut Settings, f: impl FnOnce(&mut modelroute_providers::Bu
 }
 
 impl TestApp {
-    async fn send(&self, method: Method, path: &str, key: Option<&str>, body: Option<String>) -> Reply {
-        let mut req = Request::builder().method(method).uri(format!("http://127.0.0.1:{}{path}", self.port));
-        if let Some(k) = key {
-            req = req.header("authorization", format!("Bearer {k}"));
-        }
-        let req = req
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .unwrap();
-        let res = self.client.request(req).await.unwrap();
-        let status = res.status();
-        let headers = res.headers().clone();
-        let body = String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
-        Reply { status, headers, body }
-    }
-
-    async fn get(&self, path: &str) -> Reply {
-        self.send(Method::GET, path, Some(&self.key.clone()), None).await
-    }
-
-    async fn chat(&self, body: Value) -> Reply {
-        self.send(Method::POST, "/v1/chat/completions", Some(&self.key.clone()), Some(body.to_string())).await
-    }
-
-    async fn available(&self) -> (Money, Money) {
+    /// The org's (available, held) balance.
+    async fn balance(&self) -> (Money, Money) {
         let b = self.services.balance(&self.org).await.unwrap();
         (b.available, b.held)
     }
@@ -116,11 +61,6 @@ impl TestApp {
         assert_eq!(rows.len(), 1);
         rows.into_iter().next().unwrap().id
     }
-
-    async fn assert_ledger_sound(&self) {
-        let report = self.services.verify_ledger().await.unwrap();
-        assert!(report.violations.is_empty(), "{:?}", report.violations);
-    }
 }
 
 fn hello(model: &str) -> Value {
@@ -133,10 +73,10 @@ fn nano(v: &Value) -> i64 {
 
 db_test!(async fn a_paid_completion_settles_its_actual_cost(db) {
     let app = spawn(db, |_| {}).await;
-    let (before, _) = app.available().await;
+    let (before, _) = app.balance().await;
     let r = app.chat(hello("builtin/echo")).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    let body = r.json();
+    let body = r.json;
     assert_eq!(body["object"], "chat.completion");
     assert_eq!(body["model"], "builtin/echo");
     assert_eq!(body["choices"][0]["message"]["content"], "Echo: Hello there");
@@ -144,7 +84,7 @@ db_test!(async fn a_paid_completion_settles_its_actual_cost(db) {
     let id = body["id"].as_str().unwrap();
     assert!(r.headers.contains_key("x-request-id"));
 
-    let e = app.get(&format!("/v1/executions/{id}")).await.json();
+    let e = app.get(&format!("/v1/executions/{id}")).await.json;
     assert_eq!(e["status"], "succeeded");
     assert_eq!(e["hold"]["status"], "settled");
     let cost = nano(&e["cost"]);
@@ -153,7 +93,7 @@ db_test!(async fn a_paid_completion_settles_its_actual_cost(db) {
     assert_eq!(nano(&e["settlement"]["charged"]) + nano(&e["settlement"]["released"]), nano(&e["hold"]["amount"]));
     assert!(e["decision"]["candidates"][0]["route"].as_str().unwrap().starts_with("rt_"));
     assert!(!e.to_string().contains("builtin-echo"), "the route's operator id leaked: {e}");
-    let (after, held) = app.available().await;
+    let (after, held) = app.balance().await;
     assert_eq!((before.units() - after.units(), held), (cost, Money::ZERO));
     app.assert_ledger_sound().await;
     // Prometheus sees the request and, on SQLite, the ledger writer's batches.
@@ -195,7 +135,7 @@ db_test!(async fn a_streamed_completion_ends_with_done_and_settles(db) {
     let usage = &chunks.last().unwrap()["usage"];
     assert_eq!(usage["completion_tokens"], 5);
     let id = chunks[0]["id"].as_str().unwrap();
-    let e = app.get(&format!("/v1/executions/{id}")).await.json();
+    let e = app.get(&format!("/v1/executions/{id}")).await.json;
     assert_eq!((e["status"].as_str(), e["stream"].as_bool()), (Some("succeeded"), Some(true)));
     assert_eq!(nano(&e["cost"]), 13 * 100 + 5 * 400);
     app.assert_ledger_sound().await;
@@ -222,7 +162,7 @@ db_test!(async fn client_mistakes_are_4xx_and_leave_nothing_behind(db) {
     ];
     for (i, (reply, status, code, param)) in cases.iter().enumerate() {
         assert_eq!(reply.status, *status, "case {i}: {}", reply.body);
-        let err = &reply.json()["error"];
+        let err = &reply.json["error"];
         assert_eq!(err["code"], *code, "case {i}: {}", reply.body);
         assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()));
         if let Some(p) = param {
@@ -232,7 +172,7 @@ db_test!(async fn client_mistakes_are_4xx_and_leave_nothing_behind(db) {
     }
     assert!(cases[4].0.body.contains("messages"), "a missing field is named: {}", cases[4].0.body);
     assert_eq!(app.execution_rows().await, 0, "no half-written execution");
-    assert_eq!(app.available().await, (Money::from_units(50_000), Money::ZERO), "no hold left");
+    assert_eq!(app.balance().await, (Money::from_units(50_000), Money::ZERO), "no hold left");
     // With max_tokens small enough the same balance suffices.
     let mut small = hello("builtin/echo");
     small["max_tokens"] = json!(16);
@@ -242,18 +182,18 @@ db_test!(async fn client_mistakes_are_4xx_and_leave_nothing_behind(db) {
 
 db_test!(async fn a_failing_provider_releases_the_hold(db) {
     let app = spawn(db, |s| builtin(s, |b| b.failure = BuiltinFailure::BeforeResponse)).await;
-    let before = app.available().await;
+    let before = app.balance().await;
     let r = app.chat(hello("builtin/echo")).await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.body);
-    assert_eq!(r.json()["error"]["code"], "upstream_error");
-    assert_eq!(app.available().await, before);
+    assert_eq!(r.json["error"]["code"], "upstream_error");
+    assert_eq!(app.balance().await, before);
     assert_eq!(app.execution_rows().await, 1, "the failed execution is recorded");
     app.assert_ledger_sound().await;
 });
 
 db_test!(async fn a_stream_cut_midway_is_not_reported_as_success_and_is_billed_for_what_it_delivered(db) {
     let app = spawn(db, |s| builtin(s, |b| b.failure = BuiltinFailure::MidStream)).await;
-    let before = app.available().await;
+    let before = app.balance().await;
     let mut req = hello("builtin/echo");
     req["stream"] = json!(true);
     let r = app.chat(req).await;
@@ -261,14 +201,14 @@ db_test!(async fn a_stream_cut_midway_is_not_reported_as_success_and_is_billed_f
     assert!(!r.body.contains("[DONE]"), "{}", r.body);
     assert!(r.body.contains("\"code\":\"upstream_error\""), "{}", r.body);
     let id = r.headers["x-modelroute-execution-id"].to_str().unwrap().to_owned();
-    let e = app.get(&format!("/v1/executions/{id}")).await.json();
+    let e = app.get(&format!("/v1/executions/{id}")).await.json;
     // Failed, and charged for the output that reached the client (the
     // failover rule: an attempt is billed for what it delivered), no more.
     assert_eq!((e["status"].as_str(), e["hold"]["status"].as_str()), (Some("failed"), Some("settled")), "{e}");
     assert_eq!(e["error"]["code"], "upstream_error", "{e}");
     let billed = &e["decision"]["attempts"][0]["billed"];
     assert!(billed["output_tokens"].as_u64().unwrap() > 0, "{e}");
-    let charged = before.0.checked_sub(app.available().await.0).unwrap();
+    let charged = before.0.checked_sub(app.balance().await.0).unwrap();
     assert_eq!(charged.units(), e["cost"]["nano_usd"].as_i64().unwrap());
     assert!(charged.units() > 0 && charged.units() < e["hold"]["amount"]["nano_usd"].as_i64().unwrap());
     app.assert_ledger_sound().await;
@@ -276,7 +216,7 @@ db_test!(async fn a_stream_cut_midway_is_not_reported_as_success_and_is_billed_f
 
 db_test!(async fn another_org_cannot_see_an_execution(db) {
     let app = spawn(db, |_| {}).await;
-    let id = app.chat(hello("builtin/echo")).await.json()["id"].as_str().unwrap().to_owned();
+    let id = app.chat(hello("builtin/echo")).await.json["id"].as_str().unwrap().to_owned();
     let (other, _) = app.services.create_org("Other", None, &Actor::operator()).await.unwrap();
     let project = app.services.create_project(&other.id, "p", &Actor::operator()).await.unwrap();
     let (_, other_key) = app.services.create_key_in(&project.id, "k", &Scopes::all()).await.unwrap();
@@ -290,13 +230,13 @@ db_test!(async fn health_readiness_models_and_unknown_routes(db) {
     let app = spawn(db, |_| {}).await;
     assert_eq!(app.send(Method::GET, "/healthz", None, None).await.status, StatusCode::OK);
     let ready = app.send(Method::GET, "/readyz", None, None).await;
-    assert_eq!((ready.status, ready.json()["status"].as_str()), (StatusCode::OK, Some("ready")));
-    let models = app.get("/v1/models").await.json();
+    assert_eq!((ready.status, ready.json["status"].as_str()), (StatusCode::OK, Some("ready")));
+    let models = app.get("/v1/models").await.json;
     let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["builtin/echo", "builtin/echo-large"]);
-    assert_eq!(app.get("/v1/models/builtin/echo").await.json()["id"], "builtin/echo");
+    assert_eq!(app.get("/v1/models/builtin/echo").await.json["id"], "builtin/echo");
     let missing = app.get("/v1/nothing-here").await;
-    assert_eq!((missing.status, missing.json()["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+    assert_eq!((missing.status, missing.json["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
 });
 
 db_test!(async fn oversized_bodies_and_half_sent_headers_are_cut_off(db) {
@@ -307,7 +247,7 @@ db_test!(async fn oversized_bodies_and_half_sent_headers_are_cut_off(db) {
     let mut big = hello("builtin/echo");
     big["messages"][1]["content"] = json!("x".repeat(2000));
     let r = app.chat(big).await;
-    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large")));
+    assert_eq!((r.status, r.json["error"]["code"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large")));
     // Half a request head, then silence: the server must close the connection.
     let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
     tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
@@ -368,7 +308,7 @@ db_test!(async fn slow_and_oversized_bodies_are_cut_off_without_starving_anyone(
     tokio::time::sleep(Duration::from_millis(150)).await;
     // ...so a third body is refused at once, while requests without a body go on.
     let third = app.chat(hello("builtin/echo")).await;
-    assert_eq!((third.status, third.json()["error"]["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("overloaded")), "{}", third.body);
+    assert_eq!((third.status, third.json["error"]["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("overloaded")), "{}", third.body);
     assert_eq!(app.get("/healthz").await.status, StatusCode::OK);
     assert_eq!(app.get("/v1/billing/balance").await.status, StatusCode::OK);
     // The trickles are cut off after the grace period: 408, connection closed.
@@ -399,18 +339,18 @@ db_test!(async fn a_full_bulkhead_answers_503_instead_of_queueing(db) {
         });
     })
     .await;
-    let before = app.available().await;
+    let before = app.balance().await;
     let (a, b) = tokio::join!(app.chat(hello("builtin/echo")), async {
         tokio::time::sleep(Duration::from_millis(100)).await;
         app.chat(hello("builtin/echo")).await
     });
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     assert_eq!(b.status, StatusCode::SERVICE_UNAVAILABLE, "{}", b.body);
-    assert_eq!(b.json()["error"]["code"], "overloaded");
+    assert_eq!(b.json["error"]["code"], "overloaded");
     assert!(b.headers.contains_key("retry-after"));
-    let e = app.get(&format!("/v1/executions/{}", a.json()["id"].as_str().unwrap())).await.json();
+    let e = app.get(&format!("/v1/executions/{}", a.json["id"].as_str().unwrap())).await.json;
     let charged = e["cost"]["nano_usd"].as_i64().unwrap();
-    assert_eq!(before.0.units() - app.available().await.0.units(), charged, "the refused request cost nothing");
+    assert_eq!(before.0.units() - app.balance().await.0.units(), charged, "the refused request cost nothing");
     app.assert_ledger_sound().await;
 });
 
@@ -425,7 +365,7 @@ db_test!(async fn a_stream_whose_client_leaves_is_canceled_and_charged_for_what_
         });
     })
     .await;
-    let before = app.available().await;
+    let before = app.balance().await;
     let body = json!({ "model": "builtin/echo", "stream": true, "messages": [{ "role": "user", "content": "one two three four five six" }] }).to_string();
     let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
     let head = format!(
@@ -439,13 +379,13 @@ db_test!(async fn a_stream_whose_client_leaves_is_canceled_and_charged_for_what_
     drop(tcp);
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let id = app.only_execution_id().await;
-    let e = app.get(&format!("/v1/executions/{id}")).await.json();
+    let e = app.get(&format!("/v1/executions/{id}")).await.json;
     assert_eq!(e["status"], "canceled", "{e}");
     assert_eq!(e["hold"]["status"], "settled");
     let cost = nano(&e["cost"]);
     assert!(cost > 0 && cost < nano(&e["hold"]["amount"]), "{e}");
     assert!(e["usage"]["output_tokens"].as_u64().unwrap() < 9, "charged for the whole answer: {e}");
-    assert_eq!(before.0.units() - app.available().await.0.units(), cost);
+    assert_eq!(before.0.units() - app.balance().await.0.units(), cost);
     app.assert_ledger_sound().await;
 });
 
@@ -472,16 +412,16 @@ db_test!(async fn a_stream_that_outlives_the_hold_timeout_keeps_its_hold_and_is_
         builtin(s, |b| b.chunk_delay_ms = 250);
     })
     .await;
-    let before = app.available().await;
+    let before = app.balance().await;
     let r = app.chat(long_stream(16)).await;
     assert_stream_completed(&r);
     let id = app.only_execution_id().await;
-    let e = app.get(&format!("/v1/executions/{id}")).await.json();
+    let e = app.get(&format!("/v1/executions/{id}")).await.json;
     assert_eq!((e["status"].as_str(), e["hold"]["status"].as_str()), (Some("succeeded"), Some("settled")), "{e}");
     let cost = nano(&e["cost"]);
     assert!(cost > 0, "{e}");
-    assert_eq!(before.0.units() - app.available().await.0.units(), cost, "charged exactly the settled cost");
-    assert_eq!(app.available().await.1, Money::ZERO, "nothing left held");
+    assert_eq!(before.0.units() - app.balance().await.0.units(), cost, "charged exactly the settled cost");
+    assert_eq!(app.balance().await.1, Money::ZERO, "nothing left held");
     app.assert_ledger_sound().await;
 });
 
@@ -490,7 +430,7 @@ db_test!(async fn a_stream_whose_hold_lapsed_anyway_is_still_charged_for_what_it
     // is then released under the stream. The stream still delivers; its
     // cost is charged afterwards from the balance, never beyond it.
     let app = spawn(db, |s| builtin(s, |b| b.chunk_delay_ms = 200)).await;
-    let before = app.available().await;
+    let before = app.balance().await;
     let (r, ()) = tokio::join!(app.chat(long_stream(10)), async {
         tokio::time::sleep(Duration::from_millis(700)).await;
         let later = modelroute_types::time::now() + chrono::Duration::days(1);
@@ -498,12 +438,12 @@ db_test!(async fn a_stream_whose_hold_lapsed_anyway_is_still_charged_for_what_it
     });
     assert_stream_completed(&r);
     let id = app.only_execution_id().await;
-    let e = app.get(&format!("/v1/executions/{id}")).await.json();
+    let e = app.get(&format!("/v1/executions/{id}")).await.json;
     assert_eq!(e["status"], "succeeded", "{e}");
     let cost = nano(&e["cost"]);
     assert!(cost > 0, "{e}");
-    assert_eq!(before.0.units() - app.available().await.0.units(), cost);
-    assert_eq!(app.available().await.1, Money::ZERO);
+    assert_eq!(before.0.units() - app.balance().await.0.units(), cost);
+    assert_eq!(app.balance().await.1, Money::ZERO);
     app.assert_ledger_sound().await;
 });
 
@@ -517,7 +457,7 @@ db_test!(async fn anthropic_messages_streamed_and_not_with_anthropic_errors(db) 
     };
     let r = app.send(Method::POST, "/v1/messages", Some(&key), Some(ask(false))).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    let m = r.json();
+    let m = r.json;
     assert_eq!((m["type"].as_str(), m["role"].as_str()), (Some("message"), Some("assistant")));
     assert_eq!(m["content"][0], json!({ "type": "text", "text": "Echo: Hello there" }));
     assert_eq!(m["stop_reason"], "end_turn");
@@ -541,14 +481,14 @@ db_test!(async fn anthropic_messages_streamed_and_not_with_anthropic_errors(db) 
     let unknown = json!({ "model": "no/such", "max_tokens": 8, "messages": [{ "role": "user", "content": "x" }] }).to_string();
     let r = app.send(Method::POST, "/v1/messages", Some(&key), Some(unknown.clone())).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
-    assert_eq!(r.json()["type"], "error");
-    assert_eq!(r.json()["error"]["type"], "not_found_error");
+    assert_eq!(r.json["type"], "error");
+    assert_eq!(r.json["error"]["type"], "not_found_error");
     let r = app.send(Method::POST, "/v1/messages", None, Some(unknown)).await;
-    assert_eq!((r.status, r.json()["error"]["type"].as_str()), (StatusCode::UNAUTHORIZED, Some("authentication_error")));
+    assert_eq!((r.status, r.json["error"]["type"].as_str()), (StatusCode::UNAUTHORIZED, Some("authentication_error")));
     let no_max = json!({ "model": "builtin/echo", "messages": [{ "role": "user", "content": "x" }] }).to_string();
     let r = app.send(Method::POST, "/v1/messages", Some(&key), Some(no_max)).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert!(r.json()["error"]["message"].as_str().unwrap().contains("max_tokens"), "{}", r.body);
+    assert!(r.json["error"]["message"].as_str().unwrap().contains("max_tokens"), "{}", r.body);
     app.assert_ledger_sound().await;
 });
 
@@ -560,13 +500,13 @@ db_test!(async fn usage_records_page_filter_export_and_stay_in_their_org(db) {
         large.routes[0].margin_bps = Some(0);
     })
     .await;
-    let (before, _) = app.available().await;
+    let (before, _) = app.balance().await;
     for model in ["builtin/echo", "builtin/echo-large", "builtin/echo"] {
         assert_eq!(app.chat(hello(model)).await.status, StatusCode::OK);
     }
     let first = app.get("/v1/usage?limit=2").await;
     assert_eq!(first.status, StatusCode::OK, "{}", first.body);
-    let first = first.json();
+    let first = first.json;
     assert_eq!(first["data"].as_array().unwrap().len(), 2);
     assert_eq!(first["has_more"], true);
     let r = &first["data"][0];
@@ -578,10 +518,10 @@ db_test!(async fn usage_records_page_filter_export_and_stay_in_their_org(db) {
     assert_eq!(r["request_price"], "0.000000000");
     let settlement = r["settlement_id"].as_str().unwrap().to_owned();
     let cursor = first["next_cursor"].as_str().unwrap();
-    let second = app.get(&format!("/v1/usage?limit=2&cursor={cursor}")).await.json();
+    let second = app.get(&format!("/v1/usage?limit=2&cursor={cursor}")).await.json;
     assert_eq!(second["data"].as_array().unwrap().len(), 1);
     assert_eq!(second["has_more"], false);
-    let large = app.get("/v1/usage?model=builtin/echo-large").await.json();
+    let large = app.get("/v1/usage?model=builtin/echo-large").await.json;
     assert_eq!(large["data"].as_array().unwrap().len(), 1);
     assert_eq!(large["data"][0]["input_price_per_mtok"], "1.000000000");
     assert_eq!(large["data"][0]["request_price"], "0.002000000");
@@ -595,12 +535,12 @@ db_test!(async fn usage_records_page_filter_export_and_stay_in_their_org(db) {
         "the request price is charged"
     );
     // The records add up to what the balance lost.
-    let all = app.get("/v1/usage").await.json();
+    let all = app.get("/v1/usage").await.json;
     let billed: i64 = all["data"].as_array().unwrap().iter().map(|r| r["cost"]["nano_usd"].as_i64().unwrap()).sum();
-    let (after, _) = app.available().await;
+    let (after, _) = app.balance().await;
     assert_eq!(before.units() - after.units(), billed);
     // The balance shows the journal behind it: the grant, then a hold and a settlement each.
-    let balance = app.get("/v1/billing/balance").await.json();
+    let balance = app.get("/v1/billing/balance").await.json;
     let journal = balance["recent_journal"].as_array().unwrap();
     let kinds: Vec<&str> = journal.iter().map(|e| e["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["settled", "hold", "settled", "hold", "settled", "hold", "credit"]);
@@ -621,16 +561,16 @@ db_test!(async fn usage_records_page_filter_export_and_stay_in_their_org(db) {
     assert!(lines[1].ends_with(&format!(",0.000000000,{settlement}")), "{}", lines[1]);
     assert!(lines[1].contains(",builtin/echo,") && lines[1].contains(",succeeded,"));
     // A time range that ends before them, and bad filters.
-    assert_eq!(app.get("/v1/usage?to=2020-01-01T00:00:00Z").await.json()["data"].as_array().unwrap().len(), 0);
+    assert_eq!(app.get("/v1/usage?to=2020-01-01T00:00:00Z").await.json["data"].as_array().unwrap().len(), 0);
     let bad = app.get("/v1/usage?from=yesterday").await;
-    assert_eq!((bad.status, bad.json()["error"]["param"].as_str()), (StatusCode::BAD_REQUEST, Some("from")));
+    assert_eq!((bad.status, bad.json["error"]["param"].as_str()), (StatusCode::BAD_REQUEST, Some("from")));
     assert_eq!(app.get("/v1/usage?limit=0").await.status, StatusCode::BAD_REQUEST);
     assert_eq!(app.get("/v1/usage?colour=red").await.status, StatusCode::BAD_REQUEST);
     // Another org sees none of it.
     let (other, _) = app.services.create_org("Other", None, &Actor::operator()).await.unwrap();
     let project = app.services.create_project(&other.id, "p", &Actor::operator()).await.unwrap();
     let (_, other_key) = app.services.create_key_in(&project.id, "k", &Scopes::all()).await.unwrap();
-    let theirs = app.send(Method::GET, "/v1/usage", Some(&other_key), None).await.json();
+    let theirs = app.send(Method::GET, "/v1/usage", Some(&other_key), None).await.json;
     assert_eq!(theirs["data"].as_array().unwrap().len(), 0);
 });
 
@@ -640,10 +580,10 @@ db_test!(async fn the_audit_log_records_who_did_what_and_cannot_be_rewritten(db)
     let all = app.get("/v1/audit-events").await;
     assert_eq!(all.status, StatusCode::OK, "{}", all.body);
     let actions: Vec<String> =
-        all.json()["data"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap().to_owned()).collect();
+        all.json["data"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap().to_owned()).collect();
     // The org and its default project are one use case: one event, naming both.
     assert_eq!(actions, ["credits.granted", "api_key.created", "org.created"], "newest first");
-    let created = &all.json()["data"][2];
+    let created = &all.json["data"][2];
     let project = app.services.identity.projects(&app.org).await.unwrap().remove(0);
     assert_eq!((created["actor"].as_str(), created["details"]["project"].as_str()), (Some("operator"), Some(project.id.as_str())));
     // An administrative change through the API names the key, the address and the request.
@@ -652,7 +592,7 @@ db_test!(async fn the_audit_log_records_who_did_what_and_cannot_be_rewritten(db)
         .await;
     assert_eq!(put.status, StatusCode::OK, "{}", put.body);
     let request_id = put.headers["x-request-id"].to_str().unwrap().to_owned();
-    let found = app.get("/v1/audit-events?action=routing.preferences_updated").await.json();
+    let found = app.get("/v1/audit-events?action=routing.preferences_updated").await.json;
     let events = found["data"].as_array().unwrap();
     assert_eq!(events.len(), 1);
     let e = &events[0];
@@ -661,17 +601,17 @@ db_test!(async fn the_audit_log_records_who_did_what_and_cannot_be_rewritten(db)
     assert_eq!(e["request_id"], request_id.as_str());
     assert_eq!(e["details"]["policy"], "fastest");
     // Pages and filters.
-    let page = app.get("/v1/audit-events?limit=2").await.json();
+    let page = app.get("/v1/audit-events?limit=2").await.json;
     assert_eq!(page["data"].as_array().unwrap().len(), 2);
     let next = page["next_cursor"].as_str().unwrap();
-    let rest = app.get(&format!("/v1/audit-events?cursor={next}")).await.json();
+    let rest = app.get(&format!("/v1/audit-events?cursor={next}")).await.json;
     assert_eq!(rest["data"].as_array().unwrap().len(), 2);
     assert_eq!(app.get("/v1/audit-events?from=nope").await.status, StatusCode::BAD_REQUEST);
     // Another org sees none of it; a key without the manage scope sees nothing at all.
     let (other, _) = app.services.create_org("Other", None, &Actor::operator()).await.unwrap();
     let project = app.services.create_project(&other.id, "p", &Actor::operator()).await.unwrap();
     let (_, other_key) = app.services.create_key_in(&project.id, "k", &Scopes::all()).await.unwrap();
-    let theirs = app.send(Method::GET, "/v1/audit-events", Some(&other_key), None).await.json();
+    let theirs = app.send(Method::GET, "/v1/audit-events", Some(&other_key), None).await.json;
     let their_actions: Vec<&str> = theirs["data"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
     assert_eq!(their_actions, ["api_key.created", "project.created", "org.created"]);
     let (_, reader) = app.services.create_key_in(&project.id, "r", &"read".parse().unwrap()).await.unwrap();
@@ -690,27 +630,27 @@ db_test!(async fn keys_are_listed_created_once_and_revoked_within_their_org(db) 
     let app = spawn(db, |_| {}).await;
     let listed = app.get("/v1/keys").await;
     assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
-    let listed = listed.json();
+    let listed = listed.json;
     assert_eq!(listed["data"].as_array().unwrap().len(), 1);
     assert!(!listed.to_string().contains("token") && !listed.to_string().contains("hmac"), "{listed}");
     let project = listed["data"][0]["project_id"].as_str().unwrap().to_owned();
     let create = |body: Value| app.send(Method::POST, "/v1/keys", Some(&app.key), Some(body.to_string()));
     let created = create(json!({ "project_id": project, "name": "reader", "scopes": ["read"] })).await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
-    let created = created.json();
+    let created = created.json;
     let token = created["token"].as_str().unwrap().to_owned();
     assert!(token.starts_with(created["prefix"].as_str().unwrap()));
     // It reads, but may not execute.
     assert_eq!(app.send(Method::GET, "/v1/billing/balance", Some(&token), None).await.status, StatusCode::OK);
     let denied = app.send(Method::POST, "/v1/chat/completions", Some(&token), Some(hello("builtin/echo").to_string())).await;
     assert_eq!(denied.status, StatusCode::FORBIDDEN);
-    assert_eq!(app.get("/v1/keys").await.json()["data"].as_array().unwrap().len(), 2);
+    assert_eq!(app.get("/v1/keys").await.json["data"].as_array().unwrap().len(), 2);
     // Bad input names the field and writes nothing.
     let bad = create(json!({ "project_id": project, "name": "x", "scopes": ["root"] })).await;
-    assert_eq!((bad.status, bad.json()["error"]["param"].as_str()), (StatusCode::BAD_REQUEST, Some("scopes")));
+    assert_eq!((bad.status, bad.json["error"]["param"].as_str()), (StatusCode::BAD_REQUEST, Some("scopes")));
     let past = create(json!({ "project_id": project, "name": "x", "scopes": ["read"], "expires_at": "2020-01-01T00:00:00Z" })).await;
     assert_eq!(past.status, StatusCode::BAD_REQUEST);
-    assert_eq!(app.get("/v1/keys").await.json()["data"].as_array().unwrap().len(), 2);
+    assert_eq!(app.get("/v1/keys").await.json["data"].as_array().unwrap().len(), 2);
     // Another org can neither use our project nor touch our keys: 404, not 403.
     let (other, _) = app.services.create_org("Other", None, &Actor::operator()).await.unwrap();
     let their_project = app.services.create_project(&other.id, "p", &Actor::operator()).await.unwrap();
@@ -720,11 +660,11 @@ db_test!(async fn keys_are_listed_created_once_and_revoked_within_their_org(db) 
     let id = created["id"].as_str().unwrap();
     let path = format!("/v1/keys/{id}");
     assert_eq!(app.send(Method::DELETE, &path, Some(&theirs), None).await.status, StatusCode::NOT_FOUND);
-    assert_eq!(app.send(Method::GET, "/v1/keys", Some(&theirs), None).await.json()["data"].as_array().unwrap().len(), 1);
+    assert_eq!(app.send(Method::GET, "/v1/keys", Some(&theirs), None).await.json["data"].as_array().unwrap().len(), 1);
     // Revoked: refused at once, and audited.
     assert_eq!(app.send(Method::DELETE, &path, Some(&app.key), None).await.status, StatusCode::OK);
     assert_eq!(app.send(Method::GET, "/v1/billing/balance", Some(&token), None).await.status, StatusCode::UNAUTHORIZED);
-    let audit = app.get("/v1/audit-events?action=api_key.revoked").await.json();
+    let audit = app.get("/v1/audit-events?action=api_key.revoked").await.json;
     assert_eq!(audit["data"][0]["target"], id);
     assert!(audit["data"][0]["actor"].as_str().unwrap().starts_with("key_"));
 });

@@ -1,11 +1,20 @@
 //! The server start-up every module shares: the real server on port 0 over
 //! a fresh test database, with test settings.
 
+use std::borrow::Borrow;
+
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use modelroute_app::{BootstrapReport, Reloader, Services, Settings};
 use modelroute_db::testing::TestDb;
 use modelroute_http::Application;
 use modelroute_routing::RouteConfig;
-use modelroute_types::Secret;
+use modelroute_types::{Money, OrgId, Secret};
+use serde_json::Value;
 
 /// The settings of a test server over `db`: port 0, two workers, a fixed secret.
 pub(crate) fn test_settings(db: &TestDb) -> Settings {
@@ -16,14 +25,180 @@ pub(crate) fn test_settings(db: &TestDb) -> Settings {
     settings
 }
 
-/// A running server.
-pub(crate) struct Started {
+/// The HTTP client every test uses.
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A running server over a test database of its own, and the client that
+/// calls it. Modules add what they need in `impl TestApp` blocks of their own
+/// (a browser session, a webhook, an execution's attempts).
+pub(crate) struct TestApp {
     /// Its port on 127.0.0.1.
     pub(crate) port: u16,
-    /// Its services (database, identity, ledger) for direct checks.
+    /// The bootstrap's API key (the owner of `org`).
+    pub(crate) key: String,
+    /// The bootstrap's org.
+    pub(crate) org: OrgId,
+    /// Its services (database, identity, ledger, executor) for direct checks.
     pub(crate) services: Services,
-    /// What the empty database was given: an org, a project, a key.
-    pub(crate) bootstrap: BootstrapReport,
+    /// What reloads its catalogue and providers.
+    pub(crate) reloader: Reloader,
+    /// The settings it started with.
+    pub(crate) settings: Settings,
+    client: HttpClient,
+    /// The database, dropped (and removed) with the app.
+    pub(crate) db: TestDb,
+}
+
+/// An answer: status, headers, the body as text and, when it is JSON, parsed
+/// (`Value::Null` otherwise).
+pub(crate) struct Reply {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: hyper::HeaderMap,
+    pub(crate) body: String,
+    pub(crate) json: Value,
+}
+
+impl Reply {
+    /// The machine-readable error code, or "".
+    pub(crate) fn code(&self) -> &str {
+        self.json["error"]["code"].as_str().unwrap_or_default()
+    }
+
+    /// The error message (JSON-quoted), or "".
+    pub(crate) fn message(&self) -> String {
+        if self.json.is_null() { String::new() } else { self.json["error"]["message"].to_string() }
+    }
+
+    /// The `Location` header.
+    pub(crate) fn location(&self) -> String {
+        self.headers["location"].to_str().unwrap().to_owned()
+    }
+
+    /// The value of the cookie `name` that the answer sets (not when it clears it).
+    pub(crate) fn cookie(&self, name: &str) -> Option<String> {
+        self.headers
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with(&format!("{name}=")))
+            .map(|v| v.split(';').next().unwrap().split_once('=').unwrap().1.to_owned())
+            .filter(|v| !v.is_empty())
+    }
+}
+
+impl TestApp {
+    /// Starts the server over `db` with the test settings, `tweak` applied.
+    pub(crate) async fn spawn(db: TestDb, tweak: impl FnOnce(&mut Settings)) -> Self {
+        let mut settings = test_settings(&db);
+        tweak(&mut settings);
+        Self::start(db, settings).await
+    }
+
+    /// Starts the server over `db` with `settings` (from [`test_settings`]).
+    pub(crate) async fn start(db: TestDb, settings: Settings) -> Self {
+        let (port, services, reloader, bootstrap) = start_instance(settings.clone()).await;
+        let bootstrap = bootstrap.expect("an empty database is bootstrapped");
+        Self {
+            port,
+            key: bootstrap.token,
+            org: bootstrap.org.id,
+            services,
+            reloader,
+            settings,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            db,
+        }
+    }
+
+    /// Starts another instance over the same database with this one's
+    /// settings, `tweak` applied; answers its port.
+    pub(crate) async fn replica(&self, tweak: impl FnOnce(&mut Settings)) -> u16 {
+        let mut settings = self.settings.clone();
+        tweak(&mut settings);
+        let (port, _, _, bootstrap) = start_instance(settings).await;
+        assert!(bootstrap.is_none(), "a replica finds the database bootstrapped");
+        port
+    }
+
+    /// One request to `path` (or to an absolute URL) with `headers`; JSON
+    /// content type unless `headers` name another.
+    pub(crate) async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: impl Into<Bytes>,
+    ) -> Reply {
+        let url = if path.starts_with('/') { format!("http://127.0.0.1:{}{path}", self.port) } else { path.to_owned() };
+        let mut req = Request::builder().method(method).uri(url);
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+            req = req.header("content-type", "application/json");
+        }
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let res = self.client.request(req.body(Full::new(body.into())).unwrap()).await.expect("the server answers");
+        let (status, headers) = (res.status(), res.headers().clone());
+        let bytes = res.into_body().collect().await.expect("a body").to_bytes();
+        let body = String::from_utf8_lossy(&bytes).into_owned();
+        let json = serde_json::from_str(&body).unwrap_or(Value::Null);
+        Reply { status, headers, body, json }
+    }
+
+    /// A request with `key` (none: anonymous) and `body`.
+    pub(crate) async fn send(&self, method: Method, path: &str, key: Option<&str>, body: Option<String>) -> Reply {
+        let auth: Vec<_> = key.map(|k| ("authorization", format!("Bearer {k}"))).into_iter().collect();
+        self.request(method, path, &auth, body.unwrap_or_default()).await
+    }
+
+    /// A request with the bootstrap's key and a JSON body (none when `Null`).
+    pub(crate) async fn api(&self, method: Method, path: &str, body: &Value) -> Reply {
+        let body = if body.is_null() { None } else { Some(body.to_string()) };
+        self.send(method, path, Some(&self.key), body).await
+    }
+
+    /// `GET path` with the bootstrap's key.
+    pub(crate) async fn get(&self, path: &str) -> Reply {
+        self.api(Method::GET, path, &Value::Null).await
+    }
+
+    /// `POST path` with the bootstrap's key.
+    pub(crate) async fn post(&self, path: &str, body: &Value) -> Reply {
+        self.api(Method::POST, path, body).await
+    }
+
+    /// `PUT path` with the bootstrap's key.
+    pub(crate) async fn put(&self, path: &str, body: &Value) -> Reply {
+        self.api(Method::PUT, path, body).await
+    }
+
+    /// A chat completion with the bootstrap's key.
+    pub(crate) async fn chat(&self, body: impl Borrow<Value>) -> Reply {
+        self.post("/v1/chat/completions", body.borrow()).await
+    }
+
+    /// The execution record `id`, as the API shows it.
+    pub(crate) async fn execution(&self, id: &str) -> Value {
+        let r = self.get(&format!("/v1/executions/{id}")).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        r.json
+    }
+
+    /// The org's available balance, checking that no hold was left open.
+    pub(crate) async fn available(&self) -> Money {
+        available(&self.services, &self.org).await
+    }
+
+    /// The public id of the `index`-th route of `slug`.
+    pub(crate) fn public_route(&self, slug: &str, index: usize) -> String {
+        public_route(&self.services, slug, index)
+    }
+
+    /// Fails unless `ledger verify` finds the ledger sound.
+    pub(crate) async fn assert_ledger_sound(&self) {
+        let report = self.services.verify_ledger().await.unwrap();
+        assert!(report.violations.is_empty(), "{:?}", report.violations);
+    }
 }
 
 /// Starts an instance with `settings`; answers its port, services,
@@ -33,45 +208,6 @@ pub(crate) async fn start_instance(settings: Settings) -> (u16, Services, Reload
     let parts = (app.port(), app.services.clone(), app.reloader(), app.bootstrap.clone());
     tokio::spawn(app.run_until_stopped());
     parts
-}
-
-/// Starts the server over `db`, with `tweak` applied to the test settings.
-pub(crate) async fn start(db: &TestDb, tweak: impl FnOnce(&mut Settings)) -> Started {
-    let mut settings = test_settings(db);
-    tweak(&mut settings);
-    let (port, services, _, bootstrap) = start_instance(settings).await;
-    Started { port, services, bootstrap: bootstrap.expect("an empty database is bootstrapped") }
-}
-
-/// One API call with `key` (and a JSON body, when given): the status and the body.
-pub(crate) async fn call(
-    port: u16,
-    key: &str,
-    method: hyper::Method,
-    path: &str,
-    body: Option<&serde_json::Value>,
-) -> (hyper::StatusCode, String) {
-    use http_body_util::{BodyExt as _, Full};
-    use hyper::body::Bytes;
-    let client =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(format!("http://127.0.0.1:{port}{path}"))
-        .header("authorization", format!("Bearer {key}"))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.map(ToString::to_string).unwrap_or_default())))
-        .expect("a request");
-    let res = client.request(req).await.expect("the server answers");
-    let status = res.status();
-    let bytes = res.into_body().collect().await.expect("a body").to_bytes();
-    (status, String::from_utf8_lossy(&bytes).into_owned())
-}
-
-/// The JSON body of a `GET` with `key`.
-pub(crate) async fn get_json(port: u16, key: &str, path: &str) -> serde_json::Value {
-    let (_, body) = call(port, key, hyper::Method::GET, path, None).await;
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
 
 /// The public id of the `index`-th route of `slug`.
@@ -86,9 +222,9 @@ pub(crate) fn route_id(services: &Services, public: &str) -> String {
 }
 
 /// `org`'s available balance, checking that no hold was left open.
-pub(crate) async fn available(services: &Services, org: &modelroute_types::OrgId) -> modelroute_types::Money {
+pub(crate) async fn available(services: &Services, org: &OrgId) -> Money {
     let b = services.balance(org).await.expect("a balance");
-    assert_eq!(b.held, modelroute_types::Money::ZERO, "a hold was left open");
+    assert_eq!(b.held, Money::ZERO, "a hold was left open");
     b.available
 }
 

@@ -3,40 +3,29 @@
 //! is down. Uses the Redis at 127.0.0.1:6379 (`.ci/run` starts it), each
 //! test under its own key prefix.
 
-use http_body_util::{BodyExt as _, Full};
-use hyper::body::Bytes;
-use hyper::{Request, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper::{Method, StatusCode};
 use modelroute_app::Settings;
 use modelroute_db::db_test;
 use modelroute_db::testing::TestDb;
 use modelroute_identity::{LimitBackend, RateLimitConfig};
-use serde_json::Value;
 
-fn settings(db: &TestDb, limits: RateLimitConfig) -> Settings {
-    let mut settings = crate::helpers::test_settings(db);
+use crate::helpers::{Reply, TestApp};
+
+/// The server with one worker and `limits`.
+async fn spawn(db: TestDb, limits: RateLimitConfig) -> TestApp {
+    TestApp::spawn(db, |settings| with_limits(settings, limits)).await
+}
+
+fn with_limits(settings: &mut Settings, limits: RateLimitConfig) {
     settings.server.workers = 1;
     settings.identity.rate_limits = limits;
-    settings
 }
 
-/// Starts an instance; returns its port and, for the first on a database, the key.
-async fn start(settings: Settings) -> (u16, Option<String>) {
-    let (port, _, _, bootstrap) = crate::helpers::start_instance(settings).await;
-    (port, bootstrap.map(|b| b.token))
-}
-
-async fn balance(port: u16, key: &str) -> (StatusCode, hyper::HeaderMap, Value) {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let req = Request::get(format!("http://127.0.0.1:{port}/v1/billing/balance"))
-        .header("authorization", format!("Bearer {key}"))
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let res = client.request(req).await.unwrap();
-    let (status, headers) = (res.status(), res.headers().clone());
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    (status, headers, serde_json::from_slice(&body).unwrap())
+impl TestApp {
+    /// The balance, asked of the instance at `port` with the bootstrap's key.
+    async fn balance_at(&self, port: u16) -> Reply {
+        self.send(Method::GET, &format!("http://127.0.0.1:{port}/v1/billing/balance"), Some(&self.key), None).await
+    }
 }
 
 fn redis(prefix_of: &str, per_key: u32) -> RateLimitConfig {
@@ -54,15 +43,14 @@ fn uuid_like() -> String {
 
 db_test!(async fn an_api_key_is_limited_with_headers_that_say_so(db) {
     let limits = RateLimitConfig { per_key_per_minute: 3, ..RateLimitConfig::default() };
-    let (port, key) = start(settings(&db, limits)).await;
-    let key = key.unwrap();
+    let app = spawn(db, limits).await;
     for left in [2, 1, 0] {
-        let (status, headers, _) = balance(port, &key).await;
+        let Reply { status, headers, .. } = app.balance_at(app.port).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(headers["x-ratelimit-limit"], "3");
         assert_eq!(headers["x-ratelimit-remaining"], left.to_string().as_str());
     }
-    let (status, headers, body) = balance(port, &key).await;
+    let Reply { status, headers, json: body, .. } = app.balance_at(app.port).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
     assert_eq!(body["error"]["code"], "rate_limited");
     assert_eq!(body["error"]["type"], "rate_limit_error");
@@ -73,12 +61,10 @@ db_test!(async fn an_api_key_is_limited_with_headers_that_say_so(db) {
 
 db_test!(async fn two_instances_sharing_redis_admit_no_more_than_the_limit_together(db) {
     let limits = redis("shared", 5);
-    let (a, key) = start(settings(&db, limits.clone())).await;
-    let (b, none) = start(settings(&db, limits)).await;
-    assert!(none.is_none(), "the second instance finds the database bootstrapped");
-    let key = key.unwrap();
-    let calls: Vec<_> = (0..16).map(|i| balance(if i % 2 == 0 { a } else { b }, &key)).collect();
-    let statuses: Vec<StatusCode> = futures_util::future::join_all(calls).await.into_iter().map(|r| r.0).collect();
+    let app = spawn(db, limits).await;
+    let (a, b) = (app.port, app.replica(|_| {}).await);
+    let calls: Vec<_> = (0..16).map(|i| app.balance_at(if i % 2 == 0 { a } else { b })).collect();
+    let statuses: Vec<StatusCode> = futures_util::future::join_all(calls).await.into_iter().map(|r| r.status).collect();
     let admitted = statuses.iter().filter(|s| **s == StatusCode::OK).count();
     let limited = statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count();
     assert_eq!((admitted, limited), (5, 11), "{statuses:?}");
@@ -90,13 +76,12 @@ db_test!(async fn redis_down_fails_open_or_closed_as_configured(db) {
         fail_open,
         ..redis("down", 1)
     };
-    let (open, key) = start(settings(&db, down(true))).await;
-    let key = key.unwrap();
+    let app = spawn(db, down(true)).await;
     for _ in 0..3 {
-        assert_eq!(balance(open, &key).await.0, StatusCode::OK, "fail open: unchecked, admitted");
+        assert_eq!(app.balance_at(app.port).await.status, StatusCode::OK, "fail open: unchecked, admitted");
     }
-    let (closed, _) = start(settings(&db, down(false))).await;
-    let (status, headers, body) = balance(closed, &key).await;
+    let closed = app.replica(|settings| with_limits(settings, down(false))).await;
+    let Reply { status, headers, body, .. } = app.balance_at(closed).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(headers.contains_key("retry-after"));
 });

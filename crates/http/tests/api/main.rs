@@ -1,6 +1,8 @@
 //! The HTTP server's tests, one binary (one link step): every module starts
-//! the real server on port 0 over a fresh database of its own, through
-//! [`helpers`].
+//! the real server on port 0 over a fresh database of its own as one shared
+//! `helpers::TestApp` (its client, its `Reply`), and adds what it needs in
+//! `impl TestApp` blocks of its own (a browser session, a signed webhook, an
+//! execution's attempts); a module with stand-ins wraps the app with them.
 //!
 //! - `endpoints`: completions, streaming, usage, audit, keys, limits on bodies
 //! - `auth`: accounts, sessions, members, tenancy

@@ -6,12 +6,7 @@
 
 use std::collections::HashMap;
 
-use http_body_util::{BodyExt as _, Full};
-use hyper::body::Bytes;
-use hyper::{Method, Request, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use modelroute_app::Services;
+use hyper::{Method, StatusCode};
 use modelroute_db::db_test;
 use modelroute_db::testing::TestDb;
 use modelroute_identity::Actor;
@@ -19,42 +14,21 @@ use modelroute_testkit::oauth::{Account, CLIENT_ID, CLIENT_SECRET, OAuthStandIn,
 use modelroute_types::Secret;
 use serde_json::Value;
 
+use crate::helpers::{Reply, TestApp};
+
 const PUBLIC: &str = "https://app.modelroute.test";
 
-type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
-
+/// The server with a sign-in provider's stand-in.
 struct App {
-    port: u16,
-    services: Services,
-    client: HttpClient,
+    app: TestApp,
     provider: OAuthStandIn,
     name: &'static str,
-    _db: TestDb,
 }
 
-struct Reply {
-    status: StatusCode,
-    headers: hyper::HeaderMap,
-    body: String,
-}
-
-impl Reply {
-    fn location(&self) -> String {
-        self.headers["location"].to_str().unwrap().to_owned()
-    }
-
-    fn cookie(&self, name: &str) -> Option<String> {
-        self.headers
-            .get_all("set-cookie")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find(|v| v.starts_with(&format!("{name}=")))
-            .map(|v| v.split(';').next().unwrap().split_once('=').unwrap().1.to_owned())
-            .filter(|v| !v.is_empty())
-    }
-
-    fn message(&self) -> String {
-        serde_json::from_str::<Value>(&self.body).map(|v| v["error"]["message"].to_string()).unwrap_or_default()
+impl std::ops::Deref for App {
+    type Target = TestApp;
+    fn deref(&self) -> &TestApp {
+        &self.app
     }
 }
 
@@ -69,7 +43,7 @@ async fn spawn(db: TestDb, provider: Provider, who: Account) -> App {
         Provider::Google => "google",
         Provider::GitHub => "github",
     };
-    let s = crate::helpers::start(&db, |settings| {
+    let app = TestApp::spawn(db, |settings| {
         settings.identity.public_url = PUBLIC.into();
         // Every sign-in here comes from 127.0.0.1: the per-IP limit would stop the test.
         settings.identity.rate_limits.per_ip_auth_per_minute = 0;
@@ -91,29 +65,16 @@ async fn spawn(db: TestDb, provider: Provider, who: Account) -> App {
         }
     })
     .await;
-    App {
-        port: s.port,
-        services: s.services,
-        client: Client::builder(TokioExecutor::new()).build_http(),
-        provider: stand_in,
-        name,
-        _db: db,
-    }
+    App { app, provider: stand_in, name }
 }
 
 impl App {
-    async fn get(&self, url: &str, cookie: Option<String>) -> Reply {
+    /// A browser's `GET` of `url` (a path, or a URL at PUBLIC or elsewhere) with `cookie`.
+    async fn visit(&self, url: &str, cookie: Option<String>) -> Reply {
         // The browser reaches this server at PUBLIC; here it listens on a local port.
         let url = url.replace(PUBLIC, &format!("http://127.0.0.1:{}", self.port));
-        let url = if url.starts_with('/') { format!("http://127.0.0.1:{}{url}", self.port) } else { url };
-        let mut req = Request::builder().method(Method::GET).uri(url);
-        if let Some(c) = cookie {
-            req = req.header("cookie", c);
-        }
-        let res = self.client.request(req.body(Full::new(Bytes::new())).unwrap()).await.unwrap();
-        let (status, headers) = (res.status(), res.headers().clone());
-        let body = String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
-        Reply { status, headers, body }
+        let cookie: Vec<_> = cookie.map(|c| ("cookie", c)).into_iter().collect();
+        self.request(Method::GET, &url, &cookie, "").await
     }
 
     /// Starts a sign-in and follows it to the provider's redirect back:
@@ -124,13 +85,13 @@ impl App {
 
     /// The same, asking to land on `redirect_to` (as it goes in the query) after signing in.
     async fn to_callback_landing_on(&self, redirect_to: &str) -> (String, String) {
-        let start = self.get(&format!("/v1/auth/oauth/{}/start?redirect_to={redirect_to}", self.name), None).await;
+        let start = self.visit(&format!("/v1/auth/oauth/{}/start?redirect_to={redirect_to}", self.name), None).await;
         assert_eq!(start.status, StatusCode::FOUND, "{}", start.body);
         let set = start.headers["set-cookie"].to_str().unwrap();
         assert!(set.contains("SameSite=Lax") && set.contains("HttpOnly") && set.contains("Secure"), "{set}");
         let authorize = start.location();
         assert!(authorize.contains("code_challenge_method=S256"), "{authorize}");
-        let at_provider = self.get(&authorize, None).await;
+        let at_provider = self.visit(&authorize, None).await;
         assert_eq!(at_provider.status, StatusCode::FOUND, "{}", at_provider.body);
         (at_provider.location(), start.cookie("__Host-mr_oauth").unwrap())
     }
@@ -138,12 +99,12 @@ impl App {
     /// A whole sign-in; the callback's answer.
     async fn sign_in(&self) -> Reply {
         let (callback, state) = self.to_callback().await;
-        self.get(&callback, Some(format!("__Host-mr_oauth={state}"))).await
+        self.visit(&callback, Some(format!("__Host-mr_oauth={state}"))).await
     }
 
     async fn session_email(&self, reply: &Reply) -> String {
         let token = reply.cookie("__Host-mr_session").expect("a session cookie");
-        let me = self.get("/v1/auth/session", Some(format!("__Host-mr_session={token}"))).await;
+        let me = self.visit("/v1/auth/session", Some(format!("__Host-mr_session={token}"))).await;
         assert_eq!(me.status, StatusCode::OK, "{}", me.body);
         serde_json::from_str::<Value>(&me.body).unwrap()["user"]["email"].as_str().unwrap().to_owned()
     }
@@ -181,19 +142,19 @@ db_test!(async fn google_signs_in_with_a_verified_id_token_and_refuses_every_bad
     // A state that is not the browser's: refused before any code is redeemed.
     let before = app.provider.token_requests().len();
     let (callback, state) = app.to_callback().await;
-    let r = app.get(&callback, Some(format!("__Host-mr_oauth={}", "0".repeat(64)))).await;
+    let r = app.visit(&callback, Some(format!("__Host-mr_oauth={}", "0".repeat(64)))).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert!(r.message().contains("state"), "{}", r.message());
-    let r = app.get(&callback, None).await;
+    let r = app.visit(&callback, None).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "no state cookie at all");
     let forged = callback.replace(&state, &"f".repeat(64));
-    let r = app.get(&forged, Some(format!("__Host-mr_oauth={}", "f".repeat(64)))).await;
+    let r = app.visit(&forged, Some(format!("__Host-mr_oauth={}", "f".repeat(64)))).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "a state this server never issued");
     assert_eq!(app.provider.token_requests().len(), before);
     // The untouched callback still works once; replayed, it is refused.
-    let r = app.get(&callback, Some(format!("__Host-mr_oauth={state}"))).await;
+    let r = app.visit(&callback, Some(format!("__Host-mr_oauth={state}"))).await;
     assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
-    let replay = app.get(&callback, Some(format!("__Host-mr_oauth={state}"))).await;
+    let replay = app.visit(&callback, Some(format!("__Host-mr_oauth={state}"))).await;
     assert_eq!(replay.status, StatusCode::UNAUTHORIZED);
     assert!(replay.message().contains("already used"), "{}", replay.message());
 
@@ -201,15 +162,15 @@ db_test!(async fn google_signs_in_with_a_verified_id_token_and_refuses_every_bad
     // without its PKCE verifier cannot be redeemed at all.
     let base = app.provider.base_url();
     let used = app.provider.token_requests().last().unwrap().clone();
-    assert_eq!(redeem_directly(&base, &used).await, "invalid_grant");
+    assert_eq!(app.redeem_directly(&base, &used).await, "invalid_grant");
     let (fresh, _) = app.to_callback().await;
     let code = url_param(&fresh, "code");
     let mut no_verifier = used.clone();
     no_verifier.insert("code".into(), code.clone());
     no_verifier.remove("code_verifier");
-    assert_eq!(redeem_directly(&base, &no_verifier).await, "invalid_grant");
+    assert_eq!(app.redeem_directly(&base, &no_verifier).await, "invalid_grant");
     no_verifier.insert("code_verifier".into(), "a".repeat(64));
-    assert_eq!(redeem_directly(&base, &no_verifier).await, "invalid_grant", "the wrong verifier");
+    assert_eq!(app.redeem_directly(&base, &no_verifier).await, "invalid_grant", "the wrong verifier");
 });
 
 db_test!(async fn after_sign_in_the_browser_lands_only_on_a_local_path(db) {
@@ -219,20 +180,20 @@ db_test!(async fn after_sign_in_the_browser_lands_only_on_a_local_path(db) {
     // after its session was written. A control character is refused at the
     // start, naming the parameter, before anything is written.
     for redirect in ["%2F%09%2Fevil.example%2F", "%2F%0A%2Fevil.example", "%2F%0D%0A%2Fevil.example"] {
-        let start = app.get(&format!("/v1/auth/oauth/github/start?redirect_to={redirect}"), None).await;
+        let start = app.visit(&format!("/v1/auth/oauth/github/start?redirect_to={redirect}"), None).await;
         assert_eq!(start.status, StatusCode::BAD_REQUEST, "{redirect}: {}", start.body);
         assert!(start.body.contains("redirect_to"), "{}", start.body);
     }
     // Anything else that is not a plain local path lands on `/`.
     for redirect in ["%2F%2Fevil.example", "https%3A%2F%2Fevil.example", "%2F%5Cevil.example", "%2F%E2%80%AEx"] {
         let (callback, state) = app.to_callback_landing_on(redirect).await;
-        let r = app.get(&callback, Some(format!("__Host-mr_oauth={state}"))).await;
+        let r = app.visit(&callback, Some(format!("__Host-mr_oauth={state}"))).await;
         assert_eq!(r.status, StatusCode::FOUND, "{redirect}: {}", r.body);
         assert_eq!(r.location(), "/", "{redirect}");
         assert!(r.cookie("__Host-mr_session").is_some(), "{redirect}: signed in");
     }
     let (callback, state) = app.to_callback_landing_on("%2Fsettings%3Ftab%3Dkeys").await;
-    let r = app.get(&callback, Some(format!("__Host-mr_oauth={state}"))).await;
+    let r = app.visit(&callback, Some(format!("__Host-mr_oauth={state}"))).await;
     assert_eq!(r.location(), "/settings?tab=keys");
 });
 
@@ -264,7 +225,7 @@ db_test!(async fn accounts_link_only_through_a_verified_email(db) {
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert!(r.message().contains("did not confirm an email"), "{}", r.message());
     // GitHub is not configured here: its start is a 404.
-    assert_eq!(app.get("/v1/auth/oauth/github/start", None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.visit("/v1/auth/oauth/github/start", None).await.status, StatusCode::NOT_FOUND);
 });
 
 db_test!(async fn github_signs_in_through_its_user_api(db) {
@@ -273,14 +234,14 @@ db_test!(async fn github_signs_in_through_its_user_api(db) {
     assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
     assert_eq!(app.session_email(&r).await, "ada@example.com", "the primary verified address, not the noreply one");
     assert!(app.provider.token_requests()[0].contains_key("code_verifier"));
-    let replay = app.get("/v1/auth/oauth/github/callback?code=code-1&state=x", Some("__Host-mr_oauth=x".into())).await;
+    let replay = app.visit("/v1/auth/oauth/github/callback?code=code-1&state=x", Some("__Host-mr_oauth=x".into())).await;
     assert_eq!(replay.status, StatusCode::UNAUTHORIZED);
     app.provider.sign_in_as(account("4343", "eve@example.com", false));
     let r = app.sign_in().await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "an unverified primary email");
-    let denied = app.get("/v1/auth/oauth/github/callback?error=access_denied&state=x", None).await;
+    let denied = app.visit("/v1/auth/oauth/github/callback?error=access_denied&state=x", None).await;
     assert_eq!(denied.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(app.get("/v1/auth/oauth/gitlab/start", None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.visit("/v1/auth/oauth/gitlab/start", None).await.status, StatusCode::NOT_FOUND);
 });
 
 fn url_param(url: &str, name: &str) -> String {
@@ -288,18 +249,15 @@ fn url_param(url: &str, name: &str) -> String {
     query.split('&').find_map(|kv| kv.strip_prefix(&format!("{name}="))).unwrap().to_owned()
 }
 
-/// Posts a token request straight to the Google stand-in; answers its `error`.
-async fn redeem_directly(base: &str, form: &HashMap<String, String>) -> String {
-    let body: Vec<String> = form
-        .iter()
-        .map(|(k, v)| format!("{k}={}", v.replace('%', "%25").replace('&', "%26").replace('+', "%2B")))
-        .collect();
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-    let req = Request::post(format!("{base}/token"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(Full::new(Bytes::from(body.join("&"))))
-        .unwrap();
-    let res = client.request(req).await.unwrap();
-    let bytes = res.into_body().collect().await.unwrap().to_bytes();
-    serde_json::from_slice::<Value>(&bytes).unwrap()["error"].as_str().unwrap_or("none").to_owned()
+impl TestApp {
+    /// Posts a token request straight to the Google stand-in at `base`; answers its `error`.
+    async fn redeem_directly(&self, base: &str, form: &HashMap<String, String>) -> String {
+        let body: Vec<String> = form
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.replace('%', "%25").replace('&', "%26").replace('+', "%2B")))
+            .collect();
+        let form_type = [("content-type", "application/x-www-form-urlencoded".to_owned())];
+        let r = self.request(Method::POST, &format!("{base}/token"), &form_type, body.join("&")).await;
+        r.json["error"].as_str().unwrap_or("none").to_owned()
+    }
 }

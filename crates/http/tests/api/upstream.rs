@@ -5,15 +5,16 @@
 
 use std::time::{Duration, Instant};
 
-use hyper::StatusCode;
-use modelroute_app::{Services, Settings};
+use hyper::{Method, StatusCode};
+use modelroute_app::Settings;
 use modelroute_db::db_test;
 use modelroute_db::testing::TestDb;
 use modelroute_providers::ProviderConfig;
 use modelroute_routing::{BreakerState, ModelConfig, RouteConfig};
 use modelroute_testkit::{Fault, StandIn, Wire};
-use modelroute_types::{Money, OrgId};
 use serde_json::{Value, json};
+
+use crate::helpers::{Reply, TestApp};
 
 fn route(id: &str, provider: &str, upstream: &str) -> RouteConfig {
     crate::helpers::route(id, provider, upstream, "1", "2")
@@ -29,21 +30,25 @@ fn model(slug: &str, routes: Vec<RouteConfig>) -> ModelConfig {
     ModelConfig { slug: slug.into(), description: String::new(), context_window: 8192, routes }
 }
 
-struct TestApp {
-    port: u16,
-    key: String,
-    org: OrgId,
-    services: Services,
+/// The server with the OpenAI and Anthropic stand-ins.
+struct App {
+    app: TestApp,
     openai: StandIn,
     _anthropic: StandIn,
-    _db: TestDb,
 }
 
-async fn spawn(db: TestDb) -> TestApp {
+impl std::ops::Deref for App {
+    type Target = TestApp;
+    fn deref(&self) -> &TestApp {
+        &self.app
+    }
+}
+
+async fn spawn(db: TestDb) -> App {
     spawn_with(db, |_| {}).await
 }
 
-async fn spawn_with(db: TestDb, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+async fn spawn_with(db: TestDb, tweak: impl FnOnce(&mut Settings)) -> App {
     let (openai, anthropic) = (StandIn::start(Wire::OpenAi).await, StandIn::start(Wire::Anthropic).await);
     let mut settings = crate::helpers::test_settings(&db);
     let config = crate::helpers::standin_config(&openai);
@@ -106,37 +111,22 @@ async fn spawn_with(db: TestDb, tweak: impl FnOnce(&mut Settings)) -> TestApp {
     // These tests count upstream calls per route: one call per route unless a test asks for retries.
     settings.routing.retry.attempts_per_route = 1;
     tweak(&mut settings);
-    let (port, services, _, boot) = crate::helpers::start_instance(settings).await;
-    let boot = boot.unwrap();
-    TestApp { port, key: boot.token, org: boot.org.id, services, openai, _anthropic: anthropic, _db: db }
+    App { app: TestApp::start(db, settings).await, openai, _anthropic: anthropic }
+}
+
+impl App {
+    /// Calls the OpenAI stand-in saw for `upstream_model`.
+    fn calls(&self, upstream_model: &str) -> usize {
+        self.openai.calls(upstream_model)
+    }
 }
 
 impl TestApp {
-    async fn chat(&self, body: &Value) -> (StatusCode, String) {
-        crate::helpers::call(self.port, &self.key, hyper::Method::POST, "/v1/chat/completions", Some(body)).await
-    }
-
-    async fn execution(&self, id: &str) -> Value {
-        crate::helpers::get_json(self.port, &self.key, &format!("/v1/executions/{id}")).await
-    }
-
     /// The execution record behind a chat-completion answer (a body or a stream).
     async fn execution_of(&self, answer: &str) -> Value {
         let first = answer.strip_prefix("data: ").map_or(answer, |s| s.split("\n\n").next().unwrap_or_default());
         let id = serde_json::from_str::<Value>(first).unwrap()["id"].as_str().unwrap().to_owned();
         self.execution(&id).await
-    }
-
-    fn calls(&self, upstream_model: &str) -> usize {
-        self.openai.calls(upstream_model)
-    }
-
-    fn public_route(&self, slug: &str, index: usize) -> String {
-        crate::helpers::public_route(&self.services, slug, index)
-    }
-
-    async fn available(&self) -> Money {
-        crate::helpers::available(&self.services, &self.org).await
     }
 
     async fn ledger_is_sound(&self) -> i64 {
@@ -178,7 +168,7 @@ fn cost(usage: &Value) -> i64 {
 db_test!(async fn a_failing_route_falls_back_with_one_hold_and_one_settlement(db) {
     let app = spawn(db).await;
     let before = app.available().await;
-    let (status, body) = app.chat(&ask("acme/chat", false)).await;
+    let Reply { status, body, .. } = app.chat(&ask("acme/chat", false)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let body: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["choices"][0]["message"]["content"], "echo: Hello");
@@ -204,7 +194,7 @@ db_test!(async fn a_failing_route_falls_back_with_one_hold_and_one_settlement(db
 db_test!(async fn a_rejected_request_is_not_retried_elsewhere(db) {
     let app = spawn(db).await;
     let before = app.available().await;
-    let (status, body) = app.chat(&ask("acme/strict", false)).await;
+    let Reply { status, body, .. } = app.chat(&ask("acme/strict", false)).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(body.contains("maximum context length"), "{body}");
     assert_eq!((app.calls("fault-context"), app.calls("m")), (1, 0));
@@ -214,7 +204,7 @@ db_test!(async fn a_rejected_request_is_not_retried_elsewhere(db) {
 db_test!(async fn streams_fall_back_before_the_first_byte_and_cut_streams_fail(db) {
     let app = spawn(db).await;
     let before = app.available().await;
-    let (status, body) = app.chat(&ask("acme/chat", true)).await;
+    let Reply { status, body, .. } = app.chat(&ask("acme/chat", true)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(streamed_text(&body), ("echo: Hello".to_owned(), true), "{body}");
     assert_eq!(before.units() - app.available().await.units(), 1_000 + 2 * 2_000);
@@ -222,7 +212,7 @@ db_test!(async fn streams_fall_back_before_the_first_byte_and_cut_streams_fail(d
     // Cut before any output: nothing reached the client, so it is an error
     // answer, and nothing is billed.
     let before = app.available().await;
-    let (status, body) = app.chat(&ask("acme/cut", true)).await;
+    let Reply { status, body, .. } = app.chat(&ask("acme/cut", true)).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
     assert!(body.contains("upstream_error"), "{body}");
     assert_eq!(app.available().await, before);
@@ -230,7 +220,7 @@ db_test!(async fn streams_fall_back_before_the_first_byte_and_cut_streams_fail(d
     // Cut after some output, with nothing to continue it: the answer ends
     // with an error frame (never [DONE]), and what reached the client is billed.
     let before = app.available().await;
-    let (status, body) = app.chat(&ask_long("acme/cut-midway")).await;
+    let Reply { status, body, .. } = app.chat(&ask_long("acme/cut-midway")).await;
     assert_eq!(status, StatusCode::OK);
     let (text, done) = streamed_text(&body);
     assert!(!done && body.contains("upstream_error") && LONG_ANSWER.starts_with(&text) && text.len() < LONG_ANSWER.len(), "{body}");
@@ -248,7 +238,7 @@ db_test!(async fn a_complete_stream_without_its_end_marker_succeeds_and_is_bille
     // them, past the breaker's two-call minimum — none counts as a failure.
     for _ in 0..12 {
         let before = app.available().await;
-        let (status, body) = app.chat(&ask("acme/noend", true)).await;
+        let Reply { status, body, .. } = app.chat(&ask("acme/noend", true)).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(streamed_text(&body), ("echo: Hello".to_owned(), true), "{body}");
         let e = app.execution_of(&body).await;
@@ -262,7 +252,7 @@ db_test!(async fn a_complete_stream_without_its_end_marker_succeeds_and_is_bille
 
     // No usage either (a host that ignores stream_options): billed at the estimate, and the record says so.
     let before = app.available().await;
-    let (_, body) = app.chat(&ask("acme/bare", true)).await;
+    let Reply { body, .. } = app.chat(&ask("acme/bare", true)).await;
     assert_eq!(streamed_text(&body), ("echo: Hello".to_owned(), true), "{body}");
     let e = app.execution_of(&body).await;
     assert_eq!((e["status"].as_str(), e["decision"]["attempts"][0]["usage_estimated"].as_bool()), (Some("succeeded"), Some(true)), "{e}");
@@ -270,7 +260,7 @@ db_test!(async fn a_complete_stream_without_its_end_marker_succeeds_and_is_bille
     assert!(charged > 0 && charged == e["cost"]["nano_usd"].as_i64().unwrap(), "{e}");
 
     // Ended cleanly before its finish reason: truncated, failed — billed only for what reached the client.
-    let (_, body) = app.chat(&ask("acme/truncated", true)).await;
+    let Reply { body, .. } = app.chat(&ask("acme/truncated", true)).await;
     let (text, done) = streamed_text(&body);
     assert!(!done && text == "echo: Hello" && body.contains("upstream_error"), "{body}");
     let e = app.execution_of(&body).await;
@@ -288,7 +278,7 @@ db_test!(async fn a_silent_provider_is_left_after_one_timeout(db) {
     })
     .await;
     let started = Instant::now();
-    let (status, body) = app.chat(&ask("acme/silent", false)).await;
+    let Reply { status, body, .. } = app.chat(&ask("acme/silent", false)).await;
     let took = started.elapsed();
     assert_eq!(status, StatusCode::OK, "{body}");
     // One timeout, then the fallback: not three.
@@ -306,7 +296,7 @@ db_test!(async fn thinking_is_progress_and_the_first_token_limit_follows_the_rou
     .await;
     // Reasoning for 1.5 s before the first word, limit 1 s: not failed over,
     // the reasoning is progress (and not part of the answer).
-    let (status, body) = app.chat(&ask("acme/thinks", true)).await;
+    let Reply { status, body, .. } = app.chat(&ask("acme/thinks", true)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(streamed_text(&body), ("echo: Hello".to_owned(), true), "{body}");
     assert_eq!((app.calls("fault-thinks"), app.calls("m")), (1, 0));
@@ -318,12 +308,12 @@ db_test!(async fn thinking_is_progress_and_the_first_token_limit_follows_the_rou
     // (the floor, 300 ms here, not the 1 s ceiling): when it then stalls
     // before its first token, the fallback takes over after ~300 ms.
     for _ in 0..5 {
-        let (_, body) = app.chat(&ask("acme/slow", true)).await;
+        let Reply { body, .. } = app.chat(&ask("acme/slow", true)).await;
         assert!(body.ends_with("[DONE]\n\n"), "{body}");
     }
     app.openai.set_fault("slow", Some(Fault::SlowFirst));
     let started = Instant::now();
-    let (_, body) = app.chat(&ask("acme/slow", true)).await;
+    let Reply { body, .. } = app.chat(&ask("acme/slow", true)).await;
     let took = started.elapsed();
     assert_eq!(streamed_text(&body), ("echo: Hello".to_owned(), true), "{body}");
     assert_eq!(app.calls("m"), 1, "served by the fallback");
@@ -335,7 +325,7 @@ db_test!(async fn thinking_is_progress_and_the_first_token_limit_follows_the_rou
 db_test!(async fn a_cut_stream_is_continued_on_a_route_that_continues_a_prefix(db) {
     let app = spawn(db).await;
     let before = app.available().await;
-    let (status, body) = app.chat(&ask_long("acme/continued")).await;
+    let Reply { status, body, .. } = app.chat(&ask_long("acme/continued")).await;
     assert_eq!(status, StatusCode::OK);
     // One complete answer, each word once: the continuation spliced in.
     assert_eq!(streamed_text(&body), (LONG_ANSWER.to_owned(), true), "{body}");
@@ -355,7 +345,7 @@ db_test!(async fn a_cut_stream_is_continued_on_a_route_that_continues_a_prefix(d
     assert_eq!(app.ledger_is_sound().await, 3, "still one hold and one settlement");
 
     // The same after a stall mid-answer (idle timeout), not a break.
-    let (_, body) = app.chat(&ask_long("acme/stalls")).await;
+    let Reply { body, .. } = app.chat(&ask_long("acme/stalls")).await;
     assert_eq!(streamed_text(&body), (LONG_ANSWER.to_owned(), true), "{body}");
 });
 
@@ -367,7 +357,7 @@ db_test!(async fn a_refused_or_unconfigured_continuation_reports_the_original_fa
     .await;
     for slug in ["acme/refused", "acme/unfinished"] {
         let before = app.available().await;
-        let (status, body) = app.chat(&ask_long(slug)).await;
+        let Reply { status, body, .. } = app.chat(&ask_long(slug)).await;
         assert_eq!(status, StatusCode::OK);
         let (text, done) = streamed_text(&body);
         assert!(!done && !text.is_empty() && LONG_ANSWER.starts_with(&text) && text != LONG_ANSWER, "{slug}: {body}");
@@ -387,15 +377,15 @@ db_test!(async fn a_refused_or_unconfigured_continuation_reports_the_original_fa
 
 db_test!(async fn a_malformed_chunk_is_skipped_and_counted_and_too_many_fail(db) {
     let app = spawn(db).await;
-    let (status, body) = app.chat(&ask("acme/garbled", true)).await;
+    let Reply { status, body, .. } = app.chat(&ask("acme/garbled", true)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(streamed_text(&body), ("echo: Hello".to_owned(), true), "{body}");
     let e = app.execution_of(&body).await;
     assert_eq!((e["status"].as_str(), e["decision"]["attempts"][0]["malformed_chunks"].as_i64()), (Some("succeeded"), Some(1)), "{e}");
-    let (status, body) = app.chat(&ask("acme/garbled-4", true)).await;
+    let Reply { status, body, .. } = app.chat(&ask("acme/garbled-4", true)).await;
     assert_eq!(status, StatusCode::OK);
     assert!(!body.contains("[DONE]") && body.contains("upstream_error"), "{body}");
-    let metrics = crate::helpers::call(app.port, "", hyper::Method::GET, "/metrics", None).await.1;
+    let metrics = app.send(Method::GET, "/metrics", None, None).await.body;
     // (The recorder is the process's: other tests' chunks count there too.)
     assert!(metrics.contains("provider_stream_malformed_chunks_total{provider=\"upstream-a\"}"), "{metrics}");
 });
@@ -406,12 +396,12 @@ db_test!(async fn an_open_breaker_is_probed_on_schedule_and_closes_soon_after_th
     app.openai.set_fault("flappy", Some(Fault::Overloaded));
     // Two failures of two calls: the primary's breaker opens.
     for _ in 0..2 {
-        let (status, body) = app.chat(&ask("acme/flappy", false)).await;
+        let Reply { status, body, .. } = app.chat(&ask("acme/flappy", false)).await;
         assert_eq!(status, StatusCode::OK, "{body}");
     }
     assert_eq!(app.calls("flappy"), 2);
     // Open: served from the fallback without calling the primary.
-    let (status, body) = app.chat(&ask("acme/flappy", false)).await;
+    let Reply { status, body, .. } = app.chat(&ask("acme/flappy", false)).await;
     assert_eq!(status, StatusCode::OK);
     let e = app.execution_of(&body).await;
     let excluded = e["decision"]["candidates"].as_array().unwrap().iter().find(|c| c["route"] == primary.as_str()).unwrap();
@@ -437,7 +427,7 @@ db_test!(async fn an_open_breaker_is_probed_on_schedule_and_closes_soon_after_th
     {
         eprintln!("recovered {recovered:?} after the route healed (open_ms 300)");
     }
-    let (_, body) = app.chat(&ask("acme/flappy", false)).await;
+    let Reply { body, .. } = app.chat(&ask("acme/flappy", false)).await;
     assert_eq!(app.execution_of(&body).await["route"], primary.as_str(), "the primary serves again");
     app.ledger_is_sound().await;
 });
@@ -459,13 +449,13 @@ db_test!(async fn error_mapping_is_configuration(db) {
         }];
     })
     .await;
-    let (status, body) = app.chat(&ask("acme/chat", false)).await;
+    let Reply { status, body, .. } = app.chat(&ask("acme/chat", false)).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     let err: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(err["error"]["code"], "invalid_request");
     assert_eq!((app.calls("fault-overloaded"), app.calls("m")), (1, 0), "no fallback for a non-retryable rule");
     // The context-length answer of the strict model maps to its own code.
-    let (status, body) = app.chat(&ask("acme/strict", false)).await;
+    let Reply { status, body, .. } = app.chat(&ask("acme/strict", false)).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"]["code"], "context_length_exceeded");
 });
@@ -482,13 +472,13 @@ db_test!(async fn a_transient_failure_is_retried_with_backoff_and_retry_after_is
     // 503 + Retry-After: 1 → wait a second, retry the same (only) route, succeed.
     app.openai.script("busy-once", [Fault::OverloadedRetry]);
     let started = Instant::now();
-    let (status, body) = app.chat(&ask("acme/busy-once", false)).await;
+    let Reply { status, body, .. } = app.chat(&ask("acme/busy-once", false)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(started.elapsed() >= Duration::from_secs(1), "Retry-After was not honoured: {:?}", started.elapsed());
     assert_eq!(app.calls("busy-once"), 2);
     // Two 503s without Retry-After: jittered backoff, third call succeeds.
     app.openai.script("busy-twice", [Fault::Overloaded, Fault::Overloaded]);
-    let (status, body) = app.chat(&ask("acme/busy-twice", false)).await;
+    let Reply { status, body, .. } = app.chat(&ask("acme/busy-twice", false)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(app.calls("busy-twice"), 3);
     let attempts = app.execution_of(&body).await["decision"]["attempts"].as_array().unwrap().len();
@@ -505,7 +495,7 @@ db_test!(async fn a_model_that_cannot_serve_falls_back_to_the_next_model_of_its_
         body
     };
     let before = app.available().await;
-    let (status, body) = app.chat(&with_models(false)).await;
+    let Reply { status, body, .. } = app.chat(&with_models(false)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let answer: Value = serde_json::from_str(&body).unwrap();
     // The model that served, by its public slug; its usage and its prices.
@@ -525,7 +515,7 @@ db_test!(async fn a_model_that_cannot_serve_falls_back_to_the_next_model_of_its_
     assert!(!text.contains("upstream-") && !text.contains("127.0.0.1") && !text.contains("fault-"), "leaked: {e}");
 
     // Streamed: the chunks name the serving model.
-    let (_, body) = app.chat(&with_models(true)).await;
+    let Reply { body, .. } = app.chat(&with_models(true)).await;
     assert_eq!(streamed_text(&body), ("echo: Hello".to_owned(), true), "{body}");
     assert!(body.contains("\"model\":\"acme/backup\"") && !body.contains("\"model\":\"acme/down\""), "{body}");
 
@@ -533,7 +523,7 @@ db_test!(async fn a_model_that_cannot_serve_falls_back_to_the_next_model_of_its_
     let before = app.available().await;
     let mut bad = ask("acme/down", false);
     bad["models"] = json!(["acme/nope"]);
-    let (status, body) = app.chat(&bad).await;
+    let Reply { status, body, .. } = app.chat(&bad).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     let err: Value = serde_json::from_str(&body).unwrap();
     assert_eq!((err["error"]["param"].as_str(), err["error"]["code"].as_str()), (Some("models"), Some("invalid_request")), "{body}");
@@ -541,19 +531,14 @@ db_test!(async fn a_model_that_cannot_serve_falls_back_to_the_next_model_of_its_
     assert_eq!(app.ledger_is_sound().await, 5, "no hold for a refused request");
 
     // The org's default chain, set through the API; an unknown model there is a 400 too.
-    let (port, key) = (app.port, app.key.clone());
-    let put = |body: Value| {
-        let key = key.clone();
-        async move { crate::helpers::call(port, &key, hyper::Method::PUT, "/v1/routing/preferences", Some(&body)).await }
-    };
-    let (status, body) = put(json!({ "fallbacks": { "acme/down": ["acme/nope"] } })).await;
+    let Reply { status, body, .. } = app.put("/v1/routing/preferences", &json!({ "fallbacks": { "acme/down": ["acme/nope"] } })).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(body.contains("fallbacks") && body.contains("acme/nope"), "{body}");
-    let (status, body) = put(json!({ "policy": "cheapest", "fallbacks": { "acme/down": ["acme/backup"] } })).await;
+    let Reply { status, body, .. } = app.put("/v1/routing/preferences", &json!({ "policy": "cheapest", "fallbacks": { "acme/down": ["acme/backup"] } })).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let prefs = crate::helpers::get_json(app.port, &app.key, "/v1/routing/preferences").await;
+    let prefs = app.get("/v1/routing/preferences").await.json;
     assert_eq!(prefs["fallbacks"], json!({ "acme/down": ["acme/backup"] }));
-    let (status, body) = app.chat(&ask("acme/down", false)).await;
+    let Reply { status, body, .. } = app.chat(&ask("acme/down", false)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["model"], "acme/backup");
 });
