@@ -27,6 +27,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("modelroute-providers", &["modelroute-types"]),
     // Test-only (a dev-dependency): the provider stand-ins.
     ("modelroute-testkit", &[]),
+    // The load harness's upstream and bare proxy: no workspace crate, on purpose.
+    ("modelroute-loadkit", &[]),
     (
         "modelroute-executions",
         &["modelroute-types", "modelroute-db", "modelroute-ledger", "modelroute-routing", "modelroute-providers"],
