@@ -9,7 +9,9 @@
 # interleaved, ROUNDS times (default 2). Prints requests/s, p50/p99 and the
 # CPU per request of the target's process (for PostgreSQL, plus every
 # postgres process's), the medians of the rounds and the ratios to the proxy.
-# TARGETS: any of "direct proxy sqlite postgres" (default all four).
+# TARGETS: any of "direct proxy sqlite postgres" (default all four), and
+# "sqlite-base postgres-base": the same with the binary at $LOAD_BASE_BIN (an
+# earlier build, for an A/B in one run).
 # Needs wrk (apt-get install wrk) and psql for PostgreSQL.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -22,11 +24,11 @@ target_dir=${CARGO_TARGET_DIR:-$root/target}
 bin=$target_dir/release
 work=$(mktemp -d)
 pids=()
-db=""
+declare -A dbs
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  [ -n "$db" ] && psql -q "$pg/postgres" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+  for d in "${dbs[@]}"; do psql -q "$pg/postgres" -c "DROP DATABASE IF EXISTS $d WITH (FORCE)" >/dev/null 2>&1 || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -68,13 +70,13 @@ export MODELROUTE_IDENTITY__RATE_LIMITS__PER_KEY_PER_MINUTE=0
 export MODELROUTE_IDENTITY__RATE_LIMITS__PER_ORG_PER_MINUTE=0
 
 declare -A port pid key
-start_modelroute() { # name port [database url]
-  local name=$1 url=${3:-}
+start_modelroute() { # name port [database url] [binary]
+  local name=$1 url=${3:-} server=${4:-$bin/modelroute}
   port[$name]=$2
   mkdir -p "$name" && cp modelroute.toml "$name/"
   local env=(MODELROUTE_SERVER__BIND=127.0.0.1:${port[$name]})
   [ -n "$url" ] && env+=(MODELROUTE_DATABASE__URL="$url")
-  (cd "$name" && exec env "${env[@]}" "$bin/modelroute" serve > ../"$name".out 2> ../"$name".err) & pids+=($!)
+  (cd "$name" && exec env "${env[@]}" "$server" serve > ../"$name".out 2> ../"$name".err) & pids+=($!)
   pid[$name]=$!
   wait_for "$name.out"
   key[$name]=$(grep -o 'mr_[A-Za-z0-9_]*' "$name.out" | head -n 1)
@@ -84,10 +86,12 @@ port[proxy]=18102; pid[proxy]=$proxy_pid; key[proxy]=proxy-key
 for t in $targets; do
   case $t in
     sqlite) start_modelroute sqlite 18103 ;;
-    postgres)
-      db=load_$$_$RANDOM
-      psql -q "$pg/postgres" -c "CREATE DATABASE $db" >/dev/null
-      start_modelroute postgres 18104 "$pg/$db" ;;
+    sqlite-base) start_modelroute sqlite-base 18105 "" "${LOAD_BASE_BIN:?the baseline binary}" ;;
+    postgres | postgres-base)
+      base=$([ "$t" = postgres ] && echo "" || echo "${LOAD_BASE_BIN:?the baseline binary}")
+      dbs[$t]=load_$$_$RANDOM
+      psql -q "$pg/postgres" -c "CREATE DATABASE ${dbs[$t]}" >/dev/null
+      start_modelroute "$t" "$([ "$t" = postgres ] && echo 18104 || echo 18106)" "$pg/${dbs[$t]}" "$base" ;;
   esac
 done
 
@@ -110,17 +114,17 @@ for round in $(seq 1 "$rounds"); do
       LOAD_PATH=/v1/chat/completions LOAD_KEY=${key[$t]} LOAD_BODY=$work/body.json \
         wrk -t"$threads" -c"$c" -d2s -s "$root/deploy/load/paid.lua" "http://127.0.0.1:${port[$t]}" > /dev/null
       before=$(ticks "${pid[$t]}")
-      [ "$t" = postgres ] && pg_ticks > pg.before
+      case $t in postgres*) pg_ticks > pg.before ;; esac
       line=$(LOAD_PATH=/v1/chat/completions LOAD_KEY=${key[$t]} LOAD_BODY=$work/body.json \
         wrk -t"$threads" -c"$c" -d"${seconds}s" -s "$root/deploy/load/paid.lua" "http://127.0.0.1:${port[$t]}" | grep '^RESULT')
       after=$(ticks "${pid[$t]}")
       extra=0
-      if [ "$t" = postgres ]; then pg_ticks > pg.after; extra=$(pg_delta pg.before pg.after); fi
+      case $t in postgres*) pg_ticks > pg.after; extra=$(pg_delta pg.before pg.after) ;; esac
       read -r _ requests duration_us p50 p99 errors <<< "$line"
       echo "$round $c $t $requests $duration_us $p50 $p99 $errors $((after - before)) $extra" >> "$results"
       awk -v r="$round" -v c="$c" -v t="$t" -v n="$requests" -v d="$duration_us" -v p50="$p50" -v p99="$p99" \
         -v e="$errors" -v own="$((after - before))" -v extra="$extra" -v hz="$hz" 'BEGIN {
-          printf "round %d c=%-2d %-8s %8.0f req/s  p50 %7.2f ms  p99 %7.2f ms  errors %d  CPU %6.0f us/req (%s%.0f)\n",
+          printf "round %d c=%-2d %-13s %8.0f req/s  p50 %7.2f ms  p99 %7.2f ms  errors %d  CPU %6.0f us/req (%s%.0f)\n",
             r, c, t, n / (d / 1e6), p50 / 1000, p99 / 1000, e, (own + extra) * 1e6 / hz / n,
             (extra > 0 ? "postgres " : ""), (extra > 0 ? extra * 1e6 / hz / n : 0) }'
     done
@@ -137,19 +141,19 @@ awk -v hz="$hz" '
     for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
     return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2 }
   END {
-    printf "%-4s %-8s %10s %9s %9s %12s %10s %10s %12s\n", "c", "target", "req/s", "p50 ms", "p99 ms", "CPU us/req", "req/s ×", "CPU ×", "p50 +ms"
+    printf "%-4s %-13s %10s %9s %9s %12s %10s %10s %12s\n", "c", "target", "req/s", "p50 ms", "p99 ms", "CPU us/req", "req/s ×", "CPU ×", "p50 +ms"
     for (k in keys) { split(k, p, " "); c = p[1]; t = p[2]; n = cnt[k]
       R[k] = median(rps, k, n); P[k] = median(p50, k, n); Q[k] = median(p99, k, n); C[k] = median(cpu, k, n) }
-    split("direct proxy sqlite postgres", order, " ")
+    no = split("direct proxy sqlite-base sqlite postgres-base postgres", order, " ")
     for (ci = 1; ci <= 2; ci++) { c = ci == 1 ? 1 : 32; base = c " proxy"
-      for (o = 1; o <= 4; o++) { k = c " " order[o]; if (!(k in keys)) continue
+      for (o = 1; o <= no; o++) { k = c " " order[o]; if (!(k in keys)) continue
         rr = (base in R) ? sprintf("%.2f", R[k] / R[base]) : "-"
         cr = (base in C) ? sprintf("%.1f", C[k] / C[base]) : "-"
         pr = (base in P) ? sprintf("%+.2f", P[k] - P[base]) : "-"
-        printf "%-4s %-8s %10.0f %9.2f %9.2f %12.0f %10s %10s %12s\n", c, order[o], R[k], P[k], Q[k], C[k], rr, cr, pr } } }' "$results"
+        printf "%-4s %-13s %10.0f %9.2f %9.2f %12.0f %10s %10s %12s\n", c, order[o], R[k], P[k], Q[k], C[k], rr, cr, pr } } }' "$results"
 for t in $targets; do
   case $t in
-    sqlite) (cd sqlite && "$bin/modelroute" ledger verify | tail -n 1) ;;
-    postgres) (cd postgres && MODELROUTE_DATABASE__URL=$pg/$db "$bin/modelroute" ledger verify | tail -n 1) ;;
+    sqlite*) (cd "$t" && echo "$t: $("$bin/modelroute" ledger verify | tail -n 1)") ;;
+    postgres*) (cd "$t" && echo "$t: $(MODELROUTE_DATABASE__URL=$pg/${dbs[$t]} "$bin/modelroute" ledger verify | tail -n 1)") ;;
   esac
 done

@@ -5,9 +5,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::NaiveDateTime;
-use diesel_async::RunQueryDsl;
-use modelroute_db::db_run;
-use modelroute_db::schema::executions;
 use modelroute_ledger::{Hold, HoldRequest, Ledger, LedgerError};
 use modelroute_providers::{ChatRequest, ProviderRegistry};
 use modelroute_routing::{
@@ -20,6 +17,7 @@ use crate::executor::{Caller, Executor};
 use crate::leases::Lease;
 use crate::preferences::MAX_FALLBACKS;
 use crate::record::ExecutionRow;
+use crate::store::{self, Write};
 use crate::{ExecutionError, ExecutionStatus};
 
 /// How many ranked routes the hold tries to cover, so that fallbacks can run
@@ -233,13 +231,7 @@ impl<L: Ledger + 'static> Executor<L> {
         // already placed (the admission decision), and nothing reaches the
         // client, and nothing is settled, before the record exists.
         let pool = inner.pool.clone();
-        let recording = tokio::spawn(async move {
-            let inserted: Result<usize, ExecutionError> = async {
-                Ok(db_run!(pool, |conn| diesel::insert_into(executions::table).values(&row).execute(conn).await)?)
-            }
-            .await;
-            inserted.map(drop)
-        });
+        let recording = tokio::spawn(async move { store::write(&pool, Write::Insert(Box::new(row))).await.map(drop) });
         Ok(Admitted {
             price_version: table.catalogue.price_version().to_owned(),
             providers: Arc::clone(&table.providers),

@@ -19,21 +19,6 @@ use crate::preferences::{MAX_FALLBACKS, OrgRouting, PreferenceStore, RequestPref
 use crate::record::ExecutionRow;
 use crate::{Execution, ExecutionError, ExecutionStatus};
 
-/// Applies `changes` to the execution row `id`; evaluates to
-/// `Result<usize, ExecutionError>`. A macro so the update is compiled per backend.
-macro_rules! update_execution {
-    ($pool:expr, $id:expr, $changes:expr) => {{
-        let pool = &$pool;
-        let (id, changes) = ($id, $changes);
-        let result: Result<usize, ExecutionError> = async {
-            Ok(db_run!(pool, |conn| diesel::update(executions::table.find(id)).set(changes).execute(conn).await)?)
-        }
-        .await;
-        result
-    }};
-}
-pub(crate) use update_execution;
-
 /// Who is paying for an execution.
 #[derive(Clone, Debug)]
 pub struct Caller {

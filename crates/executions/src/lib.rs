@@ -28,6 +28,7 @@ mod pump;
 mod record;
 mod recovery;
 mod settlement;
+mod store;
 mod usage;
 
 pub use error::ExecutionError;

@@ -2,17 +2,14 @@
 //! the provider's counts (or charged afterwards when it lapsed), or released
 //! for an unpaid end; the execution record updated with the outcome.
 
-use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
-use modelroute_db::db_run;
-use modelroute_db::schema::executions;
 use modelroute_ledger::{HoldRequest, HoldStatus, Ledger, LedgerError, Resolution};
 use modelroute_providers::{FinishReason, Usage};
 use modelroute_routing::Candidate;
 use modelroute_types::{ErrorCode as _, Money, failpoint, time};
 
 use crate::admission::Admitted;
-use crate::executor::{Executor, update_execution};
+use crate::executor::Executor;
+use crate::store::{self, Outcome, Write};
 use crate::{ExecutionError, ExecutionStatus};
 
 /// What `legs` cost, each at its own route's prices (`Route::price_of`, the
@@ -52,25 +49,26 @@ impl<L: Ledger + 'static> Executor<L> {
         };
         failpoint("executions.after_settle");
         let to_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-        let update = (
-            executions::status.eq(status.as_str()),
-            executions::cost.eq(Some(resolution.charged.units())),
-            executions::input_tokens.eq(Some(to_i64(usage.input_tokens))),
-            executions::output_tokens.eq(Some(to_i64(usage.output_tokens))),
-            executions::finish_reason.eq(Some(finish_reason.as_str())),
-            executions::finished_at.eq(Some(time::now())),
-            executions::route_id.eq(Some(route.public_id.as_str())),
-            executions::decision.eq(admitted.decision_json()),
-            executions::input_price.eq(Some(route.input_price.per_million().units())),
-            executions::output_price.eq(Some(route.output_price.per_million().units())),
-            executions::price_version.eq(Some(admitted.price_version.as_str())),
-            executions::request_price.eq(Some(route.request_price.units())),
-            executions::settlement_entry_id.eq(Some(resolution.entry_id.as_str())),
-            executions::model.eq(route.model.as_str()),
-            executions::error_code.eq(error.map(|e| e.code().as_str())),
-            executions::error_message.eq(error.map(ToString::to_string)),
-        );
-        update_execution!(self.inner.pool, admitted.id.as_str(), update)?;
+        let outcome = Outcome {
+            status: Some(status.as_str()),
+            cost: Some(resolution.charged.units()),
+            input_tokens: Some(to_i64(usage.input_tokens)),
+            output_tokens: Some(to_i64(usage.output_tokens)),
+            finish_reason: Some(finish_reason.as_str()),
+            finished_at: Some(time::now()),
+            route_id: Some(route.public_id.clone()),
+            decision: admitted.decision_json(),
+            input_price: Some(route.input_price.per_million().units()),
+            output_price: Some(route.output_price.per_million().units()),
+            price_version: Some(admitted.price_version.clone()),
+            request_price: Some(route.request_price.units()),
+            settlement_entry_id: Some(resolution.entry_id.to_string()),
+            model: Some(route.model.clone()),
+            error_code: error.map(|e| e.code().as_str()),
+            error_message: error.map(ToString::to_string),
+        };
+        store::write(&self.inner.pool, Write::Finish { id: admitted.id.to_string(), outcome: Box::new(outcome) })
+            .await?;
         Ok((resolution.charged, usage))
     }
 
@@ -114,15 +112,17 @@ impl<L: Ledger + 'static> Executor<L> {
         if let Err(e) = self.inner.ledger.release(&admitted.hold.id).await {
             tracing::error!(execution_id = %admitted.id, error = %e, "releasing an unpaid execution's hold failed; the sweeper will");
         }
-        let update = (
-            executions::status.eq(status.as_str()),
-            executions::cost.eq(Some(0_i64)),
-            executions::error_code.eq(Some(error.code().as_str())),
-            executions::error_message.eq(Some(error.to_string())),
-            executions::finished_at.eq(Some(time::now())),
-            executions::decision.eq(admitted.decision_json()),
-        );
-        if let Err(e) = update_execution!(self.inner.pool, admitted.id.as_str(), update) {
+        let outcome = Outcome {
+            status: Some(status.as_str()),
+            cost: Some(0),
+            error_code: Some(error.code().as_str()),
+            error_message: Some(error.to_string()),
+            finished_at: Some(time::now()),
+            decision: admitted.decision_json(),
+            ..Outcome::default()
+        };
+        let finish = Write::Finish { id: admitted.id.to_string(), outcome: Box::new(outcome) };
+        if let Err(e) = store::write(&self.inner.pool, finish).await {
             tracing::error!(execution_id = %admitted.id, error = %e, "recording an unpaid execution failed");
         }
     }
