@@ -134,6 +134,10 @@ enum Ended {
 }
 
 impl<L: Ledger + 'static> Executor<L> {
+    /// A stream's task, alive for as long as the stream. Its phases are
+    /// boxed: a future is as large as its largest state, and a stream rests
+    /// in the pump for its whole life; unboxed, admission's and the route
+    /// loop's states made every open stream's task ~7 KB, boxed ~1 KB (deploy/load/streams.sh).
     pub(crate) async fn stream_detached(
         &self,
         caller: Caller,
@@ -141,7 +145,7 @@ impl<L: Ledger + 'static> Executor<L> {
         admitted_tx: oneshot::Sender<Opened>,
         tx: mpsc::Sender<StreamItem>,
     ) {
-        let mut admitted = match self.admit(&caller, &request, true).await {
+        let mut admitted = match Box::pin(self.admit(&caller, &request, true)).await {
             Ok(a) => a,
             Err(e) => {
                 let _ = admitted_tx.send(Err(e));
@@ -151,15 +155,15 @@ impl<L: Ledger + 'static> Executor<L> {
         // Retry and fall back freely only until the first event: once
         // output has reached the client, only a route that continues it may
         // take over. A route whose first token is late is left for the next.
-        let opened = self.call_routes(&mut admitted, &request, open_stream).await;
-        if let Err(e) = self.recorded(&mut admitted).await {
+        let opened = Box::pin(self.call_routes(&mut admitted, &request, open_stream)).await;
+        if let Err(e) = Box::pin(self.recorded(&mut admitted)).await {
             let _ = admitted_tx.send(Err(e));
             return;
         }
         let (candidate, stream, permit) = match opened {
             Ok(opened) => opened,
             Err(e) => {
-                self.fail(&admitted, &e).await;
+                Box::pin(self.fail(&admitted, &e)).await;
                 let _ = admitted_tx.send(Err(e));
                 return;
             }
@@ -167,14 +171,14 @@ impl<L: Ledger + 'static> Executor<L> {
         let model = candidate.route.model.clone();
         if admitted_tx.send(Ok((admitted.id.clone(), admitted.created_at, model))).is_err() {
             // The client left before the first byte: nothing reached it, nothing is charged.
-            self.finish_unpaid(&admitted, &ExecutionError::ClientClosed, ExecutionStatus::Canceled).await;
+            Box::pin(self.finish_unpaid(&admitted, &ExecutionError::ClientClosed, ExecutionStatus::Canceled)).await;
             return;
         }
         let sent = upstream_request(&request, &candidate);
         let mut leg = Leg::new(candidate, stream, permit, &sent);
         // What earlier legs delivered, each billed at its route's prices.
         let mut billed: Vec<(Candidate, Usage)> = Vec::new();
-        let ended = self.pump(&mut admitted, &request, &mut leg, &mut billed, &tx).await;
+        let ended = Box::pin(self.pump(&mut admitted, &request, &mut leg, &mut billed, &tx)).await;
         let (finish_reason, status, error) = match ended {
             Ended::Done { finish_reason } => (finish_reason, ExecutionStatus::Succeeded, None),
             Ended::ClientLeft => {
@@ -187,14 +191,14 @@ impl<L: Ledger + 'static> Executor<L> {
             Ended::Failed(e) => {
                 if billed.is_empty() {
                     // Nothing reached the client: nothing is charged.
-                    self.fail(&admitted, &e).await;
+                    Box::pin(self.fail(&admitted, &e)).await;
                     let _ = tx.send(StreamItem::Failed(e)).await;
                     return;
                 }
                 (FinishReason::Stop, ExecutionStatus::Failed, Some(e))
             }
         };
-        let settled = self.settle(&admitted, &billed, finish_reason, status, error.as_ref()).await;
+        let settled = Box::pin(self.settle(&admitted, &billed, finish_reason, status, error.as_ref())).await;
         let item = match (settled, error) {
             (Ok((cost, usage)), None) => StreamItem::Done { finish_reason, usage, cost },
             // Failed after delivering some output: charged for that, and the client told why.
