@@ -220,8 +220,12 @@ impl<L: Ledger + 'static> Executor<L> {
         billed: &mut Vec<(Candidate, Usage)>,
         tx: &mpsc::Sender<StreamItem>,
     ) -> Ended {
-        // The answer's text as the client has it, for a continuation's prefix.
+        // The answer's text as the client has it, for a continuation's
+        // prefix — kept only when a route could continue it, so a stream
+        // holds no copy of its output otherwise.
+        let continuable = admitted.candidates.iter().any(|c| c.route.continues_prefix && c.route.streaming);
         let mut answer = String::new();
+        let mut delivered_text = false;
         // A half-streamed tool call cannot be continued faithfully.
         let mut tool_calls = false;
         // The first failure, reported when no continuation saves the answer.
@@ -235,7 +239,10 @@ impl<L: Ledger + 'static> Executor<L> {
                     }
                     leg.produced.add_output(&d);
                     leg.delivered = true;
-                    answer.push_str(&d);
+                    delivered_text = true;
+                    if continuable {
+                        answer.push_str(&d);
+                    }
                     if tx.send(StreamItem::Delta(d)).await.is_err() {
                         return Ended::ClientLeft;
                     }
@@ -291,7 +298,7 @@ impl<L: Ledger + 'static> Executor<L> {
                 billed.push((leg.candidate.clone(), usage));
             }
             let error = original.take().unwrap_or_else(|| upstream_error(class, &failure));
-            if answer.is_empty() || tool_calls {
+            if !continuable || !delivered_text || tool_calls {
                 return Ended::Failed(error);
             }
             match self.continuation(admitted, request, &leg.candidate, &answer, billed).await {

@@ -58,7 +58,17 @@ pub struct BuiltinProvider {
 /// The built-in tokenizer: `ceil(chars / 4)`.
 #[must_use]
 pub fn count_tokens(text: &str) -> u64 {
-    u64::try_from(text.chars().count()).unwrap_or(u64::MAX).div_ceil(4)
+    tokens_of_chars(char_count(text))
+}
+
+/// The characters of `text`, as the token estimate counts them.
+pub(crate) fn char_count(text: &str) -> u64 {
+    u64::try_from(text.chars().count()).unwrap_or(u64::MAX)
+}
+
+/// The token estimate of `chars` characters: four to a token, rounded up.
+pub(crate) const fn tokens_of_chars(chars: u64) -> u64 {
+    chars.div_ceil(4)
 }
 
 impl BuiltinProvider {
@@ -199,6 +209,20 @@ mod tests {
         );
         r.max_tokens = max_tokens;
         r
+    }
+
+    #[test]
+    fn output_counted_in_pieces_is_the_whole_outputs_count() {
+        let estimate = UsageEstimate::of(&req("hi", None));
+        let whole = "Grüße, wörld ✓ — über 9000 ";
+        for cut in 1..whole.chars().count() {
+            let at = whole.char_indices().nth(cut).map_or(whole.len(), |(i, _)| i);
+            let mut pieces = estimate.clone();
+            pieces.add_output(whole.get(..at).unwrap());
+            pieces.add_output(whole.get(at..).unwrap());
+            assert_eq!(pieces.produced(), estimate.usage(whole), "cut at {cut}");
+        }
+        assert_eq!(estimate.usage(whole).output_tokens, 7, "27 characters, four to a token");
     }
 
     #[tokio::test]

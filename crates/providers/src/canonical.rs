@@ -300,7 +300,9 @@ pub type ChatStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, ProviderErro
 #[derive(Clone, Debug, Default)]
 pub struct UsageEstimate {
     input_tokens: u64,
-    output: String,
+    /// Characters of output counted so far (the estimate counts characters:
+    /// [`crate::count_tokens`]), so a long stream keeps no copy of its text.
+    output_chars: u64,
 }
 
 /// Tokens counted for one image when a provider reports no usage.
@@ -312,18 +314,18 @@ impl UsageEstimate {
     pub fn of(request: &ChatRequest) -> Self {
         let text: u64 = request.prompt_texts().iter().map(|t| crate::count_tokens(t) + 4).sum();
         let images = u64::try_from(request.image_count()).unwrap_or(u64::MAX).saturating_mul(IMAGE_TOKENS);
-        Self { input_tokens: text.saturating_add(images), output: String::new() }
+        Self { input_tokens: text.saturating_add(images), output_chars: 0 }
     }
 
     /// Counts more output.
     pub fn add_output(&mut self, text: &str) {
-        self.output.push_str(text);
+        self.output_chars = self.output_chars.saturating_add(crate::builtin::char_count(text));
     }
 
     /// The usage of the output counted so far.
     #[must_use]
     pub fn produced(&self) -> Usage {
-        self.usage(&self.output)
+        Usage { input_tokens: self.input_tokens, output_tokens: crate::builtin::tokens_of_chars(self.output_chars) }
     }
 
     /// The usage of a complete `output`.
