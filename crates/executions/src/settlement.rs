@@ -2,14 +2,14 @@
 //! the provider's counts (or charged afterwards when it lapsed), or released
 //! for an unpaid end; the execution record updated with the outcome.
 
-use modelroute_ledger::{HoldRequest, HoldStatus, Ledger, LedgerError, Resolution};
+use modelroute_ledger::{HoldRequest, HoldStatus, Ledger, LedgerError, Resolution, SettledWithin};
 use modelroute_providers::{FinishReason, Usage};
 use modelroute_routing::Candidate;
 use modelroute_types::{ErrorCode as _, Money, failpoint, time};
 
 use crate::admission::Admitted;
 use crate::executor::Executor;
-use crate::store::{self, Outcome, Write};
+use crate::store::{self, Outcome, Write, Written};
 use crate::{ExecutionError, ExecutionStatus};
 
 /// What `legs` cost, each at its own route's prices (`Route::price_of`, the
@@ -41,17 +41,10 @@ impl<L: Ledger + 'static> Executor<L> {
             input_tokens: sum.input_tokens.saturating_add(u.input_tokens),
             output_tokens: sum.output_tokens.saturating_add(u.output_tokens),
         });
-        let resolution = match self.inner.ledger.settle(&admitted.hold.id, cost).await {
-            // The hold lapsed under a running execution (its renewals failed
-            // for longer than a lease): the work was still delivered.
-            Err(LedgerError::AlreadyResolved(HoldStatus::Expired)) => self.settle_late(admitted, cost).await?,
-            other => other?,
-        };
-        failpoint("executions.after_settle");
         let to_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-        let outcome = Outcome {
+        let mut outcome = Outcome {
             status: Some(status.as_str()),
-            cost: Some(resolution.charged.units()),
+            cost: None,
             input_tokens: Some(to_i64(usage.input_tokens)),
             output_tokens: Some(to_i64(usage.output_tokens)),
             finish_reason: Some(finish_reason.as_str()),
@@ -62,13 +55,39 @@ impl<L: Ledger + 'static> Executor<L> {
             output_price: Some(route.output_price.per_million().units()),
             price_version: Some(admitted.price_version.clone()),
             request_price: Some(route.request_price.units()),
-            settlement_entry_id: Some(resolution.entry_id.to_string()),
+            settlement_entry_id: None,
             model: Some(route.model.clone()),
             error_code: error.map(|e| e.code().as_str()),
             error_message: error.map(ToString::to_string),
         };
-        store::write(&self.inner.pool, Write::Finish { id: admitted.id.to_string(), outcome: Box::new(outcome) })
-            .await?;
+        let id = admitted.id.to_string();
+        // On SQLite the settlement and the outcome are one commit of the
+        // shared writer: one round trip, and the record can never say other
+        // than the ledger.
+        if self.inner.ledger.settles_within_writer() && self.inner.pool.writer()?.is_some() {
+            let both = Write::Settle {
+                hold: admitted.hold.id.clone(),
+                cost,
+                id: id.clone(),
+                outcome: Box::new(outcome.clone()),
+            };
+            if let Written::Settled(SettledWithin::Now(resolution)) = store::write(&self.inner.pool, both).await? {
+                failpoint("executions.after_settle");
+                return Ok((resolution.charged, usage));
+            }
+            // Not settled now (resolved before, or lapsed): the ledger says
+            // what happened, and the outcome follows as elsewhere.
+        }
+        let resolution = match self.inner.ledger.settle(&admitted.hold.id, cost).await {
+            // The hold lapsed under a running execution (its renewals failed
+            // for longer than a lease): the work was still delivered.
+            Err(LedgerError::AlreadyResolved(HoldStatus::Expired)) => self.settle_late(admitted, cost).await?,
+            other => other?,
+        };
+        failpoint("executions.after_settle");
+        outcome.cost = Some(resolution.charged.units());
+        outcome.settlement_entry_id = Some(resolution.entry_id.to_string());
+        store::write(&self.inner.pool, Write::Finish { id, outcome: Box::new(outcome) }).await?;
         Ok((resolution.charged, usage))
     }
 

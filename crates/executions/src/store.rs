@@ -13,13 +13,15 @@ use diesel::SqliteConnection;
 use diesel::prelude::*;
 use modelroute_db::schema::executions;
 use modelroute_db::writer::Lane;
-use modelroute_db::{DbConn, DbPool};
+use modelroute_db::{DbConn, DbError, DbPool};
+use modelroute_ledger::{SettledWithin, settle_within};
+use modelroute_types::{HoldId, Money};
 
 use crate::ExecutionError;
 use crate::record::ExecutionRow;
 
 /// What an execution's end writes to its row; a `None` leaves the column as it is.
-#[derive(AsChangeset, Default, Debug)]
+#[derive(AsChangeset, Default, Debug, Clone)]
 #[diesel(table_name = executions)]
 pub(crate) struct Outcome {
     pub(crate) status: Option<&'static str>,
@@ -52,6 +54,29 @@ pub(crate) enum Write {
         /// What to write.
         outcome: Box<Outcome>,
     },
+    /// The hold settled for `cost` and, in the same commit, the outcome
+    /// with what was charged and the settlement's entry (SQLite only:
+    /// [`modelroute_ledger::settle_within`]). When the ledger did not settle
+    /// it now, nothing is written.
+    Settle {
+        /// The hold.
+        hold: HoldId,
+        /// What the execution cost.
+        cost: Money,
+        /// The execution.
+        id: String,
+        /// What to write, less the charge and the entry.
+        outcome: Box<Outcome>,
+    },
+}
+
+/// What a write did.
+#[derive(Debug)]
+pub(crate) enum Written {
+    /// Written.
+    Done,
+    /// The settlement, and the outcome written when it settled now.
+    Settled(SettledWithin),
 }
 
 /// The record's writes through the shared SQLite writer.
@@ -59,46 +84,76 @@ pub(crate) struct RecordLane;
 
 impl Lane for RecordLane {
     type Op = Write;
-    type Outcome = usize;
+    type Outcome = Written;
     type Error = ExecutionError;
 
-    fn apply(conn: &mut SqliteConnection, ops: &[&Write]) -> Result<Vec<usize>, ExecutionError> {
+    fn apply(conn: &mut SqliteConnection, ops: &[&Write]) -> Result<Vec<Written>, ExecutionError> {
+        // The batch's settlements first, set-wise, in the ledger's steps;
+        // an execution's insert always committed before its settlement.
+        let settlements: Vec<(HoldId, Money)> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Write::Settle { hold, cost, .. } => Some((hold.clone(), *cost)),
+                Write::Insert(_) | Write::Finish { .. } => None,
+            })
+            .collect();
+        let mut settled =
+            if settlements.is_empty() { Vec::new() } else { settle_within(conn, &settlements)? }.into_iter();
         // Several rows inserted in one statement would save a little more;
         // one statement per write is what keeps an `INSERT` and its own
         // outcome in the same batch in order.
         let mut done = Vec::with_capacity(ops.len());
         for op in ops {
-            let rows = match op {
+            done.push(match op {
                 Write::Insert(row) => {
-                    RunQueryDsl::execute(diesel::insert_into(executions::table).values(&**row), conn)?
+                    RunQueryDsl::execute(diesel::insert_into(executions::table).values(&**row), conn)?;
+                    Written::Done
                 }
                 Write::Finish { id, outcome } => {
-                    RunQueryDsl::execute(diesel::update(executions::table.find(id)).set(&**outcome), conn)?
+                    RunQueryDsl::execute(diesel::update(executions::table.find(id)).set(&**outcome), conn)?;
+                    Written::Done
                 }
-            };
-            done.push(rows);
+                Write::Settle { id, outcome, .. } => {
+                    let Some(result) = settled.next() else {
+                        return Err(ExecutionError::Db(DbError::Writer("a settlement without its outcome")));
+                    };
+                    if let SettledWithin::Now(resolution) = &result {
+                        let outcome = Outcome {
+                            cost: Some(resolution.charged.units()),
+                            settlement_entry_id: Some(resolution.entry_id.to_string()),
+                            ..(**outcome).clone()
+                        };
+                        RunQueryDsl::execute(diesel::update(executions::table.find(id)).set(&outcome), conn)?;
+                    }
+                    Written::Settled(result)
+                }
+            });
         }
         Ok(done)
     }
 }
 
 /// Writes `write`: through the writer on SQLite, on a pooled connection on
-/// PostgreSQL. Answers the rows it touched.
-pub(crate) async fn write(pool: &DbPool, write: Write) -> Result<usize, ExecutionError> {
+/// PostgreSQL (where a [`Write::Settle`] is refused: settle through the
+/// ledger, then write the outcome).
+pub(crate) async fn write(pool: &DbPool, write: Write) -> Result<Written, ExecutionError> {
     if let Some(writer) = pool.writer()? {
         return writer.submit::<RecordLane>(write).await;
     }
     let DbConn::Postgres(mut conn) = pool.get().await? else {
-        return Err(ExecutionError::Db(modelroute_db::DbError::Writer("no writer on a SQLite pool")));
+        return Err(ExecutionError::Db(DbError::Writer("no writer on a SQLite pool")));
     };
     let conn: &mut modelroute_db::PgConn = &mut conn;
-    let rows = match write {
+    match write {
         Write::Insert(row) => {
             diesel_async::RunQueryDsl::execute(diesel::insert_into(executions::table).values(&*row), conn).await?
         }
         Write::Finish { id, outcome } => {
             diesel_async::RunQueryDsl::execute(diesel::update(executions::table.find(id)).set(&*outcome), conn).await?
         }
+        Write::Settle { .. } => {
+            return Err(ExecutionError::Db(DbError::Writer("a settlement within the writer, on PostgreSQL")));
+        }
     };
-    Ok(rows)
+    Ok(Written::Done)
 }

@@ -42,6 +42,7 @@ use serde::Serialize;
 
 pub use config::LedgerConfig;
 pub use error::LedgerError;
+pub use group::{SettledWithin, settle_within};
 pub use sql::{JournalLine, SqlLedger, VerifyReport};
 
 /// The state of a hold.
@@ -173,6 +174,15 @@ pub trait Ledger: Send + Sync {
     /// Charges `actual` (capped at the hold) and releases the rest, in one
     /// entry. Settling an already settled hold returns the first outcome.
     fn settle(&self, hold: &HoldId, actual: Money) -> impl Future<Output = Result<Resolution, LedgerError>> + Send;
+
+    /// Whether [`settle_within`] settles this ledger's holds: the ledger
+    /// keeps them in the SQLite database whose shared writer the caller's
+    /// lane runs in. Another crate may then settle inside its own lane's
+    /// transaction, so what it records commits with the settlement or not
+    /// at all. `false` by default.
+    fn settles_within_writer(&self) -> bool {
+        false
+    }
 
     /// Returns the whole hold to the available balance.
     fn release(&self, hold: &HoldId) -> impl Future<Output = Result<Resolution, LedgerError>> + Send;

@@ -410,18 +410,7 @@ impl SqlLedger {
         if !done.resolved_now {
             return replay(&self.hold_row(id).await?, status);
         }
-        let overage = requested.map_or(0, Money::units).saturating_sub(done.amount);
-        if overage > 0 {
-            tracing::warn!(hold_id = %id, overage, "settlement above hold; overage not charged");
-        }
-        Ok(Resolution {
-            hold_id: id.clone(),
-            entry_id,
-            status,
-            charged: Money::from_units(done.charged),
-            released: Money::from_units(done.amount - done.charged),
-            overage: Money::from_units(overage),
-        })
+        Ok(resolution(id, entry_id, status, requested, done))
     }
 
     /// Every org's available balance, in one query (orgs without accounts
@@ -663,7 +652,33 @@ fn same_credit(first: FirstCredit, org: &OrgId, amount: Money, memo: &str) -> Re
     }
 }
 
+/// What resolving `id` did, when this call resolved it.
+pub(crate) fn resolution(
+    id: &HoldId,
+    entry_id: EntryId,
+    status: HoldStatus,
+    requested: Option<Money>,
+    done: crate::ops::ResolveDone,
+) -> Resolution {
+    let overage = requested.map_or(0, Money::units).saturating_sub(done.amount);
+    if overage > 0 {
+        tracing::warn!(hold_id = %id, overage, "settlement above hold; overage not charged");
+    }
+    Resolution {
+        hold_id: id.clone(),
+        entry_id,
+        status,
+        charged: Money::from_units(done.charged),
+        released: Money::from_units(done.amount - done.charged),
+        overage: Money::from_units(overage),
+    }
+}
+
 impl Ledger for SqlLedger {
+    fn settles_within_writer(&self) -> bool {
+        self.group.is_some()
+    }
+
     async fn hold(&self, request: HoldRequest) -> Result<Hold, LedgerError> {
         match self.place_hold(&request).await {
             Ok(Some(row)) => row.to_hold(),

@@ -30,15 +30,21 @@ struct Id {
     id: String,
 }
 
-/// The ids of the org's execution records, whatever their status.
-async fn executions_of(db: &TestDb, org: &OrgId) -> Vec<modelroute_types::ExecutionId> {
+/// The `id` column of what `sql` selects.
+async fn ids(db: &TestDb, sql: &str) -> Vec<String> {
     use diesel_async::RunQueryDsl as _;
-    let q = diesel::sql_query(format!("SELECT id FROM executions WHERE org_id = '{org}'"));
+    let q = diesel::sql_query(sql);
     let ids: Vec<Id> = match db.pool().get().await.unwrap() {
         DbConn::Postgres(mut c) => q.load(&mut c).await.unwrap(),
         DbConn::Sqlite(mut c) => q.load(&mut c).await.unwrap(),
     };
-    ids.into_iter().map(|i| i.id.parse().unwrap()).collect()
+    ids.into_iter().map(|i| i.id).collect()
+}
+
+/// The ids of the org's execution records, whatever their status.
+async fn executions_of(db: &TestDb, org: &OrgId) -> Vec<modelroute_types::ExecutionId> {
+    let ids = ids(db, &format!("SELECT id FROM executions WHERE org_id = '{org}'")).await;
+    ids.into_iter().map(|i| i.parse().unwrap()).collect()
 }
 
 struct Setup {
@@ -113,6 +119,12 @@ db_test!(async fn a_run_holds_the_worst_case_and_settles_what_the_route_prices_t
     let record = s.executor.get(&s.caller.org_id, &done.execution_id).await.unwrap();
     assert_eq!((record.status, record.cost), (ExecutionStatus::Succeeded, Some(done.cost)));
     assert!(record.hold_amount >= done.cost, "the hold covered the cost");
+    // The record names the journal entry that settled its hold (written in
+    // the settlement's own commit on SQLite, after it on PostgreSQL).
+    let id = &done.execution_id;
+    let recorded = ids(&db, &format!("SELECT settlement_entry_id AS id FROM executions WHERE id = '{id}'")).await;
+    let settled = format!("SELECT h.resolve_entry_id AS id FROM ledger_holds h JOIN executions e ON e.hold_id = h.id WHERE e.id = '{id}'");
+    assert_eq!((recorded.len(), recorded), (1, ids(&db, &settled).await));
     // The decision record: the plan and the typed attempts.
     let decision = record.decision.unwrap();
     assert_eq!(decision["model"], "builtin/echo");

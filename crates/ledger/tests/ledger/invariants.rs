@@ -319,3 +319,36 @@ db_test!(async fn concurrent_holds_with_one_key_place_one_hold(db) {
     assert_eq!(l.balance(&org).await.unwrap(), Balance { available: expected, held: Money::ZERO });
     assert_sound(&l).await;
 });
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_lane_settles_within_its_own_transaction_once_and_never_below_zero() {
+    use diesel::Connection as _;
+    use modelroute_ledger::{SettledWithin, settle_within};
+    let db = TestDb::sqlite().await;
+    let (l, org) = ledger(&db).await;
+    assert!(l.settles_within_writer(), "a SQLite ledger goes through the shared writer");
+    l.credit(&org, usd("10"), CreditSource::Grant, None).await.unwrap();
+    let (a, b) = (l.hold(hold_req(&org, usd("2"))).await.unwrap(), l.hold(hold_req(&org, usd("1"))).await.unwrap());
+    let mut conn = db.pool().open_sqlite_writer().unwrap().unwrap();
+    let settle = |conn: &mut diesel::SqliteConnection, what: &[(modelroute_types::HoldId, Money)]| {
+        conn.immediate_transaction(|t| settle_within(t, what)).unwrap()
+    };
+    // A negative cost is not settled here (`Ledger::settle` refuses it); the other is, set-wise.
+    let done = settle(&mut conn, &[(a.id.clone(), usd("-1")), (b.id.clone(), usd("0.25"))]);
+    let [SettledWithin::Elsewhere, SettledWithin::Now(r)] = done.as_slice() else { panic!("{done:?}") };
+    assert_eq!((r.charged, r.released, &r.hold_id), (usd("0.25"), usd("0.75"), &b.id));
+    assert_eq!(l.balance(&org).await.unwrap(), Balance { available: usd("7.75"), held: usd("2") });
+    // Once: the second time it is the ledger's to answer, and nothing moves.
+    let again = settle(&mut conn, &[(b.id.clone(), usd("0.5"))]);
+    assert!(matches!(again.as_slice(), [SettledWithin::Elsewhere]), "{again:?}");
+    assert_eq!(l.settle(&b.id, usd("0.5")).await.unwrap().charged, usd("0.25"), "the first outcome");
+    // Rolled back with the caller's transaction: nothing settled.
+    let rolled: Result<(), diesel::result::Error> = conn.immediate_transaction(|t| {
+        settle_within(t, &[(a.id.clone(), usd("1"))]).unwrap();
+        Err(diesel::result::Error::RollbackTransaction)
+    });
+    assert!(rolled.is_err());
+    assert_eq!(l.get_hold(&a.id).await.unwrap().status, HoldStatus::Held);
+    assert_eq!(l.balance(&org).await.unwrap(), Balance { available: usd("7.75"), held: usd("2") });
+    assert_sound(&l).await;
+}
