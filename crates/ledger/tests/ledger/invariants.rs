@@ -322,7 +322,6 @@ db_test!(async fn concurrent_holds_with_one_key_place_one_hold(db) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_lane_settles_within_its_own_transaction_once_and_never_below_zero() {
-    use diesel::Connection as _;
     use modelroute_ledger::{SettledWithin, settle_within};
     let db = TestDb::sqlite().await;
     let (l, org) = ledger(&db).await;
