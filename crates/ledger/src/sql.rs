@@ -675,8 +675,8 @@ pub(crate) fn resolution(
 }
 
 impl Ledger for SqlLedger {
-    fn settles_within_writer(&self) -> bool {
-        self.group.is_some()
+    fn settles_within(&self) -> bool {
+        true
     }
 
     async fn hold(&self, request: HoldRequest) -> Result<Hold, LedgerError> {
