@@ -61,9 +61,10 @@ impl<L: Ledger + 'static> Executor<L> {
             error_message: error.map(ToString::to_string),
         };
         let id = admitted.id.to_string();
-        // The settlement and the outcome in one commit (of the shared writer
-        // on SQLite): the record can never say other than the ledger.
-        if self.inner.ledger.settles_within() {
+        // On SQLite the settlement and the outcome are one commit of the
+        // shared writer: one round trip, and the record can never say other
+        // than the ledger.
+        if self.inner.ledger.settles_within_writer() && self.inner.pool.writer()?.is_some() {
             let both = Write::Settle {
                 hold: admitted.hold.id.clone(),
                 cost,

@@ -14,7 +14,7 @@ use diesel::prelude::*;
 use modelroute_db::schema::executions;
 use modelroute_db::writer::Lane;
 use modelroute_db::{DbConn, DbError, DbPool};
-use modelroute_ledger::{SettledWithin, settle_within, settle_within_pg};
+use modelroute_ledger::{SettledWithin, settle_within};
 use modelroute_types::{HoldId, Money};
 
 use crate::ExecutionError;
@@ -55,10 +55,9 @@ pub(crate) enum Write {
         outcome: Box<Outcome>,
     },
     /// The hold settled for `cost` and, in the same commit, the outcome
-    /// with what was charged and the settlement's entry
-    /// ([`modelroute_ledger::settle_within`] in the writer's transaction on
-    /// SQLite, [`modelroute_ledger::settle_within_pg`] in one of its own on
-    /// PostgreSQL). When the ledger did not settle it now, nothing is written.
+    /// with what was charged and the settlement's entry (SQLite only:
+    /// [`modelroute_ledger::settle_within`]). When the ledger did not settle
+    /// it now, nothing is written.
     Settle {
         /// The hold.
         hold: HoldId,
@@ -135,7 +134,8 @@ impl Lane for RecordLane {
 }
 
 /// Writes `write`: through the writer on SQLite, on a pooled connection on
-/// PostgreSQL (a [`Write::Settle`] there in one transaction of its own).
+/// PostgreSQL (where a [`Write::Settle`] is refused: settle through the
+/// ledger, then write the outcome).
 pub(crate) async fn write(pool: &DbPool, write: Write) -> Result<Written, ExecutionError> {
     if let Some(writer) = pool.writer()? {
         return writer.submit::<RecordLane>(write).await;
@@ -151,27 +151,8 @@ pub(crate) async fn write(pool: &DbPool, write: Write) -> Result<Written, Execut
         Write::Finish { id, outcome } => {
             diesel_async::RunQueryDsl::execute(diesel::update(executions::table.find(id)).set(&*outcome), conn).await?
         }
-        Write::Settle { hold, cost, id, outcome } => {
-            use diesel_async::AsyncConnection as _;
-            let settled = conn
-                .transaction(async |c: &mut modelroute_db::PgConn| {
-                    let settled = settle_within_pg(c, &hold, cost).await?;
-                    if let SettledWithin::Now(resolution) = &settled {
-                        let outcome = Outcome {
-                            cost: Some(resolution.charged.units()),
-                            settlement_entry_id: Some(resolution.entry_id.to_string()),
-                            ..*outcome
-                        };
-                        diesel_async::RunQueryDsl::execute(
-                            diesel::update(executions::table.find(&id)).set(&outcome),
-                            c,
-                        )
-                        .await?;
-                    }
-                    Ok::<_, ExecutionError>(settled)
-                })
-                .await?;
-            return Ok(Written::Settled(settled));
+        Write::Settle { .. } => {
+            return Err(ExecutionError::Db(DbError::Writer("a settlement within the writer, on PostgreSQL")));
         }
     };
     Ok(Written::Done)

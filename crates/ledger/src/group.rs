@@ -76,7 +76,7 @@ pub enum SettledWithin {
 /// what that lane writes commits with the settlements or not at all (the
 /// execution record and its charge). The same steps as
 /// [`crate::Ledger::settle`] through the ledger's own lane, set-wise; only
-/// for a ledger whose [`crate::Ledger::settles_within`] says so.
+/// for a ledger whose [`crate::Ledger::settles_within_writer`] says so.
 ///
 /// # Errors
 /// A database failure, which should roll the writer's batch back.
@@ -125,35 +125,4 @@ pub fn settle_within(
         });
     }
     Ok(settled)
-}
-
-/// [`settle_within`] on PostgreSQL: settles `hold` for `actual` on `conn`,
-/// inside a transaction the caller holds, with the same server-side
-/// function as [`crate::Ledger::settle`].
-///
-/// # Errors
-/// A database failure, which should roll the caller's transaction back.
-pub async fn settle_within_pg(
-    conn: &mut modelroute_db::PgConn,
-    hold: &HoldId,
-    actual: Money,
-) -> Result<SettledWithin, LedgerError> {
-    if actual.units() < 0 {
-        return Ok(SettledWithin::Elsewhere);
-    }
-    let now = time::now();
-    let args = ResolveArgs {
-        id: hold.clone(),
-        requested: Some(actual),
-        status: HoldStatus::Settled,
-        entry_id: EntryId::new(),
-        now,
-        stamp: batch::stamp(now),
-    };
-    let done = crate::ops::resolve_pg(conn, &args).await?;
-    Ok(if done.found && done.resolved_now {
-        SettledWithin::Now(crate::sql::resolution(&args.id, args.entry_id, HoldStatus::Settled, Some(actual), done))
-    } else {
-        SettledWithin::Elsewhere
-    })
 }

@@ -42,7 +42,7 @@ use serde::Serialize;
 
 pub use config::LedgerConfig;
 pub use error::LedgerError;
-pub use group::{SettledWithin, settle_within, settle_within_pg};
+pub use group::{SettledWithin, settle_within};
 pub use sql::{JournalLine, SqlLedger, VerifyReport};
 
 /// The state of a hold.
@@ -175,13 +175,12 @@ pub trait Ledger: Send + Sync {
     /// entry. Settling an already settled hold returns the first outcome.
     fn settle(&self, hold: &HoldId, actual: Money) -> impl Future<Output = Result<Resolution, LedgerError>> + Send;
 
-    /// Whether this ledger's holds live in the caller's database, so that
-    /// [`settle_within`] (inside a lane of the shared SQLite writer) and
-    /// [`settle_within_pg`] (inside a PostgreSQL transaction of the
-    /// caller's) settle them: another crate may then settle in its own
-    /// transaction, and what it records commits with the settlement or not
+    /// Whether [`settle_within`] settles this ledger's holds: the ledger
+    /// keeps them in the SQLite database whose shared writer the caller's
+    /// lane runs in. Another crate may then settle inside its own lane's
+    /// transaction, so what it records commits with the settlement or not
     /// at all. `false` by default.
-    fn settles_within(&self) -> bool {
+    fn settles_within_writer(&self) -> bool {
         false
     }
 

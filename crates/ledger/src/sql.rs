@@ -675,8 +675,8 @@ pub(crate) fn resolution(
 }
 
 impl Ledger for SqlLedger {
-    fn settles_within(&self) -> bool {
-        true
+    fn settles_within_writer(&self) -> bool {
+        self.group.is_some()
     }
 
     async fn hold(&self, request: HoldRequest) -> Result<Hold, LedgerError> {

@@ -325,7 +325,7 @@ async fn another_lane_settles_within_its_own_transaction_once_and_never_below_ze
     use modelroute_ledger::{SettledWithin, settle_within};
     let db = TestDb::sqlite().await;
     let (l, org) = ledger(&db).await;
-    assert!(l.settles_within(), "an SQL ledger settles in its caller's transaction");
+    assert!(l.settles_within_writer(), "a SQLite ledger goes through the shared writer");
     l.credit(&org, usd("10"), CreditSource::Grant, None).await.unwrap();
     let (a, b) = (l.hold(hold_req(&org, usd("2"))).await.unwrap(), l.hold(hold_req(&org, usd("1"))).await.unwrap());
     let mut conn = db.pool().open_sqlite_writer().unwrap().unwrap();
