@@ -56,17 +56,10 @@ pub struct Completed {
 pub enum StreamItem {
     /// More text.
     Delta(String),
-    /// Part of a tool call (see [`StreamEvent::ToolCallDelta`]).
-    ToolCallDelta {
-        /// Which call.
-        index: u32,
-        /// Its id (first delta only).
-        id: Option<String>,
-        /// The tool (first delta only).
-        name: Option<String>,
-        /// More argument text.
-        arguments: String,
-    },
+    /// Part of a tool call (see [`StreamEvent::ToolCallDelta`]); boxed,
+    /// as the rare large variants are, so every item in a stream's channel
+    /// takes 32 bytes.
+    ToolCallDelta(Box<ToolCallChunk>),
     /// Success: settled.
     Done {
         /// Why generation ended.
@@ -77,7 +70,20 @@ pub enum StreamItem {
         cost: Money,
     },
     /// Failure after the stream started; the hold was released.
-    Failed(ExecutionError),
+    Failed(Box<ExecutionError>),
+}
+
+/// Part of a streamed tool call.
+#[derive(Debug)]
+pub struct ToolCallChunk {
+    /// Which call.
+    pub index: u32,
+    /// Its id (first delta only).
+    pub id: Option<String>,
+    /// The tool (first delta only).
+    pub name: Option<String>,
+    /// More argument text.
+    pub arguments: String,
 }
 
 /// A streamed execution that has been admitted (the hold is placed).
@@ -368,5 +374,14 @@ impl<L: Ledger + 'static> Executor<L> {
             .await
             .optional())?;
         Ok(row.ok_or(ExecutionError::NotFound)?.try_into()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every open stream's channel allocates 32 of these at once.
+    #[test]
+    fn a_stream_item_is_small() {
+        assert!(size_of::<super::StreamItem>() <= 32, "{} bytes", size_of::<super::StreamItem>());
     }
 }

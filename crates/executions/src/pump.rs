@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::admission::Admitted;
 use crate::attempts::{upstream_error, upstream_request};
-use crate::executor::{Caller, Executor, StreamItem};
+use crate::executor::{Caller, Executor, StreamItem, ToolCallChunk};
 use crate::settlement::cost_of;
 use crate::{ExecutionError, ExecutionStatus};
 
@@ -192,7 +192,7 @@ impl<L: Ledger + 'static> Executor<L> {
                 if billed.is_empty() {
                     // Nothing reached the client: nothing is charged.
                     Box::pin(self.fail(&admitted, &e)).await;
-                    let _ = tx.send(StreamItem::Failed(e)).await;
+                    let _ = tx.send(StreamItem::Failed(Box::new(e))).await;
                     return;
                 }
                 (FinishReason::Stop, ExecutionStatus::Failed, Some(e))
@@ -202,7 +202,7 @@ impl<L: Ledger + 'static> Executor<L> {
         let item = match (settled, error) {
             (Ok((cost, usage)), None) => StreamItem::Done { finish_reason, usage, cost },
             // Failed after delivering some output: charged for that, and the client told why.
-            (Ok(_), Some(e)) | (Err(e), _) => StreamItem::Failed(e),
+            (Ok(_), Some(e)) | (Err(e), _) => StreamItem::Failed(Box::new(e)),
         };
         if status != ExecutionStatus::Canceled {
             let _ = tx.send(item).await;
@@ -252,7 +252,11 @@ impl<L: Ledger + 'static> Executor<L> {
                     leg.produced.add_output(&arguments);
                     leg.delivered = true;
                     tool_calls = true;
-                    if tx.send(StreamItem::ToolCallDelta { index, id, name, arguments }).await.is_err() {
+                    if tx
+                        .send(StreamItem::ToolCallDelta(Box::new(ToolCallChunk { index, id, name, arguments })))
+                        .await
+                        .is_err()
+                    {
                         return Ended::ClientLeft;
                     }
                     continue;

@@ -175,7 +175,7 @@ db_test!(async fn a_stream_settles_on_its_end_and_a_cut_stream_is_never_a_succes
     let mut stream = cut.executor.start_stream(cut.caller.clone(), ask("stream this please")).await.unwrap();
     let last = loop {
         match stream.events.recv().await.unwrap() {
-            StreamItem::Delta(_) | StreamItem::ToolCallDelta { .. } => {}
+            StreamItem::Delta(_) | StreamItem::ToolCallDelta(_) => {}
             other => break other,
         }
     };

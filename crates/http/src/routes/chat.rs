@@ -7,7 +7,7 @@ use actix_web::HttpResponse;
 use super::{answer, event_stream};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
-use modelroute_executions::StreamItem;
+use modelroute_executions::{StreamItem, ToolCallChunk};
 use modelroute_types::time;
 use serde_json::{Value, json};
 
@@ -64,7 +64,8 @@ pub(crate) async fn completions(state: State, caller: Caller, payload: Body) -> 
         }
         let frame = match events.recv().await? {
             StreamItem::Delta(text) => sse(&chunk(json!({ "content": text }), None)),
-            StreamItem::ToolCallDelta { index, id, name, arguments } => {
+            StreamItem::ToolCallDelta(c) => {
+                let ToolCallChunk { index, id, name, arguments } = *c;
                 let mut call = json!({ "index": index, "function": { "arguments": arguments } });
                 if let (Some(obj), Some(id)) = (call.as_object_mut(), id) {
                     obj.insert("id".into(), json!(id));
@@ -92,7 +93,7 @@ pub(crate) async fn completions(state: State, caller: Caller, payload: Body) -> 
             StreamItem::Failed(e) => {
                 // No [DONE]: a truncated answer must not look complete. The
                 // frame is the error body every answer carries (the one table, redacted alike).
-                let frame = sse(&ApiError::from(e).body());
+                let frame = sse(&ApiError::from(*e).body());
                 return Some((Ok(frame), (events, chunk, true)));
             }
         };

@@ -8,7 +8,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use super::{answer, event_stream};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
-use modelroute_executions::StreamItem;
+use modelroute_executions::{StreamItem, ToolCallChunk};
 use serde_json::{Value, json};
 
 use crate::auth::authenticate;
@@ -63,7 +63,8 @@ pub(crate) async fn create(state: State, req: HttpRequest, payload: Body) -> Res
                 ));
                     false
                 }
-                StreamItem::ToolCallDelta { index: call, id, name, arguments } => {
+                StreamItem::ToolCallDelta(c) => {
+                    let ToolCallChunk { index: call, id, name, arguments } = *c;
                     let index = blocks.enter(Open::Tool(call), &mut out, || {
                     json!({ "type": "tool_use", "id": id.unwrap_or_default(), "name": name.unwrap_or_default(), "input": {} })
                 });
@@ -92,7 +93,7 @@ pub(crate) async fn create(state: State, req: HttpRequest, payload: Body) -> Res
                 }
                 StreamItem::Failed(e) => {
                     // No message_stop: a truncated answer must not look complete.
-                    out.extend(event("error", &AnthropicError::from(e).body()));
+                    out.extend(event("error", &AnthropicError::from(*e).body()));
                     true
                 }
             };
