@@ -42,9 +42,11 @@ impl<L: Ledger + 'static> Executor<L> {
             output_tokens: sum.output_tokens.saturating_add(u.output_tokens),
         });
         let to_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-        let mut outcome = Outcome {
+        // The record's outcome; the charge and the settlement's entry come
+        // from the settlement (`None`: left to `Write::Settle` to fill in).
+        let outcome = |settled: Option<&Resolution>| Outcome {
             status: Some(status.as_str()),
-            cost: None,
+            cost: settled.map(|r| r.charged.units()),
             input_tokens: Some(to_i64(usage.input_tokens)),
             output_tokens: Some(to_i64(usage.output_tokens)),
             finish_reason: Some(finish_reason.as_str()),
@@ -55,7 +57,7 @@ impl<L: Ledger + 'static> Executor<L> {
             output_price: Some(route.output_price.per_million().units()),
             price_version: Some(admitted.price_version.clone()),
             request_price: Some(route.request_price.units()),
-            settlement_entry_id: None,
+            settlement_entry_id: settled.map(|r| r.entry_id.to_string()),
             model: Some(route.model.clone()),
             error_code: error.map(|e| e.code().as_str()),
             error_message: error.map(ToString::to_string),
@@ -69,7 +71,7 @@ impl<L: Ledger + 'static> Executor<L> {
                 hold: admitted.hold.id.clone(),
                 cost,
                 id: id.clone(),
-                outcome: Box::new(outcome.clone()),
+                outcome: Box::new(outcome(None)),
             };
             if let Written::Settled(SettledWithin::Now(resolution)) = store::write(&self.inner.pool, both).await? {
                 failpoint("executions.after_settle");
@@ -85,9 +87,8 @@ impl<L: Ledger + 'static> Executor<L> {
             other => other?,
         };
         failpoint("executions.after_settle");
-        outcome.cost = Some(resolution.charged.units());
-        outcome.settlement_entry_id = Some(resolution.entry_id.to_string());
-        store::write(&self.inner.pool, Write::Finish { id, outcome: Box::new(outcome) }).await?;
+        let finish = Write::Finish { id, outcome: Box::new(outcome(Some(&resolution))) };
+        store::write(&self.inner.pool, finish).await?;
         Ok((resolution.charged, usage))
     }
 

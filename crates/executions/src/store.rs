@@ -21,7 +21,7 @@ use crate::ExecutionError;
 use crate::record::ExecutionRow;
 
 /// What an execution's end writes to its row; a `None` leaves the column as it is.
-#[derive(AsChangeset, Default, Debug, Clone)]
+#[derive(AsChangeset, Default, Debug)]
 #[diesel(table_name = executions)]
 pub(crate) struct Outcome {
     pub(crate) status: Option<&'static str>,
@@ -65,7 +65,7 @@ pub(crate) enum Write {
         cost: Money,
         /// The execution.
         id: String,
-        /// What to write, less the charge and the entry.
+        /// What to write, less the charge and the entry (left `None`).
         outcome: Box<Outcome>,
     },
 }
@@ -118,12 +118,13 @@ impl Lane for RecordLane {
                         return Err(ExecutionError::Db(DbError::Writer("a settlement without its outcome")));
                     };
                     if let SettledWithin::Now(resolution) = &result {
-                        let outcome = Outcome {
-                            cost: Some(resolution.charged.units()),
-                            settlement_entry_id: Some(resolution.entry_id.to_string()),
-                            ..(**outcome).clone()
-                        };
-                        RunQueryDsl::execute(diesel::update(executions::table.find(id)).set(&outcome), conn)?;
+                        // The outcome leaves these two to the settlement.
+                        let charged = (
+                            executions::cost.eq(resolution.charged.units()),
+                            executions::settlement_entry_id.eq(resolution.entry_id.as_str()),
+                        );
+                        let changes = (&**outcome, charged);
+                        RunQueryDsl::execute(diesel::update(executions::table.find(id)).set(changes), conn)?;
                     }
                     Written::Settled(result)
                 }
@@ -135,7 +136,7 @@ impl Lane for RecordLane {
 
 /// Writes `write`: through the writer on SQLite, on a pooled connection on
 /// PostgreSQL (where a [`Write::Settle`] is refused: settle through the
-/// ledger, then write the outcome).
+/// ledger, then write the outcome with [`Write::Finish`]).
 pub(crate) async fn write(pool: &DbPool, write: Write) -> Result<Written, ExecutionError> {
     if let Some(writer) = pool.writer()? {
         return writer.submit::<RecordLane>(write).await;
