@@ -186,12 +186,20 @@ impl TestApp {
 
     /// The org's available balance, checking that no hold was left open.
     pub(crate) async fn available(&self) -> Money {
-        available(&self.services, &self.org).await
+        let b = self.services.balance(&self.org).await.expect("a balance");
+        assert_eq!(b.held, Money::ZERO, "a hold was left open");
+        b.available
     }
 
     /// The public id of the `index`-th route of `slug`.
     pub(crate) fn public_route(&self, slug: &str, index: usize) -> String {
-        public_route(&self.services, slug, index)
+        self.services.catalogue.model(slug).expect("a model of the catalogue").routes[index].public_id.clone()
+    }
+
+    /// The operator's id of the route whose public id is `public` (breakers are kept by it).
+    pub(crate) fn route_id(&self, public: &str) -> String {
+        let mut routes = self.services.catalogue.models().flat_map(|m| m.routes.iter());
+        routes.find(|r| r.public_id == public).expect("a route of the catalogue").id.clone()
     }
 
     /// Fails unless `ledger verify` finds the ledger sound.
@@ -203,29 +211,11 @@ impl TestApp {
 
 /// Starts an instance with `settings`; answers its port, services,
 /// reloader and, for the first instance on a database, the bootstrap.
-pub(crate) async fn start_instance(settings: Settings) -> (u16, Services, Reloader, Option<BootstrapReport>) {
+async fn start_instance(settings: Settings) -> (u16, Services, Reloader, Option<BootstrapReport>) {
     let app = Application::build(settings).await.expect("server starts");
     let parts = (app.port(), app.services.clone(), app.reloader(), app.bootstrap.clone());
     tokio::spawn(app.run_until_stopped());
     parts
-}
-
-/// The public id of the `index`-th route of `slug`.
-pub(crate) fn public_route(services: &Services, slug: &str, index: usize) -> String {
-    services.catalogue.model(slug).expect("a model of the catalogue").routes[index].public_id.clone()
-}
-
-/// The operator's id of the route whose public id is `public` (breakers are kept by it).
-pub(crate) fn route_id(services: &Services, public: &str) -> String {
-    let mut routes = services.catalogue.models().flat_map(|m| m.routes.iter());
-    routes.find(|r| r.public_id == public).expect("a route of the catalogue").id.clone()
-}
-
-/// `org`'s available balance, checking that no hold was left open.
-pub(crate) async fn available(services: &Services, org: &OrgId) -> Money {
-    let b = services.balance(org).await.expect("a balance");
-    assert_eq!(b.held, Money::ZERO, "a hold was left open");
-    b.available
 }
 
 /// Settings of a provider served by `standin`: 5 s timeouts, 64 calls at once.

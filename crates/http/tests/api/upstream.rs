@@ -247,7 +247,7 @@ db_test!(async fn a_complete_stream_without_its_end_marker_succeeds_and_is_bille
         assert!(e["decision"]["attempts"][0].get("usage_estimated").is_none(), "{e}");
         assert_eq!(before.units() - app.available().await.units(), 1_000 + 2 * 2_000);
     }
-    assert_eq!(app.services.executor.health().state(&crate::helpers::route_id(&app.services, &route)), BreakerState::Closed);
+    assert_eq!(app.services.executor.health().state(&app.route_id(&route)), BreakerState::Closed);
     assert_eq!(app.calls("fault-noend"), 12, "never skipped");
 
     // No usage either (a host that ignores stream_options): billed at the estimate, and the record says so.
@@ -416,7 +416,7 @@ db_test!(async fn an_open_breaker_is_probed_on_schedule_and_closes_soon_after_th
     app.openai.set_fault("flappy", None);
     let healed = Instant::now();
     let health = app.services.executor.health();
-    let id = crate::helpers::route_id(&app.services, &primary);
+    let id = app.route_id(&primary);
     while health.state(&id) != BreakerState::Closed {
         assert!(healed.elapsed() < Duration::from_secs(3), "not recovered after {:?}", healed.elapsed());
         tokio::time::sleep(Duration::from_millis(10)).await;
