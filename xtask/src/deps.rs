@@ -23,6 +23,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("modelroute-jobs", &["modelroute-types", "modelroute-db"]),
     // Sideways on purpose (docs/ARCHITECTURE.md): a verified payment is a ledger credit.
     ("modelroute-billing", &["modelroute-types", "modelroute-db", "modelroute-ledger"]),
+    ("modelroute-files", &["modelroute-types", "modelroute-db"]),
     ("modelroute-routing", &["modelroute-types"]),
     ("modelroute-providers", &["modelroute-types"]),
     // Test-only (a dev-dependency): the provider stand-ins.
@@ -47,6 +48,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "modelroute-providers",
             "modelroute-executions",
             "modelroute-jobs",
+            "modelroute-files",
         ],
     ),
     // The HTTP adapter: over the composition root, naming the domain types
@@ -64,6 +66,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "modelroute-routing",
             "modelroute-providers",
             "modelroute-executions",
+            "modelroute-files",
         ],
     ),
     // The binary: parses, loads settings, calls the composition root or the
@@ -89,6 +92,7 @@ const FORBIDDEN: &[(&str, &[&str], &str)] = &[
     ("modelroute-ledger", &["actix-web", "hyper"], "the ledger knows nothing of HTTP"),
     ("modelroute-jobs", &["actix-web", "hyper"], "the job queue knows nothing of HTTP"),
     ("modelroute-billing", &["actix-web"], "billing is a library without actix"),
+    ("modelroute-files", &["actix-web"], "the file store knows nothing of the server"),
     ("modelroute-routing", &["actix-web", "diesel", "hyper", "tokio"], "routing is pure decision logic"),
     ("modelroute-providers", &["actix-web", "diesel"], "adapters know no database and no server"),
     ("modelroute-executions", &["actix-web"], "executions are usable without the server"),

@@ -95,6 +95,24 @@ diesel::table! {
 }
 
 diesel::table! {
+    files (id) {
+        id -> Text,
+        org_id -> Text,
+        project_id -> Nullable<Text>,
+        purpose -> Text,
+        filename -> Text,
+        size_bytes -> BigInt,
+        declared_type -> Text,
+        detected_type -> Nullable<Text>,
+        sha256 -> Text,
+        storage_key -> Text,
+        execution_id -> Nullable<Text>,
+        created_at -> Timestamp,
+        expires_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
     invitations (id) {
         id -> Text,
         org_id -> Text,
@@ -217,6 +235,16 @@ diesel::table! {
 }
 
 diesel::table! {
+    org_file_settings (org_id) {
+        org_id -> Text,
+        upload_ttl_secs -> Nullable<BigInt>,
+        output_ttl_secs -> Nullable<BigInt>,
+        quota_bytes -> Nullable<BigInt>,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
     org_routing (org_id) {
         org_id -> Text,
         policy -> Text,
@@ -308,6 +336,8 @@ diesel::joinable!(executions -> ledger_holds (hold_id));
 diesel::joinable!(executions -> api_keys (api_key_id));
 diesel::joinable!(executions -> projects (project_id));
 diesel::joinable!(executions -> orgs (org_id));
+diesel::joinable!(files -> projects (project_id));
+diesel::joinable!(files -> orgs (org_id));
 diesel::joinable!(invitations -> users (invited_by));
 diesel::joinable!(invitations -> orgs (org_id));
 diesel::joinable!(ledger_accounts -> orgs (org_id));
@@ -317,6 +347,7 @@ diesel::joinable!(ledger_postings -> ledger_accounts (account_id));
 diesel::joinable!(ledger_postings -> ledger_entries (entry_id));
 diesel::joinable!(memberships -> users (user_id));
 diesel::joinable!(memberships -> orgs (org_id));
+diesel::joinable!(org_file_settings -> orgs (org_id));
 diesel::joinable!(org_routing -> orgs (org_id));
 diesel::joinable!(projects -> orgs (org_id));
 diesel::joinable!(sessions -> users (user_id));
@@ -329,6 +360,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     billing_settings,
     email_outbox,
     executions,
+    files,
     invitations,
     job_schedules,
     jobs,
@@ -339,6 +371,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     login_failures,
     memberships,
     oauth_flows,
+    org_file_settings,
     org_routing,
     orgs,
     projects,

@@ -111,7 +111,9 @@ impl<E: ErrorCode> From<E> for ApiError {
         }
         tracing::error!(code = code.as_str(), error = %e, "request failed");
         let message = match code {
-            Code::DatabaseUnavailable => "the service is temporarily unavailable; retry shortly",
+            Code::DatabaseUnavailable | Code::StorageUnavailable => {
+                "the service is temporarily unavailable; retry shortly"
+            }
             _ => "internal error; quote the x-request-id header when reporting it",
         };
         Self { code, message: message.to_owned(), param: None, status: None, headers: Vec::new(), close: false }
@@ -133,12 +135,13 @@ pub const fn status_of(code: Code) -> StatusCode {
         Code::NotFound | Code::ModelNotFound => StatusCode::NOT_FOUND,
         Code::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         Code::Conflict => StatusCode::CONFLICT,
-        Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Code::PayloadTooLarge | Code::QuotaExceeded => StatusCode::PAYLOAD_TOO_LARGE,
+        Code::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
         Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         Code::IdempotencyConflict => StatusCode::UNPROCESSABLE_ENTITY,
         Code::UpstreamError => StatusCode::BAD_GATEWAY,
         Code::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-        Code::Overloaded | Code::DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::Overloaded | Code::DatabaseUnavailable | Code::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         Code::InvalidConfig | Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -150,6 +153,8 @@ const fn openai_type(code: Code) -> &'static str {
         Code::InvalidRequest
         | Code::NoRouteAvailable
         | Code::PayloadTooLarge
+        | Code::QuotaExceeded
+        | Code::RangeNotSatisfiable
         | Code::UnsupportedMediaType
         | Code::RequestTimeout
         | Code::IdempotencyConflict
@@ -165,6 +170,7 @@ const fn openai_type(code: Code) -> &'static str {
         Code::UpstreamError
         | Code::UpstreamTimeout
         | Code::DatabaseUnavailable
+        | Code::StorageUnavailable
         | Code::InvalidConfig
         | Code::Internal => "api_error",
     }
@@ -177,7 +183,7 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
-        if matches!(self.code, Code::Overloaded | Code::DatabaseUnavailable) {
+        if matches!(self.code, Code::Overloaded | Code::DatabaseUnavailable | Code::StorageUnavailable) {
             response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
         }
         for (name, value) in &self.headers {

@@ -60,6 +60,19 @@ impl ServerSecret {
         }
     }
 
+    /// A 256-bit key for one purpose (`file-links`, …), derived from the
+    /// server secret: other crates sign with it without ever holding the
+    /// secret, and keys of different purposes are unrelated.
+    #[must_use]
+    pub fn derive(&self, purpose: &str) -> [u8; 32] {
+        let tag = hmac::sign(&self.hmac_key, format!("modelroute-derive:{purpose}").as_bytes());
+        let mut key = [0u8; 32];
+        for (k, t) in key.iter_mut().zip(tag.as_ref()) {
+            *k = *t;
+        }
+        key
+    }
+
     pub(crate) fn mac(&self, data: &[u8]) -> hmac::Tag {
         hmac::sign(&self.hmac_key, data)
     }
@@ -131,6 +144,11 @@ mod tests {
     #[test]
     fn short_secret_is_rejected_and_never_printed() {
         assert!(ServerSecret::from_text("short").is_err());
+        let s = ServerSecret::from_text(&"a".repeat(32)).unwrap();
+        let other = ServerSecret::from_text(&"b".repeat(32)).unwrap();
+        assert_eq!(s.derive("file-links"), s.derive("file-links"));
+        assert_ne!(s.derive("file-links"), s.derive("webhooks"));
+        assert_ne!(s.derive("file-links"), other.derive("file-links"));
         let s = ServerSecret::from_text(&"k".repeat(40)).unwrap();
         assert!(!format!("{s:?}").contains("kkkk"));
     }

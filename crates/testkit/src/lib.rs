@@ -18,6 +18,7 @@
 mod brain;
 mod listen;
 pub mod oauth;
+pub mod python;
 mod server;
 pub mod stripe;
 mod wire;

@@ -33,6 +33,10 @@ pub enum Code {
     Canceled,
     /// The request was too large.
     PayloadTooLarge,
+    /// The org's storage quota would be exceeded.
+    QuotaExceeded,
+    /// A `Range` the resource cannot satisfy.
+    RangeNotSatisfiable,
     /// The request's body is not in a format the endpoint takes (JSON
     /// endpoints take `application/json`).
     UnsupportedMediaType,
@@ -54,6 +58,8 @@ pub enum Code {
     RateLimited,
     /// The database could not be reached.
     DatabaseUnavailable,
+    /// The file store could not be reached.
+    StorageUnavailable,
     /// Configuration is invalid.
     InvalidConfig,
     /// A bug or an unexpected condition; details are only in the server log.
@@ -77,6 +83,8 @@ impl Code {
             Self::Conflict => "conflict",
             Self::Canceled => "canceled",
             Self::PayloadTooLarge => "payload_too_large",
+            Self::QuotaExceeded => "quota_exceeded",
+            Self::RangeNotSatisfiable => "range_not_satisfiable",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::RequestTimeout => "request_timeout",
             Self::NoRouteAvailable => "no_route_available",
@@ -87,6 +95,7 @@ impl Code {
             Self::Overloaded => "overloaded",
             Self::RateLimited => "rate_limited",
             Self::DatabaseUnavailable => "database_unavailable",
+            Self::StorageUnavailable => "storage_unavailable",
             Self::InvalidConfig => "invalid_config",
             Self::Internal => "internal_error",
         }
@@ -96,7 +105,7 @@ impl Code {
     /// client. Internal errors are logged and replaced by a generic message.
     #[must_use]
     pub const fn is_public(self) -> bool {
-        !matches!(self, Self::Internal | Self::DatabaseUnavailable)
+        !matches!(self, Self::Internal | Self::DatabaseUnavailable | Self::StorageUnavailable)
     }
 }
 

@@ -158,6 +158,10 @@ define_id!(
     /// A job of the durable queue.
     JobId, "job", "job"
 );
+define_id!(
+    /// A stored file: an upload, or an execution's output re-hosted.
+    FileId, "file", "file"
+);
 
 #[cfg(test)]
 mod tests {

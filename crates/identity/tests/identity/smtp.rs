@@ -12,33 +12,9 @@ use modelroute_db::testing::TestDb;
 use modelroute_identity::{Actor, Identity, IdentityConfig, ServerSecret};
 use modelroute_types::Secret;
 
-fn has_aiosmtpd(python: &Path) -> bool {
-    Command::new(python).args(["-c", "import aiosmtpd"]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
-}
-
-/// A Python that can run aiosmtpd, set up once per test process (both
-/// backends' tests would otherwise create the venv at the same time).
+/// A Python that can run aiosmtpd.
 fn python() -> PathBuf {
-    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    PYTHON.get_or_init(find_or_make_python).clone()
-}
-
-fn find_or_make_python() -> PathBuf {
-    if let Ok(p) = std::env::var("MODELROUTE_TEST_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/modelroute-venv");
-    let python = venv.join("bin/python");
-    if has_aiosmtpd(&python) {
-        return python;
-    }
-    if !python.exists() {
-        let made = Command::new("python3").arg("-m").arg("venv").arg(&venv).status().unwrap();
-        assert!(made.success(), "python3 -m venv failed: install python3-venv");
-    }
-    let installed = Command::new(venv.join("bin/pip")).args(["install", "-q", "aiosmtpd"]).status().unwrap();
-    assert!(installed.success(), "pip install aiosmtpd failed");
-    python
+    modelroute_testkit::python::python_with("aiosmtpd", "aiosmtpd")
 }
 
 struct SmtpServer {

@@ -1,0 +1,2 @@
+DROP TABLE org_file_settings;
+DROP TABLE files;
