@@ -6,10 +6,12 @@
 //! | `ledger.sweep` | default | releases holds past their expiry, then ends the records of executions a stopped server left running | every `[ledger] sweep_interval_secs` |
 //! | `billing.check_balances` | default | auto top-ups and low-balance alerts | every `[billing.stripe] check_interval_secs` |
 //! | `mail.deliver` | mail | sends what waits in the email outbox (each email claimed, so never twice) | on every queued email, and every 30 s for retries |
+//! | `files.sweep` | default | deletes files whose time-to-live lapsed (row, then object; in batches until none is left), then objects a crash left without a row | every `[files] sweep_interval_secs` |
 //!
 //! Every handler may run twice for one job (delivery is at least once):
 //! the sweep resolves each hold once (a conditional claim), balance checks
-//! claim their top-up per org, and the outbox claims each email.
+//! claim their top-up per org, the outbox claims each email, and deleting
+//! a file that is already gone deletes nothing.
 
 use std::time::Duration;
 
@@ -25,6 +27,8 @@ pub const SWEEP: &str = "ledger.sweep";
 pub const CHECK_BALANCES: &str = "billing.check_balances";
 /// Email delivery.
 pub const DELIVER_MAIL: &str = "mail.deliver";
+/// Expired files and orphaned objects.
+pub const SWEEP_FILES: &str = "files.sweep";
 
 /// How often the outbox is looked at without a new email (retries).
 const MAIL_EVERY: Duration = Duration::from_secs(30);
@@ -59,6 +63,26 @@ pub(crate) fn registry(services: &Services, lease: Duration) -> Registry {
         let identity = identity.clone();
         async move { identity.deliver_pending_email().await.map(drop).map_err(|e| retry(&e)) }
     });
+    let files = services.files.clone();
+    registry.on(SWEEP_FILES, move |_| {
+        let files = files.clone();
+        async move {
+            let batch = u64::from(files.config().sweep_batch.max(1));
+            let mut expired = 0;
+            loop {
+                let n = files.sweep_expired(time::now()).await.map_err(|e| retry(&e))?;
+                expired += n;
+                if n < batch {
+                    break;
+                }
+            }
+            if expired > 0 {
+                tracing::info!(expired, "deleted files whose time-to-live lapsed");
+            }
+            files.sweep_orphans(time::now()).await.map_err(|e| retry(&e))?;
+            Ok(())
+        }
+    });
     registry
 }
 
@@ -71,6 +95,7 @@ pub(crate) fn periodics(settings: &Settings, mail: bool) -> Result<Vec<Periodic>
     let mut all = vec![
         periodic(SWEEP, Duration::from_secs(settings.ledger.sweep_interval_secs.max(1)), "default")?,
         periodic(CHECK_BALANCES, Duration::from_secs(settings.billing.stripe.check_interval_secs.max(1)), "default")?,
+        periodic(SWEEP_FILES, Duration::from_secs(settings.files.sweep_interval_secs.max(1)), "default")?,
     ];
     if mail {
         all.push(periodic(DELIVER_MAIL, MAIL_EVERY, "mail")?);

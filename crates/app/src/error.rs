@@ -18,6 +18,9 @@ pub enum AppError {
     /// Billing could not be set up.
     #[error(transparent)]
     Billing(modelroute_billing::BillingError),
+    /// Files.
+    #[error(transparent)]
+    Files(#[from] modelroute_files::FileError),
     /// Ledger.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
@@ -42,6 +45,7 @@ impl modelroute_types::ErrorCode for AppError {
             Self::Db(e) => e.code(),
             Self::Identity(e) => e.code(),
             Self::Billing(e) => e.code(),
+            Self::Files(e) => e.code(),
             Self::Ledger(e) => e.code(),
             Self::Routing(e) => e.code(),
             Self::Jobs(e) => e.code(),
@@ -54,6 +58,7 @@ impl modelroute_types::ErrorCode for AppError {
         match self {
             Self::Identity(e) => e.param(),
             Self::Billing(e) => e.param(),
+            Self::Files(e) => e.param(),
             Self::Ledger(e) => e.param(),
             Self::Routing(e) => e.param(),
             Self::Jobs(e) => e.param(),

@@ -10,11 +10,12 @@ use std::time::Duration;
 use modelroute_billing::Billing;
 use modelroute_db::DbPool;
 use modelroute_executions::Executor;
+use modelroute_files::{FileError, Files};
 use modelroute_identity::{Actor, ApiKey, Identity, Org, Project, Scopes, ServerSecret};
 use modelroute_ledger::{Balance, CreditSource, Ledger as _, SqlLedger, VerifyReport};
-use modelroute_providers::ProviderRegistry;
+use modelroute_providers::{ChatRequest, Part, ProviderRegistry};
 use modelroute_routing::{Catalogue, ErrorRules, Health};
-use modelroute_types::{EntryId, Money, OrgId, ProjectId, UserId, time};
+use modelroute_types::{EntryId, FileId, Money, OrgId, ProjectId, UserId, time};
 
 use crate::{AppError, Settings};
 
@@ -31,6 +32,8 @@ pub struct Services {
     pub executor: Executor<SqlLedger>,
     /// Stripe top-ups, auto top-up and balance alerts.
     pub billing: Billing,
+    /// Uploaded files and re-hosted outputs.
+    pub files: Files,
     /// The catalogue validated at start (a reload swaps the executor's).
     pub catalogue: Arc<Catalogue>,
     /// The providers of that catalogue.
@@ -98,6 +101,12 @@ impl Services {
         if generated_secret {
             tracing::info!(path = %settings.identity.server_secret_file.display(), "generated a server secret");
         }
+        let files = Files::new(
+            pool.clone(),
+            settings.files.clone(),
+            &secret.derive("file-links"),
+            &settings.identity.public_url,
+        )?;
         let identity = Identity::new(pool.clone(), secret).with_config(&settings.identity)?;
         let ledger = SqlLedger::open(pool.clone(), settings.ledger.clone()).await?;
         let executor = Executor::new(
@@ -113,7 +122,7 @@ impl Services {
         let notifier = Arc::new(crate::notify::EmailNotifier::new(identity.clone()));
         let billing = Billing::new(pool.clone(), ledger.clone(), settings.billing.clone(), notifier)
             .map_err(AppError::Billing)?;
-        Ok(Self { pool, identity, ledger, executor, billing, catalogue, providers, generated_secret })
+        Ok(Self { pool, identity, ledger, executor, billing, files, catalogue, providers, generated_secret })
     }
 
     /// Creates an org — with `owner` as its owner when a person creates it,
@@ -231,6 +240,41 @@ impl Services {
     pub async fn balance(&self, org: &OrgId) -> Result<Balance, AppError> {
         self.identity.org(org).await?;
         Ok(self.ledger.balance(org).await?)
+    }
+
+    /// Replaces every image part of `request` that names an uploaded file
+    /// (`file_…`) of `org` by the file's content as a `data:` URL, so the
+    /// provider receives the image itself and never a storage key or a
+    /// link of the platform's.
+    ///
+    /// # Errors
+    /// A file id that is malformed, not the org's, not an image, or larger
+    /// than `[files] max_inline_bytes`; the store failing.
+    pub async fn inline_files(&self, org: &OrgId, request: &mut ChatRequest) -> Result<(), AppError> {
+        use base64::Engine as _;
+        for (i, message) in request.messages.iter_mut().enumerate() {
+            for (j, part) in message.content.iter_mut().enumerate() {
+                let Part::Image { url } = part else { continue };
+                if !url.starts_with(FileId::PREFIX) {
+                    continue;
+                }
+                let invalid = |message: String| FileError::InvalidInput { field: "messages", message };
+                let id: FileId = url
+                    .parse()
+                    .map_err(|e: modelroute_types::IdError| invalid(format!("messages[{i}].content[{j}]: {e}")))?;
+                let (file, bytes) = self.files.read_inline(org, &id).await?;
+                if !file.content_type.starts_with("image/") {
+                    return Err(invalid(format!(
+                        "messages[{i}].content[{j}]: {id} is {}, not an image",
+                        file.content_type
+                    ))
+                    .into());
+                }
+                let encoded = base64::engine::general_purpose::STANDARD.encode(&bytes);
+                *url = format!("data:{};base64,{encoded}", file.content_type);
+            }
+        }
+        Ok(())
     }
 
     /// Replays the journal and checks the ledger's invariants.

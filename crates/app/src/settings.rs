@@ -42,6 +42,8 @@ pub struct Settings {
     pub bootstrap: BootstrapConfig,
     /// `[jobs]`: the durable job queue's workers.
     pub jobs: modelroute_jobs::JobsConfig,
+    /// `[files]`: the file store, limits, time-to-live.
+    pub files: modelroute_files::FilesConfig,
 }
 
 impl Default for Settings {
@@ -58,6 +60,7 @@ impl Default for Settings {
             telemetry: TelemetryConfig::default(),
             bootstrap: BootstrapConfig::default(),
             jobs: modelroute_jobs::JobsConfig::default(),
+            files: modelroute_files::FilesConfig::default(),
         }
     }
 }

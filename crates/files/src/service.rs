@@ -405,11 +405,13 @@ impl Files {
     /// An empty, too large, over-quota or mistyped file, an invalid name, a
     /// body that fails half-way, or the store or database failing; in every
     /// case nothing is left behind (a half-written object is aborted).
-    pub async fn upload<S, E>(&self, new: NewFile, mut body: S) -> Result<FileRecord, FileError>
+    pub async fn upload<S, E>(&self, new: NewFile, body: S) -> Result<FileRecord, FileError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: Display,
     {
+        // Never polled again after its end (a multipart field panics if it is).
+        let mut body = body.fuse();
         let declared = new.content_type.as_deref().map(sniff::normalize).filter(|t| t != "application/octet-stream");
         if let Some(t) = &declared
             && !self.allowed(t)

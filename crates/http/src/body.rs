@@ -85,6 +85,18 @@ impl FromRequest for Body {
 
 /// Whether a `Content-Type` value is JSON: `application/json` or
 /// `application/<anything>+json`, with or without parameters.
+/// Why a [`Body::stream`] stopped early, when it was the stream's doing
+/// (too large, too slow, the connection failed) rather than the parser's.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StreamStop(std::rc::Rc<std::cell::RefCell<Option<ApiError>>>);
+
+impl StreamStop {
+    /// The stream's own error, if it stopped with one.
+    pub(crate) fn take(&self) -> Option<ApiError> {
+        self.0.borrow_mut().take()
+    }
+}
+
 fn is_json(content_type: &str) -> bool {
     let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
     essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
@@ -160,6 +172,89 @@ impl Body {
     pub(crate) async fn bytes(self, limit: usize) -> Result<Bytes, ApiError> {
         let policy = self.policy()?;
         self.read(&policy, limit).await
+    }
+
+    /// The body as a stream for a parser that reads as it goes (a
+    /// multipart upload), under the same rules as a read: a declared length
+    /// above `limit` is a 413 before a byte is read, the stream stops with
+    /// an error past `limit`, below the minimum rate, or when the client's
+    /// connection fails, and a place among the pending bodies is held while
+    /// it lasts. Why it stopped is in the returned [`StreamStop`], for the
+    /// handler to answer with once the parser reports the failure.
+    pub(crate) fn stream(
+        self,
+        limit: u64,
+    ) -> Result<
+        (
+            HttpRequest,
+            impl futures_util::Stream<Item = Result<Bytes, actix_web::error::PayloadError>> + 'static,
+            StreamStop,
+        ),
+        ApiError,
+    > {
+        let policy = self.policy()?;
+        if declared_length(&self.req).is_some_and(|n| n > limit) {
+            return Err(
+                ApiError::new(Code::PayloadTooLarge, format!("the request body exceeds {limit} bytes")).closing()
+            );
+        }
+        let Ok(place) = Arc::clone(&policy.pending).try_acquire_owned() else {
+            return Err(ApiError::new(Code::Overloaded, "too many request bodies are arriving at once; retry shortly")
+                .closing());
+        };
+        let stop = StreamStop::default();
+        let slot = stop.clone();
+        let started = Instant::now();
+        let Self { req, payload } = self;
+        let state = (payload, 0usize, place, false);
+        let stream = futures_util::stream::unfold(state, move |(mut payload, received, place, done)| {
+            let (policy, slot) = (policy.clone(), slot.clone());
+            async move {
+                if done {
+                    return None;
+                }
+                let fail = |e: ApiError| {
+                    let message = e.message().to_owned();
+                    slot.0.replace(Some(e));
+                    Err(actix_web::error::PayloadError::Io(std::io::Error::other(message)))
+                };
+                let next = match policy.deadline(started, received) {
+                    Some(deadline) => match tokio::time::timeout_at(deadline, payload.next()).await {
+                        Ok(next) => next,
+                        Err(_) => {
+                            let e = ApiError::new(
+                                Code::RequestTimeout,
+                                format!(
+                                    "the request body arrived too slowly (under {} bytes per second after {} ms)",
+                                    policy.min_bytes_per_sec,
+                                    policy.grace.as_millis()
+                                ),
+                            );
+                            return Some((fail(e.closing()), (payload, received, place, true)));
+                        }
+                    },
+                    None => payload.next().await,
+                };
+                match next? {
+                    Ok(chunk) => {
+                        let received = received + chunk.len();
+                        if u64::try_from(received).unwrap_or(u64::MAX) > limit {
+                            let e =
+                                ApiError::new(Code::PayloadTooLarge, format!("the request body exceeds {limit} bytes"));
+                            return Some((fail(e.closing()), (payload, received, place, true)));
+                        }
+                        Some((Ok(chunk), (payload, received, place, false)))
+                    }
+                    Err(e) => {
+                        let e = ApiError::new(Code::InvalidRequest, format!("could not read the request body: {e}"));
+                        Some((fail(e.closing()), (payload, received, place, true)))
+                    }
+                }
+            }
+        })
+        // The multipart parser may poll again after the end.
+        .fuse();
+        Ok((req, stream, stop))
     }
 
     async fn read(mut self, policy: &BodyPolicy, limit: usize) -> Result<Bytes, ApiError> {

@@ -164,11 +164,14 @@ pub(crate) fn valid_tool_name(name: &str) -> bool {
     (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
 }
 
-/// An image URL a provider can fetch or read: `https:`/`http:` or a base64 `data:image/…` URL.
+/// An image URL a provider can fetch or read: `https:`/`http:` or a base64
+/// `data:image/…` URL — or an uploaded file's id (`file_…`), which the
+/// platform turns into a `data:` URL before the provider sees it.
 pub(crate) fn valid_image_url(url: &str) -> bool {
     url.starts_with("https://")
         || url.starts_with("http://")
         || (url.starts_with("data:image/") && url.contains(";base64,"))
+        || url.parse::<modelroute_types::FileId>().is_ok()
 }
 
 impl ChatCompletionRequest {
@@ -213,7 +216,7 @@ impl ChatCompletionRequest {
                                 if !valid_image_url(&image_url.url) {
                                     return Err(ApiError::invalid_param(
                                         format!("messages[{i}].content[{j}].image_url.url"),
-                                        "an image must be an http(s) URL or a base64 data:image/… URL",
+                                        "an image must be an http(s) URL, a base64 data:image/… URL or an uploaded file's id (file_…)",
                                     ));
                                 }
                                 out.push(CanonicalPart::Image { url: image_url.url });

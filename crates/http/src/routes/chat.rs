@@ -23,7 +23,8 @@ pub(crate) async fn completions(state: State, caller: Caller, payload: Body) -> 
     let exec_caller = caller.payer(body.routing, std::mem::take(&mut body.models))?;
     let stream = body.stream.unwrap_or(false);
     let include_usage = body.stream_options.as_ref().is_some_and(|o| o.include_usage);
-    let request = body.into_canonical()?;
+    let mut request = body.into_canonical()?;
+    state.services.inline_files(&exec_caller.org_id, &mut request).await?;
     if !stream {
         let done = state.services.executor.run(exec_caller, request).await?;
         let r = &done.response;

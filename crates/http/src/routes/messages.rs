@@ -23,7 +23,8 @@ pub(crate) async fn create(state: State, req: HttpRequest, payload: Body) -> Res
     let mut body: MessagesRequest = payload.json().await?;
     let exec_caller = caller.payer(body.routing, std::mem::take(&mut body.models))?;
     let stream = body.stream;
-    let request = body.into_canonical()?;
+    let mut request = body.into_canonical()?;
+    state.services.inline_files(&exec_caller.org_id, &mut request).await.map_err(crate::ApiError::from)?;
     if !stream {
         let done = state.services.executor.run(exec_caller, request).await?;
         let r = &done.response;

@@ -5,6 +5,7 @@ mod audit;
 mod billing;
 mod chat;
 mod executions;
+mod files;
 mod health;
 mod keys;
 mod messages;
@@ -31,6 +32,15 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/chat/completions", web::post().to(chat::completions))
                 .route("/messages", web::post().to(messages::create))
                 .route("/executions/{id}", web::get().to(executions::get))
+                .route("/files", web::post().to(files::upload))
+                .route("/files", web::get().to(files::list))
+                .route("/files/settings", web::get().to(files::get_settings))
+                .route("/files/settings", web::put().to(files::put_settings))
+                .route("/files/usage", web::get().to(files::usage))
+                .route("/files/{id}", web::get().to(files::get))
+                .route("/files/{id}", web::delete().to(files::delete))
+                .route("/files/{id}/content", web::get().to(files::content))
+                .route("/files/{id}/links", web::post().to(files::link))
                 .route("/billing/balance", web::get().to(billing::balance))
                 .route("/billing/checkout", web::post().to(billing::checkout))
                 .route("/billing/payment-method", web::post().to(billing::payment_method))

@@ -22,6 +22,8 @@ pub(crate) fn test_settings(db: &TestDb) -> Settings {
     settings.server.bind = "127.0.0.1:0".into();
     settings.server.workers = 2;
     settings.identity.server_secret = Secret::new("test-secret-0123456789abcdef-0123456789");
+    // Files in a folder of this test's own, removed with the app.
+    settings.files.root = std::env::temp_dir().join(format!("mr_files_{}", OrgId::new()));
     settings
 }
 
@@ -86,17 +88,23 @@ impl Reply {
     }
 }
 
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.settings.files.root);
+    }
+}
+
 impl TestApp {
     /// Starts the server over `db` with the test settings, `tweak` applied.
     pub(crate) async fn spawn(db: TestDb, tweak: impl FnOnce(&mut Settings)) -> Self {
         let mut settings = test_settings(&db);
         tweak(&mut settings);
-        Self::start(db, settings).await
+        Box::pin(Self::start(db, settings)).await
     }
 
     /// Starts the server over `db` with `settings` (from [`test_settings`]).
     pub(crate) async fn start(db: TestDb, settings: Settings) -> Self {
-        let (port, services, reloader, bootstrap) = start_instance(settings.clone()).await;
+        let (port, services, reloader, bootstrap) = Box::pin(start_instance(settings.clone())).await;
         let bootstrap = bootstrap.expect("an empty database is bootstrapped");
         Self {
             port,

@@ -7,6 +7,7 @@
 //! - `endpoints`: completions, streaming, usage, audit, keys, limits on bodies
 //! - `auth`: accounts, sessions, members, tenancy
 //! - `oauth`: Google and GitHub sign-in against their stand-ins
+//! - `files`: uploads, downloads, signed links, refusals, files as execution inputs
 //! - `billing`: Stripe top-ups, webhooks, auto top-up against its stand-in
 //! - `limits`: rate limits in process and on Redis, across instances
 //! - `adapters`: the OpenAI, Anthropic and Gemini adapters against their stand-ins
@@ -18,6 +19,7 @@ mod adapters;
 mod auth;
 mod billing;
 mod endpoints;
+mod files;
 mod helpers;
 mod limits;
 mod oauth;

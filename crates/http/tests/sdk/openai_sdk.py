@@ -77,6 +77,30 @@ check("image input", r.choices[0].message.content == "Echo: look", r)
 r = client.chat.completions.create(model="builtin/echo", messages=messages, extra_body={"routing": {"policy": "fastest"}})
 check("routing preferences in extra_body", r.choices[0].message.content == "Echo: Hello SDK", r)
 
+# Files: the SDK's multipart upload, retrieve, list, content, delete.
+png = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40
+f = client.files.create(file=("cat.png", png, "image/png"), purpose="vision")
+check("files.create", f.id.startswith("file_") and f.bytes == len(png) and f.filename == "cat.png", f)
+check("files.retrieve", client.files.retrieve(f.id).bytes == len(png))
+check("files.list", f.id in [x.id for x in client.files.list().data])
+check("files.content", client.files.content(f.id).read() == png)
+image = [{"role": "user", "content": [{"type": "text", "text": "this file"},
+          {"type": "image_url", "image_url": {"url": f.id}}]}]
+r = client.chat.completions.create(model="builtin/echo", messages=image)
+check("an uploaded file as image input", r.choices[0].message.content == "Echo: this file", r)
+d = client.files.delete(f.id)
+check("files.delete", d.deleted and d.id == f.id, d)
+try:
+    client.files.retrieve(f.id)
+    check("a deleted file raises", False)
+except openai.NotFoundError as e:
+    check("a deleted file is NotFoundError", e.status_code == 404, e)
+try:
+    client.files.create(file=("x.png", b"%PDF-1.7 not an image", "image/png"), purpose="vision")
+    check("a mistyped file raises", False)
+except openai.APIStatusError as e:
+    check("a mistyped file is a 415", e.status_code == 415, e)
+
 try:
     client.chat.completions.create(model="no/such-model", messages=messages)
     check("unknown model raises", False)
