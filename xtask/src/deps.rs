@@ -24,6 +24,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // Sideways on purpose (docs/ARCHITECTURE.md): a verified payment is a ledger credit.
     ("modelroute-billing", &["modelroute-types", "modelroute-db", "modelroute-ledger"]),
     ("modelroute-files", &["modelroute-types", "modelroute-db"]),
+    ("modelroute-webhooks", &["modelroute-types", "modelroute-db"]),
     ("modelroute-routing", &["modelroute-types"]),
     ("modelroute-providers", &["modelroute-types"]),
     // Test-only (a dev-dependency): the provider stand-ins.
@@ -49,6 +50,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "modelroute-executions",
             "modelroute-jobs",
             "modelroute-files",
+            "modelroute-webhooks",
         ],
     ),
     // The HTTP adapter: over the composition root, naming the domain types
@@ -67,6 +69,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "modelroute-providers",
             "modelroute-executions",
             "modelroute-files",
+            "modelroute-webhooks",
         ],
     ),
     // The binary: parses, loads settings, calls the composition root or the
@@ -93,6 +96,7 @@ const FORBIDDEN: &[(&str, &[&str], &str)] = &[
     ("modelroute-jobs", &["actix-web", "hyper"], "the job queue knows nothing of HTTP"),
     ("modelroute-billing", &["actix-web"], "billing is a library without actix"),
     ("modelroute-files", &["actix-web"], "the file store knows nothing of the server"),
+    ("modelroute-webhooks", &["actix-web"], "webhooks are a library without actix"),
     ("modelroute-routing", &["actix-web", "diesel", "hyper", "tokio"], "routing is pure decision logic"),
     ("modelroute-providers", &["actix-web", "diesel"], "adapters know no database and no server"),
     ("modelroute-executions", &["actix-web"], "executions are usable without the server"),

@@ -6,6 +6,8 @@
 //! | `ledger.sweep` | default | releases holds past their expiry, then ends the records of executions a stopped server left running | every `[ledger] sweep_interval_secs` |
 //! | `billing.check_balances` | default | auto top-ups and low-balance alerts | every `[billing.stripe] check_interval_secs` |
 //! | `mail.deliver` | mail | sends what waits in the email outbox (each email claimed, so never twice) | on every queued email, and every 30 s for retries |
+//! | `webhooks.deliver` | webhooks | one attempt of a webhook delivery (claimed, so never sent twice at once); when the schedule runs out the org's owners and admins are emailed once per failing period | at once for every event, and for every retry come due |
+//! | `webhooks.retry_due` | default | queues `webhooks.deliver` for deliveries whose retry is due (or whose first job was lost) | every `[webhooks] retry_poll_secs` |
 //! | `files.sweep` | default | deletes files whose time-to-live lapsed (row, then object; in batches until none is left), then objects a crash left without a row | every `[files] sweep_interval_secs` |
 //!
 //! Every handler may run twice for one job (delivery is at least once):
@@ -17,7 +19,8 @@ use std::time::Duration;
 
 use modelroute_identity::Identity;
 use modelroute_jobs::{Failure, JobError, NewJob, Periodic, Queue, Registry};
-use modelroute_types::time;
+use modelroute_types::{OrgId, WebhookDeliveryId, time};
+use modelroute_webhooks::{Attempted, Webhooks};
 
 use crate::{Services, Settings};
 
@@ -29,6 +32,10 @@ pub const CHECK_BALANCES: &str = "billing.check_balances";
 pub const DELIVER_MAIL: &str = "mail.deliver";
 /// Expired files and orphaned objects.
 pub const SWEEP_FILES: &str = "files.sweep";
+/// One attempt of a webhook delivery.
+pub const DELIVER_WEBHOOK: &str = "webhooks.deliver";
+/// Queues the webhook deliveries whose retry is due.
+pub const RETRY_WEBHOOKS: &str = "webhooks.retry_due";
 
 /// How often the outbox is looked at without a new email (retries).
 const MAIL_EVERY: Duration = Duration::from_secs(30);
@@ -63,6 +70,33 @@ pub(crate) fn registry(services: &Services, lease: Duration) -> Registry {
         let identity = identity.clone();
         async move { identity.deliver_pending_email().await.map(drop).map_err(|e| retry(&e)) }
     });
+    let (webhooks, identity) = (services.webhooks.clone(), services.identity.clone());
+    registry.on(DELIVER_WEBHOOK, move |job| {
+        let (webhooks, identity) = (webhooks.clone(), identity.clone());
+        async move {
+            let id: WebhookDeliveryId = job
+                .payload
+                .get("delivery")
+                .and_then(serde_json::Value::as_str)
+                .map(|s| WebhookDeliveryId::from_trusted(s.to_owned()))
+                .ok_or_else(|| Failure::Fatal("no delivery id".into()))?;
+            let outcome = webhooks.attempt(&id, time::now()).await.map_err(|e| retry(&e))?;
+            if let Attempted::Failed { alert: true } = outcome {
+                alert_failing_endpoint(&webhooks, &identity, &id).await;
+            }
+            Ok(())
+        }
+    });
+    let (webhooks, queue) = (services.webhooks.clone(), services.queue.clone());
+    registry.on(RETRY_WEBHOOKS, move |_| {
+        let (webhooks, queue) = (webhooks.clone(), queue.clone());
+        async move {
+            for id in webhooks.due(time::now(), 1000).await.map_err(|e| retry(&e))? {
+                queue_delivery(&queue, &id).await;
+            }
+            Ok(())
+        }
+    });
     let files = services.files.clone();
     registry.on(SWEEP_FILES, move |_| {
         let files = files.clone();
@@ -96,6 +130,7 @@ pub(crate) fn periodics(settings: &Settings, mail: bool) -> Result<Vec<Periodic>
         periodic(SWEEP, Duration::from_secs(settings.ledger.sweep_interval_secs.max(1)), "default")?,
         periodic(CHECK_BALANCES, Duration::from_secs(settings.billing.stripe.check_interval_secs.max(1)), "default")?,
         periodic(SWEEP_FILES, Duration::from_secs(settings.files.sweep_interval_secs.max(1)), "default")?,
+        periodic(RETRY_WEBHOOKS, Duration::from_secs(settings.webhooks.retry_poll_secs.max(1)), "default")?,
     ];
     if mail {
         all.push(periodic(DELIVER_MAIL, MAIL_EVERY, "mail")?);
@@ -112,5 +147,53 @@ pub(crate) async fn deliver_mail_when_queued(identity: Identity, queue: Queue) {
         if let Err(e) = async { queue.enqueue(&job?).await }.await {
             tracing::warn!(error = %e, "enqueuing email delivery failed; the periodic delivery sends it");
         }
+    }
+}
+
+/// Records an event for the org's webhook endpoints and queues each
+/// delivery at once. A failure is logged: what caused the event stands.
+pub(crate) async fn emit_event(
+    webhooks: &Webhooks,
+    queue: &Queue,
+    org: &OrgId,
+    event_type: &str,
+    data: &serde_json::Value,
+) {
+    match webhooks.emit(org, event_type, data).await {
+        Ok(ids) => {
+            for id in ids {
+                queue_delivery(queue, &id).await;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, event_type, "recording a webhook event failed"),
+    }
+}
+
+/// Queues an attempt of a delivery now (one pending job per delivery; the
+/// periodic retry job finds any this misses).
+pub(crate) async fn queue_delivery(queue: &Queue, id: &WebhookDeliveryId) {
+    let job = NewJob::new(DELIVER_WEBHOOK, &serde_json::json!({ "delivery": id }))
+        .map(|j| j.queue("webhooks").unique(format!("webhook:{id}")).max_attempts(1));
+    if let Err(e) = async { queue.enqueue(&job?).await }.await {
+        tracing::warn!(error = %e, delivery = %id, "queueing a webhook delivery failed; the retry job will");
+    }
+}
+
+/// Tells the org's owners and admins that an endpoint keeps failing.
+async fn alert_failing_endpoint(webhooks: &Webhooks, identity: &Identity, id: &WebhookDeliveryId) {
+    let Ok(Some((org, endpoint))) = webhooks.endpoint_of(id).await else { return };
+    let state = if endpoint.enabled { "is failing" } else { "was disabled" };
+    let body = format!(
+        "Deliveries to your webhook endpoint {} ({}) keep failing, and the endpoint {state}{}.\n\n\
+         The deliveries and every attempt's answer are listed at GET /v1/webhook-endpoints/{}/deliveries; \
+         fix the receiver, enable the endpoint again if it was disabled, and redeliver what was missed.\n",
+        endpoint.id,
+        endpoint.url,
+        endpoint.disabled_reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default(),
+        endpoint.id,
+    );
+    match identity.email_org_admins(&org, "webhook_failing", "A webhook endpoint keeps failing", &body).await {
+        Ok(n) => tracing::info!(org_id = %org, endpoint = %endpoint.id, recipients = n, "webhook failure alert queued"),
+        Err(e) => tracing::warn!(org_id = %org, error = %e, "a webhook failure alert could not be queued"),
     }
 }

@@ -21,6 +21,9 @@ pub enum AppError {
     /// Files.
     #[error(transparent)]
     Files(#[from] modelroute_files::FileError),
+    /// Webhooks.
+    #[error(transparent)]
+    Webhooks(#[from] modelroute_webhooks::WebhookError),
     /// Ledger.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
@@ -46,6 +49,7 @@ impl modelroute_types::ErrorCode for AppError {
             Self::Identity(e) => e.code(),
             Self::Billing(e) => e.code(),
             Self::Files(e) => e.code(),
+            Self::Webhooks(e) => e.code(),
             Self::Ledger(e) => e.code(),
             Self::Routing(e) => e.code(),
             Self::Jobs(e) => e.code(),
@@ -59,6 +63,7 @@ impl modelroute_types::ErrorCode for AppError {
             Self::Identity(e) => e.param(),
             Self::Billing(e) => e.param(),
             Self::Files(e) => e.param(),
+            Self::Webhooks(e) => e.param(),
             Self::Ledger(e) => e.param(),
             Self::Routing(e) => e.param(),
             Self::Jobs(e) => e.param(),

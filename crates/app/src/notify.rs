@@ -1,19 +1,25 @@
 //! Billing alerts, delivered as email to the org's owners and admins
-//! through the identity outbox.
+//! through the identity outbox, and as webhook events
+//! (`billing.low_balance`, `billing.auto_top_up_failed`).
 
 use modelroute_billing::{Alert, Notifier};
 use modelroute_identity::Identity;
+use modelroute_jobs::Queue;
 use modelroute_types::OrgId;
+use modelroute_webhooks::Webhooks;
+use serde_json::json;
 
 /// Emails billing alerts to an org's owners and admins.
 #[derive(Debug)]
 pub(crate) struct EmailNotifier {
     identity: Identity,
+    webhooks: Webhooks,
+    queue: Queue,
 }
 
 impl EmailNotifier {
-    pub(crate) const fn new(identity: Identity) -> Self {
-        Self { identity }
+    pub(crate) const fn new(identity: Identity, webhooks: Webhooks, queue: Queue) -> Self {
+        Self { identity, webhooks, queue }
     }
 }
 
@@ -37,6 +43,17 @@ impl Notifier for EmailNotifier {
                 ),
             ),
         };
+        let data = match alert {
+            Alert::LowBalance { available, threshold } => {
+                json!({ "available_nano_usd": available.units(), "threshold_nano_usd": threshold.units() })
+            }
+            Alert::AutoTopUpFailed { reason } => json!({ "reason": reason }),
+        };
+        let (webhooks, queue, event_org) = (self.webhooks.clone(), self.queue.clone(), org.clone());
+        let event_type = format!("billing.{kind}");
+        tokio::spawn(async move {
+            crate::background::emit_event(&webhooks, &queue, &event_org, &event_type, &data).await;
+        });
         let (identity, org) = (self.identity.clone(), org.clone());
         tokio::spawn(async move {
             match identity.email_org_admins(&org, kind, &subject, &body).await {

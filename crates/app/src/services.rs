@@ -12,10 +12,12 @@ use modelroute_db::DbPool;
 use modelroute_executions::Executor;
 use modelroute_files::{FileError, Files};
 use modelroute_identity::{Actor, ApiKey, Identity, Org, Project, Scopes, ServerSecret};
+use modelroute_jobs::Queue;
 use modelroute_ledger::{Balance, CreditSource, Ledger as _, SqlLedger, VerifyReport};
 use modelroute_providers::{ChatRequest, Part, ProviderRegistry};
 use modelroute_routing::{Catalogue, ErrorRules, Health};
-use modelroute_types::{EntryId, FileId, Money, OrgId, ProjectId, UserId, time};
+use modelroute_types::{EntryId, FileId, Money, OrgId, ProjectId, UserId, WebhookDeliveryId, time};
+use modelroute_webhooks::Webhooks;
 
 use crate::{AppError, Settings};
 
@@ -34,6 +36,10 @@ pub struct Services {
     pub billing: Billing,
     /// Uploaded files and re-hosted outputs.
     pub files: Files,
+    /// Webhook endpoints and deliveries.
+    pub webhooks: Webhooks,
+    /// The job queue (its in-process enqueues wake this process's workers).
+    pub queue: Queue,
     /// The catalogue validated at start (a reload swaps the executor's).
     pub catalogue: Arc<Catalogue>,
     /// The providers of that catalogue.
@@ -107,6 +113,17 @@ impl Services {
             &secret.derive("file-links"),
             &settings.identity.public_url,
         )?;
+        let policy = modelroute_webhooks::outbound::Policy {
+            allow_loopback: settings.webhooks.allow_loopback.unwrap_or(false),
+            allow_private: settings.webhooks.allow_private_addresses,
+        };
+        if policy.allow_loopback {
+            tracing::info!(
+                "webhook endpoints may be loopback receivers over http (the embedded default); set [webhooks] allow_loopback = false in production"
+            );
+        }
+        let webhooks =
+            Webhooks::new(pool.clone(), settings.webhooks.clone(), &secret.derive("webhook-secrets"), policy)?;
         let identity = Identity::new(pool.clone(), secret).with_config(&settings.identity)?;
         let ledger = SqlLedger::open(pool.clone(), settings.ledger.clone()).await?;
         let executor = Executor::new(
@@ -119,10 +136,23 @@ impl Services {
             settings.routing.retry.clone(),
         )
         .with_hold_lease(Duration::from_secs(settings.ledger.hold_timeout_secs));
-        let notifier = Arc::new(crate::notify::EmailNotifier::new(identity.clone()));
+        let queue = Queue::new(pool.clone());
+        let notifier = Arc::new(crate::notify::EmailNotifier::new(identity.clone(), webhooks.clone(), queue.clone()));
         let billing = Billing::new(pool.clone(), ledger.clone(), settings.billing.clone(), notifier)
             .map_err(AppError::Billing)?;
-        Ok(Self { pool, identity, ledger, executor, billing, files, catalogue, providers, generated_secret })
+        Ok(Self {
+            pool,
+            identity,
+            ledger,
+            executor,
+            billing,
+            files,
+            webhooks,
+            queue,
+            catalogue,
+            providers,
+            generated_secret,
+        })
     }
 
     /// Creates an org — with `owner` as its owner when a person creates it,
@@ -240,6 +270,18 @@ impl Services {
     pub async fn balance(&self, org: &OrgId) -> Result<Balance, AppError> {
         self.identity.org(org).await?;
         Ok(self.ledger.balance(org).await?)
+    }
+
+    /// Records an event of `org` for its webhook endpoints and queues the
+    /// deliveries at once. A failure is logged, not returned: what caused
+    /// the event stands either way.
+    pub async fn emit_event(&self, org: &OrgId, event_type: &str, data: &serde_json::Value) {
+        crate::background::emit_event(&self.webhooks, &self.queue, org, event_type, data).await;
+    }
+
+    /// Queues an attempt of a webhook delivery now.
+    pub async fn queue_delivery(&self, id: &WebhookDeliveryId) {
+        crate::background::queue_delivery(&self.queue, id).await;
     }
 
     /// Replaces every image part of `request` that names an uploaded file

@@ -44,6 +44,8 @@ pub struct Settings {
     pub jobs: modelroute_jobs::JobsConfig,
     /// `[files]`: the file store, limits, time-to-live.
     pub files: modelroute_files::FilesConfig,
+    /// `[webhooks]`: deliveries, retries, where endpoints may point.
+    pub webhooks: modelroute_webhooks::WebhooksConfig,
 }
 
 impl Default for Settings {
@@ -61,6 +63,7 @@ impl Default for Settings {
             bootstrap: BootstrapConfig::default(),
             jobs: modelroute_jobs::JobsConfig::default(),
             files: modelroute_files::FilesConfig::default(),
+            webhooks: modelroute_webhooks::WebhooksConfig::default(),
         }
     }
 }
@@ -155,6 +158,8 @@ impl Settings {
     /// A missing explicit file, a malformed value, or an unknown key.
     pub fn load(path: Option<&Path>) -> Result<Self, SettingsError> {
         let mut figment = Figment::new();
+        // The embedded default: no configuration file at all.
+        let embedded = path.is_none() && !Path::new("modelroute.toml").exists();
         match path {
             Some(p) if !p.exists() => {
                 return Err(SettingsError(format!("config file {} does not exist", p.display())));
@@ -165,7 +170,13 @@ impl Settings {
         // Only keys with a section (`MODELROUTE_SECTION__KEY`) are settings;
         // this leaves variables such as MODELROUTE_CONFIG alone.
         figment = figment.merge(Env::prefixed("MODELROUTE_").split("__").filter(|k| k.as_str().contains('.')));
-        figment.extract().map_err(|e| SettingsError(e.to_string()))
+        let mut settings: Self = figment.extract().map_err(|e| SettingsError(e.to_string()))?;
+        // Loopback webhook receivers (over http too) are allowed on the
+        // embedded default only, unless configured either way.
+        if settings.webhooks.allow_loopback.is_none() {
+            settings.webhooks.allow_loopback = Some(embedded);
+        }
+        Ok(settings)
     }
 
     /// The effective settings as TOML, secrets redacted.

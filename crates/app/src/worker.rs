@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use modelroute_jobs::{Queue, Workers};
+use modelroute_jobs::Workers;
 
 use crate::{AppError, Services, Settings, background};
 
@@ -22,7 +22,7 @@ impl Background {
     /// # Errors
     /// An invalid periodic job (a bad interval).
     pub fn start(services: &Services, settings: &Settings, role: &str) -> Result<Self, AppError> {
-        let queue = Queue::new(services.pool.clone());
+        let queue = services.queue.clone();
         let mail = services.identity.sends_email();
         let lease = Duration::from_secs(settings.ledger.hold_timeout_secs);
         let registry = background::registry(services, lease);

@@ -13,12 +13,13 @@
 
 // Test support: a stand-in that cannot bind a port or build a response
 // should stop the test loudly, as test code does.
-#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
 mod brain;
 mod listen;
 pub mod oauth;
 pub mod python;
+pub mod receiver;
 mod server;
 pub mod stripe;
 mod wire;

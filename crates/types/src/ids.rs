@@ -162,6 +162,22 @@ define_id!(
     /// A stored file: an upload, or an execution's output re-hosted.
     FileId, "file", "file"
 );
+define_id!(
+    /// An org's webhook endpoint.
+    WebhookEndpointId, "we", "webhook endpoint"
+);
+define_id!(
+    /// One event's delivery to one endpoint.
+    WebhookDeliveryId, "wdl", "webhook delivery"
+);
+define_id!(
+    /// One attempt of a delivery.
+    WebhookAttemptId, "wat", "webhook attempt"
+);
+define_id!(
+    /// An event (the `webhook-id` of its deliveries).
+    EventId, "msg", "event"
+);
 
 #[cfg(test)]
 mod tests {

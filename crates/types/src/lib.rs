@@ -15,8 +15,8 @@ pub mod time;
 pub use error::{Code, ErrorCode};
 pub use failpoint::failpoint;
 pub use ids::{
-    AccountId, ApiKeyId, AuditEventId, EmailId, EntryId, ExecutionId, FileId, HoldId, IdError, InvitationId, JobId,
-    OrgId, ProjectId, SessionId, UserId,
+    AccountId, ApiKeyId, AuditEventId, EmailId, EntryId, EventId, ExecutionId, FileId, HoldId, IdError, InvitationId,
+    JobId, OrgId, ProjectId, SessionId, UserId, WebhookAttemptId, WebhookDeliveryId, WebhookEndpointId,
 };
 pub use money::{Money, MoneyError, PricePerMTok, UNITS_PER_USD, deserialize_usd, usd_string};
 pub use secret::Secret;

@@ -13,6 +13,7 @@ mod models;
 mod orgs;
 mod routing;
 mod usage;
+mod webhooks;
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, web};
@@ -41,6 +42,16 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/files/{id}", web::delete().to(files::delete))
                 .route("/files/{id}/content", web::get().to(files::content))
                 .route("/files/{id}/links", web::post().to(files::link))
+                .route("/webhook-endpoints", web::post().to(webhooks::create))
+                .route("/webhook-endpoints", web::get().to(webhooks::list))
+                .route("/webhook-endpoints/{id}", web::get().to(webhooks::get))
+                .route("/webhook-endpoints/{id}", web::patch().to(webhooks::update))
+                .route("/webhook-endpoints/{id}", web::delete().to(webhooks::delete))
+                .route("/webhook-endpoints/{id}/rotate-secret", web::post().to(webhooks::rotate))
+                .route("/webhook-endpoints/{id}/test", web::post().to(webhooks::test))
+                .route("/webhook-endpoints/{id}/deliveries", web::get().to(webhooks::deliveries))
+                .route("/webhook-deliveries/{id}", web::get().to(webhooks::delivery))
+                .route("/webhook-deliveries/{id}/redeliver", web::post().to(webhooks::redeliver))
                 .route("/billing/balance", web::get().to(billing::balance))
                 .route("/billing/checkout", web::post().to(billing::checkout))
                 .route("/billing/payment-method", web::post().to(billing::payment_method))

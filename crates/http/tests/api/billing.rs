@@ -41,6 +41,7 @@ async fn spawn(db: TestDb, stripe_on: bool) -> App {
             settings.billing.stripe.api_base = stripe.base_url();
             settings.billing.stripe.check_interval_secs = 1;
         }
+        settings.webhooks.allow_loopback = Some(true);
     })
     .await;
     App { app, stripe }
@@ -101,6 +102,11 @@ db_test!(async fn auto_top_up_over_http_and_a_failure_is_emailed_to_the_owners(d
     let (org, project) = services.create_org("Owned", Some(&owner.id), &actor).await.unwrap();
     app.key = id.create_api_key(&org.id, &project.id, "k", &modelroute_identity::Scopes::all(), None).await.unwrap().1;
 
+    // The org's webhook endpoint hears of it too.
+    let receiver = modelroute_testkit::receiver::Receiver::start().await;
+    let hook = json!({ "url": receiver.url("/ok"), "event_types": ["billing.auto_top_up_failed"] });
+    assert_eq!(app.api(Method::POST, "/v1/webhook-endpoints", &hook).await.status, StatusCode::CREATED);
+
     let Reply { status, json: err, .. } = app.api(Method::PUT, "/v1/billing/auto-top-up", &json!({ "enabled": true, "threshold": "20", "amount": "50" })).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "no payment method yet: {err}");
     let Reply { status, json: setup, .. } = app.api(Method::POST, "/v1/billing/payment-method", &Value::Null).await;
@@ -121,6 +127,17 @@ db_test!(async fn auto_top_up_over_http_and_a_failure_is_emailed_to_the_owners(d
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(told, "the owner was emailed");
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        events = receiver.requests("/ok");
+        if !events.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(events.len(), 1, "one webhook event");
+    let event: Value = serde_json::from_slice(&events[0].body).unwrap();
+    assert_eq!((event["type"].as_str(), event["data"]["reason"].as_str()), (Some("billing.auto_top_up_failed"), Some("card_declined")));
     let Reply { json: after, .. } = app.api(Method::GET, "/v1/billing/auto-top-up", &Value::Null).await;
     assert_eq!((after["enabled"].as_bool(), after["last_failure"].as_str()), (Some(false), Some("card_declined")));
     assert_eq!(app.stripe.created("payment_intent"), 1);

@@ -11,6 +11,7 @@
 //! - `billing`: Stripe top-ups, webhooks, auto top-up against its stand-in
 //! - `limits`: rate limits in process and on Redis, across instances
 //! - `adapters`: the OpenAI, Anthropic and Gemini adapters against their stand-ins
+//! - `webhooks`: endpoints, signed deliveries through the background, the outbound policy
 //! - `upstream`: failover, retries and breakers against the stand-ins' faults
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
@@ -24,3 +25,4 @@ mod helpers;
 mod limits;
 mod oauth;
 mod upstream;
+mod webhooks;
