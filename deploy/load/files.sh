@@ -8,8 +8,10 @@
 #   - through the gateway: `curl -F file=@…` to POST /v1/files, then
 #     `curl` GET /v1/files/{id}/content, on the release build;
 #   - directly: the same bytes copied into the store's folder and read back
-#     (`dd`), or PUT into the bucket and GET from it (`curl`, unsigned; moto
-#     takes it).
+#     (`dd`, through the page cache as the gateway's writes are: no fsync),
+#     or PUT into the bucket and GET from it (`curl`, signed SigV4 as the
+#     gateway's requests are), and a multipart upload of the gateway's shape
+#     (boto3: 8 MiB parts, two in flight).
 # Prints MB/s of each and the gateway's ratio to the direct figure, and the
 # server's resident memory idle and at its peak during the uploads.
 # Needs curl and Python 3 (moto is installed into ~/.cache/modelroute-venv).
@@ -35,8 +37,10 @@ moto_port=18290
 "$venv/bin/python" -m moto.server -H 127.0.0.1 -p "$moto_port" > moto.log 2>&1 &
 pids+=($!)
 for _ in $(seq 1 200); do curl -sf "http://127.0.0.1:$moto_port/moto-api/" > /dev/null && break; sleep 0.1; done
-curl -sf -X PUT "http://127.0.0.1:$moto_port/direct" > /dev/null
-curl -sf -X PUT "http://127.0.0.1:$moto_port/gateway" > /dev/null
+# Requests signed as the gateway's are (SigV4, the same test credentials).
+sigv4=(--aws-sigv4 "aws:amz:us-east-1:s3" --user testing:testing)
+curl -sf "${sigv4[@]}" -X PUT "http://127.0.0.1:$moto_port/direct" > /dev/null
+curl -sf "${sigv4[@]}" -X PUT "http://127.0.0.1:$moto_port/gateway" > /dev/null
 
 # start STORE PORT: the server on a fresh SQLite file; sets key_STORE, pid_STORE.
 start() {
@@ -103,13 +107,25 @@ for round in $(seq 1 "$rounds"); do
     # Directly.
     if [ "$store" = local ]; then
       mkdir -p direct
-      t=$(now); dd if=big.png of=direct/copy bs=8M conv=fsync status=none; d_up=$(elapsed "$t")
+      t=$(now); dd if=big.png of=direct/copy bs=8M status=none; d_up=$(elapsed "$t")
       t=$(now); dd if=direct/copy of=/dev/null bs=8M status=none; d_down=$(elapsed "$t")
       rm -f direct/copy
     else
-      t=$(now); curl -sf -T big.png "http://127.0.0.1:$moto_port/direct/copy" > /dev/null; d_up=$(elapsed "$t")
-      t=$(now); curl -sf "http://127.0.0.1:$moto_port/direct/copy" -o /dev/null; d_down=$(elapsed "$t")
-      curl -sf -X DELETE "http://127.0.0.1:$moto_port/direct/copy" > /dev/null
+      t=$(now); curl -sf "${sigv4[@]}" -T big.png "http://127.0.0.1:$moto_port/direct/copy" > /dev/null; d_up=$(elapsed "$t")
+      t=$(now); curl -sf "${sigv4[@]}" "http://127.0.0.1:$moto_port/direct/copy" -o /dev/null; d_down=$(elapsed "$t")
+      curl -sf "${sigv4[@]}" -X DELETE "http://127.0.0.1:$moto_port/direct/copy" > /dev/null
+      # And a multipart upload of the gateway's shape (8 MiB parts, two in
+      # flight), as boto3 (installed with moto) makes it.
+      "$venv/bin/python" - "$moto_port" <<'PY' >> multipart
+import sys, time, boto3
+from boto3.s3.transfer import TransferConfig
+s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{sys.argv[1]}", aws_access_key_id="testing",
+                  aws_secret_access_key="testing", region_name="us-east-1")
+cfg = TransferConfig(multipart_threshold=8 << 20, multipart_chunksize=8 << 20, max_concurrency=2)
+t = time.time(); s3.upload_file("big.png", "direct", "multipart", Config=cfg); up = time.time() - t
+s3.delete_object(Bucket="direct", Key="multipart")
+import os; print(os.path.getsize("big.png") / 1e6 / up)
+PY
     fi
     echo "$store $(mbps "$gw_up") $(mbps "$d_up") $(mbps "$gw_down") $(mbps "$d_down")" >> "$results"
     echo "round $round $store: upload gateway $(mbps "$gw_up") MB/s, direct $(mbps "$d_up") MB/s; download gateway $(mbps "$gw_down") MB/s, direct $(mbps "$d_down") MB/s"
@@ -123,4 +139,5 @@ for store in local s3; do
   awk -v s="$store" -v idle="${idle[$store]}" -v peak="${peak[$store]}" '$1 == s { n++; gu += $2; du += $3; gd += $4; dd += $5 }
     END { printf "| %s | %.0f | %.0f | %.2f | %.0f | %.0f | %.2f | %.0f → %.0f MB |\n", s, gu/n, du/n, gu/du, gd/n, dd/n, gd/dd, idle/1024, peak/1024 }' "$results"
 done
+awk '{ n++; t += $1 } END { printf "s3, direct as a multipart upload (boto3, 8 MiB parts, two in flight): %.0f MB/s\n", t / n }' multipart
 echo "(means of $rounds rounds of a $mib MiB file)"

@@ -317,6 +317,35 @@ impl Drop for Pending {
     }
 }
 
+/// Bytes read from a local file per piece of a download.
+const FILE_CHUNK: u64 = 1024 * 1024;
+
+/// `range` of a local file, read on the blocking pool a piece at a time.
+fn file_stream(file: std::fs::File, range: std::ops::Range<u64>) -> BoxStream<'static, Result<Bytes, FileError>> {
+    futures_util::stream::try_unfold((Some(file), range.start), move |(file, pos)| {
+        let end = range.end;
+        async move {
+            let Some(mut file) = file else { return Ok(None) };
+            if pos >= end {
+                return Ok(None);
+            }
+            let want = usize::try_from((end - pos).min(FILE_CHUNK)).unwrap_or(usize::MAX);
+            let read = tokio::task::spawn_blocking(move || {
+                use std::io::{Read as _, Seek as _, SeekFrom};
+                let mut buf = vec![0u8; want];
+                file.seek(SeekFrom::Start(pos))?;
+                file.read_exact(&mut buf)?;
+                Ok::<_, std::io::Error>((file, buf))
+            })
+            .await
+            .map_err(|e| FileError::Store(format!("reading a file failed: {e}")))?;
+            let (file, buf) = read.map_err(|e| FileError::Store(format!("reading a file failed: {e}")))?;
+            Ok(Some((Bytes::from(buf), (Some(file), pos + len_u64(want)))))
+        }
+    })
+    .boxed()
+}
+
 fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -681,7 +710,12 @@ impl Files {
         let path = store::path_of(&store::key_of(&file.org_id, &file.id));
         let options = GetOptions { range: Some(GetRange::Bounded(bytes.clone())), ..GetOptions::default() };
         let result = self.store.get_opts(&path, options).await?;
-        let body = result.into_stream().map_err(FileError::from).boxed();
+        let body = match result.payload {
+            // The local store's own stream reads 8 KiB at a time; read it in
+            // larger pieces (a 1 GiB download was 30× slower than the disk).
+            object_store::GetResultPayload::File(file, _) => file_stream(file, bytes.clone()),
+            object_store::GetResultPayload::Stream(stream) => stream.map_err(FileError::from).boxed(),
+        };
         metrics::counter!("files_downloaded_bytes_total").increment(bytes.end - bytes.start);
         Ok(Download { file, partial: range.is_some(), range: bytes, body })
     }
