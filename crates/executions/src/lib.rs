@@ -35,4 +35,4 @@ pub use error::ExecutionError;
 pub use executor::{Caller, Completed, Executor, StreamItem, StreamingExecution, ToolCallChunk};
 pub use preferences::{CACHE_TTL as PREFERENCES_CACHE_TTL, Fallbacks, MAX_FALLBACKS, OrgRouting, RequestPreferences};
 pub use record::{Execution, ExecutionStatus};
-pub use usage::{UsageFilter, UsagePage, UsageRecord};
+pub use usage::{ExecutionFilter, ExecutionPage, UsageFilter, UsagePage, UsageRecord};

@@ -104,7 +104,75 @@ impl TryFrom<ExecutionRow> for UsageRecord {
     }
 }
 
+/// Which executions to list (`GET /v1/executions`).
+#[derive(Clone, Debug, Default)]
+pub struct ExecutionFilter {
+    /// Only these statuses (empty: all).
+    pub statuses: Vec<ExecutionStatus>,
+    /// Created at or after this.
+    pub from: Option<NaiveDateTime>,
+    /// Created before this.
+    pub to: Option<NaiveDateTime>,
+    /// One project only.
+    pub project_id: Option<ProjectId>,
+    /// One model slug only.
+    pub model: Option<String>,
+    /// Executions per page (1–100).
+    pub limit: usize,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<ExecutionId>,
+}
+
+/// A page of executions, newest first.
+#[derive(Clone, Debug)]
+pub struct ExecutionPage {
+    /// The executions.
+    pub executions: Vec<crate::Execution>,
+    /// Pass as `cursor` for the next page; `None` on the last.
+    pub next_cursor: Option<String>,
+}
+
 impl<L: modelroute_ledger::Ledger + 'static> Executor<L> {
+    /// Up to `fetch` of `org`'s execution rows, newest first, in `statuses`
+    /// (all when empty), created in `[from, to)`, of one project or model,
+    /// older than `cursor`.
+    async fn page_rows(
+        &self,
+        org: &OrgId,
+        statuses: &[&str],
+        f: &ExecutionFilter,
+        fetch: usize,
+    ) -> Result<Vec<ExecutionRow>, ExecutionError> {
+        let fetch = i64::try_from(fetch).unwrap_or(i64::MAX);
+        Ok(db_run!(self.pool(), |conn| {
+            let mut q = executions::table
+                .filter(executions::org_id.eq(org.as_str()))
+                .select(ExecutionRow::as_select())
+                .order(executions::id.desc())
+                .limit(fetch)
+                .into_boxed();
+            if !statuses.is_empty() {
+                q = q.filter(executions::status.eq_any(statuses));
+            }
+            if let Some(from) = f.from {
+                q = q.filter(executions::created_at.ge(from));
+            }
+            if let Some(to) = f.to {
+                q = q.filter(executions::created_at.lt(to));
+            }
+            if let Some(p) = &f.project_id {
+                q = q.filter(executions::project_id.eq(p.as_str()));
+            }
+            if let Some(m) = &f.model {
+                q = q.filter(executions::model.eq(m.as_str()));
+            }
+            if let Some(c) = &f.cursor {
+                q = q.filter(executions::id.lt(c.as_str()));
+            }
+            q.load(conn).await
+        })?)
+    }
+
     /// A page of `org`'s usage records, newest first.
     ///
     /// # Errors
@@ -112,36 +180,36 @@ impl<L: modelroute_ledger::Ledger + 'static> Executor<L> {
     pub async fn usage(&self, org: &OrgId, filter: &UsageFilter) -> Result<UsagePage, ExecutionError> {
         let limit = filter.limit.clamp(1, 1000);
         let billed = [ExecutionStatus::Succeeded.as_str(), ExecutionStatus::Canceled.as_str()];
-        let fetch = i64::try_from(limit + 1).unwrap_or(i64::MAX);
-        let rows: Vec<ExecutionRow> = db_run!(self.pool(), |conn| {
-            let mut q = executions::table
-                .filter(executions::org_id.eq(org.as_str()))
-                .filter(executions::status.eq_any(billed))
-                .select(ExecutionRow::as_select())
-                .order(executions::id.desc())
-                .limit(fetch)
-                .into_boxed();
-            if let Some(from) = filter.from {
-                q = q.filter(executions::created_at.ge(from));
-            }
-            if let Some(to) = filter.to {
-                q = q.filter(executions::created_at.lt(to));
-            }
-            if let Some(p) = &filter.project_id {
-                q = q.filter(executions::project_id.eq(p.as_str()));
-            }
-            if let Some(m) = &filter.model {
-                q = q.filter(executions::model.eq(m.as_str()));
-            }
-            if let Some(c) = &filter.cursor {
-                q = q.filter(executions::id.lt(c.as_str()));
-            }
-            q.load(conn).await
-        })?;
+        let f = ExecutionFilter {
+            statuses: Vec::new(),
+            from: filter.from,
+            to: filter.to,
+            project_id: filter.project_id.clone(),
+            model: filter.model.clone(),
+            limit,
+            cursor: filter.cursor.clone(),
+        };
+        let rows = self.page_rows(org, &billed, &f, limit + 1).await?;
         let more = rows.len() > limit;
         let records: Vec<UsageRecord> =
             rows.into_iter().take(limit).map(UsageRecord::try_from).collect::<Result<_, _>>()?;
         let next_cursor = if more { records.last().map(|r| r.execution_id.to_string()) } else { None };
         Ok(UsagePage { records, next_cursor })
+    }
+
+    /// A page of `org`'s executions, newest first, whatever their status
+    /// (or of the statuses asked for).
+    ///
+    /// # Errors
+    /// The data layer failed.
+    pub async fn list(&self, org: &OrgId, filter: &ExecutionFilter) -> Result<ExecutionPage, ExecutionError> {
+        let limit = filter.limit.clamp(1, 100);
+        let statuses: Vec<&str> = filter.statuses.iter().map(|s| s.as_str()).collect();
+        let rows = self.page_rows(org, &statuses, filter, limit + 1).await?;
+        let more = rows.len() > limit;
+        let executions: Vec<crate::Execution> =
+            rows.into_iter().take(limit).map(crate::Execution::try_from).collect::<Result<_, _>>()?;
+        let next_cursor = if more { executions.last().map(|e| e.id.to_string()) } else { None };
+        Ok(ExecutionPage { executions, next_cursor })
     }
 }

@@ -1,13 +1,86 @@
-use actix_web::{HttpResponse, web};
-use modelroute_executions::{Execution, ExecutionError, ExecutionStatus};
+use actix_web::{HttpRequest, HttpResponse, web};
+use modelroute_executions::{Execution, ExecutionError, ExecutionFilter, ExecutionStatus};
 use modelroute_identity::Scope;
-use modelroute_types::{ExecutionId, Money, time};
+use modelroute_types::{ExecutionId, Money, ProjectId, time};
+use serde::Deserialize;
 use serde_json::json;
 
 use crate::ApiError;
 use crate::auth::Caller;
+use crate::query;
 use crate::state::State;
 use crate::wire::money;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    /// Comma-separated statuses.
+    status: Option<String>,
+    model: Option<String>,
+    project_id: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// `GET /v1/executions` (read): the org's executions, newest first, in
+/// every status; filters `status` (comma-separated), `model`,
+/// `project_id`, `from`/`to` (RFC 3339); `limit` (1–100, default 20) and
+/// `cursor` (`next_cursor`) page.
+pub(crate) async fn list(state: State, caller: Caller, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let org = caller.require(Scope::Read)?;
+    let q: ListQuery = query::parse(&req)?;
+    if q.limit.is_some_and(|l| !(1..=100).contains(&l)) {
+        return Err(ApiError::invalid_param("limit", "limit must be between 1 and 100"));
+    }
+    let statuses = q
+        .status
+        .as_deref()
+        .map(|s| {
+            s.split(',')
+                .map(|one| {
+                    ExecutionStatus::try_from(one.trim()).map_err(|_| {
+                        ApiError::invalid_param(
+                            "status",
+                            format!(
+                                "unknown status `{}` (expected queued, running, succeeded, failed or canceled)",
+                                one.trim().chars().take(32).collect::<String>()
+                            ),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?
+        .unwrap_or_default();
+    let filter = ExecutionFilter {
+        statuses,
+        from: query::time("from", q.from)?,
+        to: query::time("to", q.to)?,
+        project_id: q
+            .project_id
+            .map(|p| {
+                p.parse::<ProjectId>().map_err(|_| ApiError::invalid_param("project_id", "not a project id (proj_…)"))
+            })
+            .transpose()?,
+        model: q.model,
+        limit: q.limit.unwrap_or(20),
+        cursor: q
+            .cursor
+            .map(|c| {
+                c.parse::<ExecutionId>().map_err(|_| ApiError::invalid_param("cursor", "not a cursor from this API"))
+            })
+            .transpose()?,
+    };
+    let page = state.services.executor.list(org, &filter).await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "object": "list",
+        "data": page.executions.iter().map(view).collect::<Vec<_>>(),
+        "next_cursor": page.next_cursor,
+        "has_more": page.next_cursor.is_some(),
+    })))
+}
 
 /// `GET /v1/executions/{id}`: an execution of the caller's org. Another
 /// org's execution, or a malformed id, is a 404 like an unknown one.

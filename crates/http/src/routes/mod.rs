@@ -32,6 +32,7 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/models/{slug:.+}", web::get().to(models::get))
                 .route("/chat/completions", web::post().to(chat::completions))
                 .route("/messages", web::post().to(messages::create))
+                .route("/executions", web::get().to(executions::list))
                 .route("/executions/{id}", web::get().to(executions::get))
                 .route("/files", web::post().to(files::upload))
                 .route("/files", web::get().to(files::list))

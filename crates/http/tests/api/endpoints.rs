@@ -668,3 +668,33 @@ db_test!(async fn keys_are_listed_created_once_and_revoked_within_their_org(db) 
     assert_eq!(audit["data"][0]["target"], id);
     assert!(audit["data"][0]["actor"].as_str().unwrap().starts_with("key_"));
 });
+
+db_test!(async fn executions_are_listed_newest_first_with_filters_and_only_for_their_org(db) {
+    let app = spawn(db, |_| {}).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(app.chat(hello("builtin/echo")).await.json["id"].as_str().unwrap().to_owned());
+    }
+    let failed = app.chat(json!({ "model": "builtin/echo", "messages": [{ "role": "user", "content": "hi" }], "max_tokens": 100_000_000 })).await;
+    assert!(failed.status.is_client_error() || failed.status.is_server_error());
+    let page = app.get("/v1/executions?limit=2").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let got: Vec<&str> = page.json["data"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(got, vec![ids[2].as_str(), ids[1].as_str()], "newest first");
+    let cursor = page.json["next_cursor"].as_str().unwrap().to_owned();
+    let next = app.get(&format!("/v1/executions?limit=2&cursor={cursor}")).await;
+    assert_eq!(next.json["data"][0]["id"], ids[0].as_str());
+    let succeeded = app.get("/v1/executions?status=succeeded,failed&model=builtin/echo").await;
+    assert_eq!(succeeded.json["data"].as_array().unwrap().len(), 3);
+    assert!(succeeded.json["data"].as_array().unwrap().iter().all(|e| e["status"] == "succeeded"));
+    assert_eq!(app.get("/v1/executions?status=running").await.json["data"], json!([]));
+    for bad in ["status=exploded", "limit=0", "limit=101", "cursor=nope", "project_id=x", "from=yesterday", "colour=red"] {
+        let r = app.get(&format!("/v1/executions?{bad}")).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.body);
+    }
+    let (other, _) = app.services.create_org("Other", None, &Actor::operator()).await.unwrap();
+    let project = app.services.create_project(&other.id, "p", &Actor::operator()).await.unwrap();
+    let (_, other_key) = app.services.create_key_in(&project.id, "k", &Scopes::all()).await.unwrap();
+    let theirs = app.send(Method::GET, "/v1/executions", Some(&other_key), None).await;
+    assert_eq!(theirs.json["data"], json!([]), "another org sees none of them");
+});
