@@ -14,22 +14,10 @@ use serde::Serialize;
 use crate::record::ExecutionRow;
 use crate::{ExecutionError, ExecutionStatus, Executor};
 
-/// Which records to list.
-#[derive(Clone, Debug, Default)]
-pub struct UsageFilter {
-    /// Executions created at or after this.
-    pub from: Option<NaiveDateTime>,
-    /// Executions created before this.
-    pub to: Option<NaiveDateTime>,
-    /// One project only.
-    pub project_id: Option<ProjectId>,
-    /// One model slug only.
-    pub model: Option<String>,
-    /// Records per page (1–1000).
-    pub limit: usize,
-    /// The `next_cursor` of the previous page.
-    pub cursor: Option<ExecutionId>,
-}
+/// Which usage records to list: an [`ExecutionFilter`] whose `statuses`
+/// are ignored (usage records are the billed executions) and whose `limit`
+/// goes to 1000.
+pub type UsageFilter = ExecutionFilter;
 
 /// One billed execution.
 #[derive(Clone, Debug, Serialize)]
@@ -180,16 +168,7 @@ impl<L: modelroute_ledger::Ledger + 'static> Executor<L> {
     pub async fn usage(&self, org: &OrgId, filter: &UsageFilter) -> Result<UsagePage, ExecutionError> {
         let limit = filter.limit.clamp(1, 1000);
         let billed = [ExecutionStatus::Succeeded.as_str(), ExecutionStatus::Canceled.as_str()];
-        let f = ExecutionFilter {
-            statuses: Vec::new(),
-            from: filter.from,
-            to: filter.to,
-            project_id: filter.project_id.clone(),
-            model: filter.model.clone(),
-            limit,
-            cursor: filter.cursor.clone(),
-        };
-        let rows = self.page_rows(org, &billed, &f, limit + 1).await?;
+        let rows = self.page_rows(org, &billed, filter, limit + 1).await?;
         let more = rows.len() > limit;
         let records: Vec<UsageRecord> =
             rows.into_iter().take(limit).map(UsageRecord::try_from).collect::<Result<_, _>>()?;

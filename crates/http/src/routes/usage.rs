@@ -44,6 +44,7 @@ fn filter(req: &HttpRequest) -> Result<UsageFilter, ApiError> {
         .map(|c| c.parse::<ExecutionId>().map_err(|_| ApiError::invalid_param("cursor", "not a cursor from this API")))
         .transpose()?;
     Ok(UsageFilter {
+        statuses: Vec::new(),
         from: query::time("from", q.from)?,
         to: query::time("to", q.to)?,
         project_id,
