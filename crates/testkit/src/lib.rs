@@ -20,6 +20,7 @@ mod listen;
 pub mod oauth;
 pub mod python;
 pub mod receiver;
+pub mod replicate;
 mod server;
 pub mod stripe;
 mod wire;
