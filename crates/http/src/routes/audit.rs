@@ -29,6 +29,21 @@ pub(crate) fn actor(caller: &Caller, req: &HttpRequest) -> Actor {
     crate::session::actor(&caller.who(), req)
 }
 
+/// Records that the caller did `action` (on `target`) in its org, after the
+/// write it describes committed.
+pub(crate) async fn record(
+    state: &State,
+    caller: &Caller,
+    req: &HttpRequest,
+    action: &str,
+    target: Option<&str>,
+    details: Option<serde_json::Value>,
+) -> Result<(), ApiError> {
+    let actor = actor(caller, req);
+    state.services.identity.record(Some(&caller.org_id), &actor, action, target, details).await?;
+    Ok(())
+}
+
 fn filter(req: &HttpRequest) -> Result<AuditFilter, ApiError> {
     let q: AuditQuery = query::parse(req)?;
     if q.limit.is_some_and(|l| !(1..=500).contains(&l)) {

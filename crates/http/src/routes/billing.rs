@@ -131,12 +131,7 @@ pub(crate) async fn put_auto_top_up(
     let settings =
         state.services.billing.set_auto_top_up(org, b.enabled, b.threshold, b.amount, b.low_balance_alert).await?;
     let answer = auto_top_up_json(&settings);
-    let actor = super::audit::actor(&caller, &req);
-    state
-        .services
-        .identity
-        .record(Some(org), &actor, "billing.auto_top_up_updated", None, Some(answer.clone()))
-        .await?;
+    super::audit::record(&state, &caller, &req, "billing.auto_top_up_updated", None, Some(answer.clone())).await?;
     Ok(HttpResponse::Ok().json(answer))
 }
 

@@ -218,8 +218,7 @@ pub(crate) async fn delete(
     let org = caller.require(Scope::Execute)?;
     let id = file_id(&id)?;
     state.services.files.delete(org, &id).await?;
-    let actor = super::audit::actor(&caller, &req);
-    state.services.identity.record(Some(org), &actor, "file.deleted", Some(id.as_str()), None).await?;
+    super::audit::record(&state, &caller, &req, "file.deleted", Some(id.as_str()), None).await?;
     Ok(HttpResponse::Ok().json(json!({ "id": id, "object": "file", "deleted": true })))
 }
 
@@ -369,8 +368,7 @@ pub(crate) async fn put_settings(
         quota_bytes: b.quota_bytes,
     };
     let answer = settings_json(&state.services.files.set_settings(org, update).await?);
-    let actor = super::audit::actor(&caller, &req);
-    state.services.identity.record(Some(org), &actor, "files.settings_updated", None, Some(answer.clone())).await?;
+    super::audit::record(&state, &caller, &req, "files.settings_updated", None, Some(answer.clone())).await?;
     Ok(HttpResponse::Ok().json(answer))
 }
 

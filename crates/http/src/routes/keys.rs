@@ -86,8 +86,7 @@ pub(crate) async fn revoke(
     let org = caller.require(Scope::Manage)?;
     let id: ApiKeyId = id.parse().map_err(|_| ApiError::new(Code::NotFound, "api key not found"))?;
     state.services.identity.revoke_api_key(org, &id).await?;
-    let actor = super::audit::actor(&caller, &req);
-    state.services.identity.record(Some(org), &actor, "api_key.revoked", Some(id.as_str()), None).await?;
+    super::audit::record(&state, &caller, &req, "api_key.revoked", Some(id.as_str()), None).await?;
     Ok(HttpResponse::Ok().json(json!({ "object": "api_key", "id": id, "revoked": true })))
 }
 
@@ -118,8 +117,7 @@ pub(crate) async fn rotate(
     let grace = std::time::Duration::from_secs(body.grace_period_secs.unwrap_or(DEFAULT_GRACE_SECS));
     let (key, token, until) = state.services.identity.rotate_api_key(org, &id, grace).await?;
     let details = json!({ "grace_period_secs": grace.as_secs() });
-    let actor = super::audit::actor(&caller, &req);
-    state.services.identity.record(Some(org), &actor, "api_key.rotated", Some(id.as_str()), Some(details)).await?;
+    super::audit::record(&state, &caller, &req, "api_key.rotated", Some(id.as_str()), Some(details)).await?;
     let mut answer = key_json(&key);
     if let Some(obj) = answer.as_object_mut() {
         obj.insert("token".into(), json!(token));

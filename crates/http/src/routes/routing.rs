@@ -69,7 +69,6 @@ pub(crate) async fn put(
         fallbacks: Arc::new(put.fallbacks),
     };
     state.services.executor.set_routing(org, r.clone()).await?;
-    let actor = super::audit::actor(&caller, &req);
-    state.services.identity.record(Some(org), &actor, "routing.preferences_updated", None, Some(body(&r))).await?;
+    super::audit::record(&state, &caller, &req, "routing.preferences_updated", None, Some(body(&r))).await?;
     Ok(HttpResponse::Ok().json(body(&r)))
 }

@@ -100,12 +100,8 @@ pub(crate) async fn create(
     let b: CreateBody = payload.json().await?;
     let new = NewEndpoint { url: b.url, description: b.description, event_types: b.event_types };
     let (endpoint, secret) = state.services.webhooks.create_endpoint(org, new).await?;
-    let actor = super::audit::actor(&caller, &req);
     let details = json!({ "url": endpoint.url, "event_types": endpoint.event_types });
-    state
-        .services
-        .identity
-        .record(Some(org), &actor, "webhook_endpoint.created", Some(endpoint.id.as_str()), Some(details))
+    super::audit::record(&state, &caller, &req, "webhook_endpoint.created", Some(endpoint.id.as_str()), Some(details))
         .await?;
     Ok(HttpResponse::Created().json(with(endpoint_json(&endpoint), "secret", json!(secret))))
 }
@@ -149,11 +145,7 @@ pub(crate) async fn update(
         EndpointUpdate { url: b.url, description: b.description, event_types: b.event_types, enabled: b.enabled };
     let endpoint = state.services.webhooks.update_endpoint(org, &id, update).await?;
     let answer = endpoint_json(&endpoint);
-    let actor = super::audit::actor(&caller, &req);
-    state
-        .services
-        .identity
-        .record(Some(org), &actor, "webhook_endpoint.updated", Some(id.as_str()), Some(answer.clone()))
+    super::audit::record(&state, &caller, &req, "webhook_endpoint.updated", Some(id.as_str()), Some(answer.clone()))
         .await?;
     Ok(HttpResponse::Ok().json(answer))
 }
@@ -168,8 +160,7 @@ pub(crate) async fn delete(
     let org = caller.require(Scope::Manage)?;
     let id = endpoint_id(&id)?;
     state.services.webhooks.delete_endpoint(org, &id).await?;
-    let actor = super::audit::actor(&caller, &req);
-    state.services.identity.record(Some(org), &actor, "webhook_endpoint.deleted", Some(id.as_str()), None).await?;
+    super::audit::record(&state, &caller, &req, "webhook_endpoint.deleted", Some(id.as_str()), None).await?;
     Ok(HttpResponse::Ok().json(json!({ "id": id, "object": "webhook_endpoint", "deleted": true })))
 }
 
@@ -198,12 +189,8 @@ pub(crate) async fn rotate(
     }
     let (endpoint, secret) =
         state.services.webhooks.rotate_secret(org, &id, std::time::Duration::from_secs(grace)).await?;
-    let actor = super::audit::actor(&caller, &req);
     let details = json!({ "grace_period_secs": grace });
-    state
-        .services
-        .identity
-        .record(Some(org), &actor, "webhook_endpoint.secret_rotated", Some(id.as_str()), Some(details))
+    super::audit::record(&state, &caller, &req, "webhook_endpoint.secret_rotated", Some(id.as_str()), Some(details))
         .await?;
     Ok(HttpResponse::Ok().json(with(endpoint_json(&endpoint), "secret", json!(secret))))
 }
