@@ -574,7 +574,8 @@ impl Files {
         let Some(quota) = quota else {
             return Ok((self.config.max_upload_bytes, None));
         };
-        let used = self.usage(org).await?.bytes;
+        // The settings were read by the caller: only the bytes here.
+        let (used, _) = self.stored(org).await?;
         if used >= quota {
             return Err(FileError::QuotaExceeded { quota, used });
         }
@@ -892,6 +893,12 @@ impl Files {
     /// # Errors
     /// A database failure.
     pub async fn usage(&self, org: &OrgId) -> Result<Usage, FileError> {
+        let (bytes, files) = self.stored(org).await?;
+        Ok(Usage { bytes, files, quota_bytes: self.settings(org).await?.quota_bytes })
+    }
+
+    /// Bytes and files `org` keeps.
+    async fn stored(&self, org: &OrgId) -> Result<(u64, u64), FileError> {
         use diesel::dsl::{count_star, sql};
         use diesel::sql_types::{BigInt, Nullable};
         // PostgreSQL's SUM of a BIGINT is NUMERIC: cast it back.
@@ -900,12 +907,7 @@ impl Files {
             .select((sql::<Nullable<BigInt>>("CAST(SUM(size_bytes) AS BIGINT)"), count_star()))
             .first(conn)
             .await)?;
-        let quota = self.settings(org).await?.quota_bytes;
-        Ok(Usage {
-            bytes: u64::try_from(bytes.unwrap_or_default()).unwrap_or_default(),
-            files: u64::try_from(count).unwrap_or_default(),
-            quota_bytes: quota,
-        })
+        Ok((u64::try_from(bytes.unwrap_or_default()).unwrap_or_default(), u64::try_from(count).unwrap_or_default()))
     }
 
     /// An org's file settings (the defaults where it chose none).

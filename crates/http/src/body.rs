@@ -97,6 +97,29 @@ impl StreamStop {
     }
 }
 
+/// A body over `limit` bytes (the connection is closed: the rest is unread).
+fn too_large(limit: impl std::fmt::Display) -> ApiError {
+    ApiError::new(Code::PayloadTooLarge, format!("the request body exceeds {limit} bytes")).closing()
+}
+
+/// Every place among the bodies being received is taken.
+fn overloaded() -> ApiError {
+    ApiError::new(Code::Overloaded, "too many request bodies are arriving at once; retry shortly").closing()
+}
+
+/// A body below the policy's minimum rate after its grace period.
+fn too_slow(policy: &BodyPolicy) -> ApiError {
+    ApiError::new(
+        Code::RequestTimeout,
+        format!(
+            "the request body arrived too slowly (under {} bytes per second after {} ms)",
+            policy.min_bytes_per_sec,
+            policy.grace.as_millis()
+        ),
+    )
+    .closing()
+}
+
 fn is_json(content_type: &str) -> bool {
     let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
     essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
@@ -194,13 +217,10 @@ impl Body {
     > {
         let policy = self.policy()?;
         if declared_length(&self.req).is_some_and(|n| n > limit) {
-            return Err(
-                ApiError::new(Code::PayloadTooLarge, format!("the request body exceeds {limit} bytes")).closing()
-            );
+            return Err(too_large(limit));
         }
         let Ok(place) = Arc::clone(&policy.pending).try_acquire_owned() else {
-            return Err(ApiError::new(Code::Overloaded, "too many request bodies are arriving at once; retry shortly")
-                .closing());
+            return Err(overloaded());
         };
         let stop = StreamStop::default();
         let slot = stop.clone();
@@ -221,17 +241,7 @@ impl Body {
                 let next = match policy.deadline(started, received) {
                     Some(deadline) => match tokio::time::timeout_at(deadline, payload.next()).await {
                         Ok(next) => next,
-                        Err(_) => {
-                            let e = ApiError::new(
-                                Code::RequestTimeout,
-                                format!(
-                                    "the request body arrived too slowly (under {} bytes per second after {} ms)",
-                                    policy.min_bytes_per_sec,
-                                    policy.grace.as_millis()
-                                ),
-                            );
-                            return Some((fail(e.closing()), (payload, received, place, true)));
-                        }
+                        Err(_) => return Some((fail(too_slow(&policy)), (payload, received, place, true))),
                     },
                     None => payload.next().await,
                 };
@@ -239,9 +249,7 @@ impl Body {
                     Ok(chunk) => {
                         let received = received + chunk.len();
                         if u64::try_from(received).unwrap_or(u64::MAX) > limit {
-                            let e =
-                                ApiError::new(Code::PayloadTooLarge, format!("the request body exceeds {limit} bytes"));
-                            return Some((fail(e.closing()), (payload, received, place, true)));
+                            return Some((fail(too_large(limit)), (payload, received, place, true)));
                         }
                         Some((Ok(chunk), (payload, received, place, false)))
                     }
@@ -258,39 +266,29 @@ impl Body {
     }
 
     async fn read(mut self, policy: &BodyPolicy, limit: usize) -> Result<Bytes, ApiError> {
-        let too_large = || ApiError::new(Code::PayloadTooLarge, format!("the request body exceeds {limit} bytes"));
         if declared_length(&self.req).is_some_and(|n| n > u64::try_from(limit).unwrap_or(u64::MAX)) {
-            return Err(too_large().closing());
+            return Err(too_large(limit));
         }
         if !has_body(&self.req) {
             return Ok(Bytes::new());
         }
         let Ok(_place) = Arc::clone(&policy.pending).try_acquire_owned() else {
-            return Err(ApiError::new(Code::Overloaded, "too many request bodies are arriving at once; retry shortly")
-                .closing());
+            return Err(overloaded());
         };
         let started = Instant::now();
         let mut body = BytesMut::new();
         loop {
             let next = match policy.deadline(started, body.len()) {
-                Some(deadline) => tokio::time::timeout_at(deadline, self.payload.next()).await.map_err(|_| {
-                    ApiError::new(
-                        Code::RequestTimeout,
-                        format!(
-                            "the request body arrived too slowly (under {} bytes per second after {} ms)",
-                            policy.min_bytes_per_sec,
-                            policy.grace.as_millis()
-                        ),
-                    )
-                    .closing()
-                })?,
+                Some(deadline) => {
+                    tokio::time::timeout_at(deadline, self.payload.next()).await.map_err(|_| too_slow(policy))?
+                }
                 None => self.payload.next().await,
             };
             let Some(chunk) = next else { break };
             let chunk = chunk
                 .map_err(|e| ApiError::new(Code::InvalidRequest, format!("could not read the request body: {e}")))?;
             if body.len() + chunk.len() > limit {
-                return Err(too_large().closing());
+                return Err(too_large(limit));
             }
             body.extend_from_slice(&chunk);
         }
