@@ -8,6 +8,9 @@
 //! | `mail.deliver` | mail | sends what waits in the email outbox (each email claimed, so never twice) | on every queued email, and every 30 s for retries |
 //! | `webhooks.deliver` | webhooks | one attempt of a webhook delivery (claimed, so never sent twice at once); when the schedule runs out the org's owners and admins are emailed once per failing period | at once for every event, and for every retry come due |
 //! | `webhooks.retry_due` | default | queues `webhooks.deliver` for deliveries whose retry is due (or whose first job was lost) | every `[webhooks] retry_poll_secs` |
+//! | `executions.run` | executions | runs a queued asynchronous execution: a chat streams into its record; an asynchronous provider is given it (then `executions.poll` is queued for when no callback came) | at every submission (one per execution) |
+//! | `executions.poll` | executions | polls the asynchronous provider that has an execution; past the deadline, asks it to cancel | when a provider took an execution, then every `poll_every_secs` until it ends |
+//! | `executions.orphans` | default | queues the run or poll of asynchronous executions a stop left without a job, and sends end events a stop left unsent | every `[executions] orphan_sweep_secs` |
 //! | `files.sweep` | default | deletes files whose time-to-live lapsed (row, then object; in batches until none is left), then objects a crash left without a row | every `[files] sweep_interval_secs` |
 //!
 //! Every handler may run twice for one job (delivery is at least once):
@@ -19,7 +22,7 @@ use std::time::Duration;
 
 use modelroute_identity::Identity;
 use modelroute_jobs::{Failure, JobError, NewJob, Periodic, Queue, Registry};
-use modelroute_types::{OrgId, WebhookDeliveryId, time};
+use modelroute_types::{ExecutionId, OrgId, WebhookDeliveryId, time};
 use modelroute_webhooks::{Attempted, Webhooks};
 
 use crate::{Services, Settings};
@@ -36,6 +39,8 @@ pub const SWEEP_FILES: &str = "files.sweep";
 pub const DELIVER_WEBHOOK: &str = "webhooks.deliver";
 /// Queues the webhook deliveries whose retry is due.
 pub const RETRY_WEBHOOKS: &str = "webhooks.retry_due";
+
+pub use crate::asynchronous::{POLL_EXECUTION, RUN_EXECUTION, SWEEP_EXECUTIONS};
 
 /// How often the outbox is looked at without a new email (retries).
 const MAIL_EVERY: Duration = Duration::from_secs(30);
@@ -97,6 +102,42 @@ pub(crate) fn registry(services: &Services, lease: Duration) -> Registry {
             Ok(())
         }
     });
+    for kind in [RUN_EXECUTION, POLL_EXECUTION] {
+        let (executor, queue) = (services.executor.clone(), services.queue.clone());
+        registry.on(kind, move |job| {
+            let (executor, queue) = (executor.clone(), queue.clone());
+            async move {
+                let id: ExecutionId = job
+                    .payload
+                    .get("execution")
+                    .and_then(serde_json::Value::as_str)
+                    .map(|s| ExecutionId::from_trusted(s.to_owned()))
+                    .ok_or_else(|| Failure::Fatal("no execution id".into()))?;
+                let ran = if kind == RUN_EXECUTION {
+                    Box::pin(executor.run_queued(&id)).await
+                } else {
+                    Box::pin(executor.poll_remote(&id)).await
+                };
+                crate::asynchronous::after_run(&queue, &id, ran.map_err(|e| retry(&e))?).await;
+                Ok(())
+            }
+        });
+    }
+    let (executor, queue) = (services.executor.clone(), services.queue.clone());
+    let orphan_grace = Duration::from_secs(services.executions_config.orphan_sweep_secs.max(1));
+    registry.on(SWEEP_EXECUTIONS, move |_| {
+        let (executor, queue) = (executor.clone(), queue.clone());
+        async move {
+            let orphans = executor.orphans(orphan_grace).await.map_err(|e| retry(&e))?;
+            for id in orphans.run {
+                crate::asynchronous::queue_run(&queue, &ExecutionId::from_trusted(id)).await;
+            }
+            for id in orphans.poll {
+                crate::asynchronous::queue_poll(&queue, &ExecutionId::from_trusted(id), Duration::ZERO).await;
+            }
+            Ok(())
+        }
+    });
     let files = services.files.clone();
     registry.on(SWEEP_FILES, move |_| {
         let files = files.clone();
@@ -131,6 +172,7 @@ pub(crate) fn periodics(settings: &Settings, mail: bool) -> Result<Vec<Periodic>
         periodic(CHECK_BALANCES, Duration::from_secs(settings.billing.stripe.check_interval_secs.max(1)), "default")?,
         periodic(SWEEP_FILES, Duration::from_secs(settings.files.sweep_interval_secs.max(1)), "default")?,
         periodic(RETRY_WEBHOOKS, Duration::from_secs(settings.webhooks.retry_poll_secs.max(1)), "default")?,
+        periodic(SWEEP_EXECUTIONS, Duration::from_secs(settings.executions.orphan_sweep_secs.max(1)), "default")?,
     ];
     if mail {
         all.push(periodic(DELIVER_MAIL, MAIL_EVERY, "mail")?);

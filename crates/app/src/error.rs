@@ -39,6 +39,9 @@ pub enum AppError {
     /// The job queue.
     #[error(transparent)]
     Jobs(#[from] modelroute_jobs::JobError),
+    /// Executions.
+    #[error(transparent)]
+    Execution(#[from] modelroute_executions::ExecutionError),
 }
 
 impl modelroute_types::ErrorCode for AppError {
@@ -53,6 +56,7 @@ impl modelroute_types::ErrorCode for AppError {
             Self::Ledger(e) => e.code(),
             Self::Routing(e) => e.code(),
             Self::Jobs(e) => e.code(),
+            Self::Execution(e) => e.code(),
             // Configuration: the server's, never a client's.
             Self::Providers(_) | Self::RateLimits(_) => Code::Internal,
         }
@@ -67,6 +71,7 @@ impl modelroute_types::ErrorCode for AppError {
             Self::Ledger(e) => e.param(),
             Self::Routing(e) => e.param(),
             Self::Jobs(e) => e.param(),
+            Self::Execution(e) => e.param(),
             Self::Db(_) | Self::Providers(_) | Self::RateLimits(_) => None,
         }
     }

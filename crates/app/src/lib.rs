@@ -16,6 +16,7 @@
 //! internal team can run the platform from this crate alone:
 //! `cargo run -p modelroute-app --example embedded`.
 
+mod asynchronous;
 pub mod background;
 mod error;
 mod notify;
@@ -23,6 +24,7 @@ mod services;
 pub mod settings;
 mod worker;
 
+pub use asynchronous::{EXECUTION_EVENTS, ExecutionView, NewExecution, SubmittedExecution};
 pub use error::AppError;
 pub use services::{BootstrapReport, NewKey, Services, routes_of};
 pub use settings::{BootstrapConfig, ServerConfig, Settings, SettingsError};

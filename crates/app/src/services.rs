@@ -46,6 +46,8 @@ pub struct Services {
     pub providers: Arc<ProviderRegistry>,
     /// Whether this start generated the server secret.
     pub generated_secret: bool,
+    /// `[executions]`: asynchronous executions' limits.
+    pub executions_config: modelroute_executions::ExecutionsConfig,
 }
 
 /// What first start on an empty database created.
@@ -140,7 +142,7 @@ impl Services {
         let notifier = Arc::new(crate::notify::EmailNotifier::new(identity.clone(), webhooks.clone(), queue.clone()));
         let billing = Billing::new(pool.clone(), ledger.clone(), settings.billing.clone(), notifier)
             .map_err(AppError::Billing)?;
-        Ok(Self {
+        let services = Self {
             pool,
             identity,
             ledger,
@@ -152,7 +154,11 @@ impl Services {
             catalogue,
             providers,
             generated_secret,
-        })
+            executions_config: settings.executions.clone(),
+        };
+        let callback_base = settings.executions.callback_url.as_deref().unwrap_or(&settings.identity.public_url);
+        services.hook_async(callback_base);
+        Ok(services)
     }
 
     /// Creates an org — with `owner` as its owner when a person creates it,

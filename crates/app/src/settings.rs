@@ -46,6 +46,8 @@ pub struct Settings {
     pub files: modelroute_files::FilesConfig,
     /// `[webhooks]`: deliveries, retries, where endpoints may point.
     pub webhooks: modelroute_webhooks::WebhooksConfig,
+    /// `[executions]`: asynchronous executions' deadlines, waits, callbacks.
+    pub executions: modelroute_executions::ExecutionsConfig,
 }
 
 impl Default for Settings {
@@ -64,6 +66,7 @@ impl Default for Settings {
             jobs: modelroute_jobs::JobsConfig::default(),
             files: modelroute_files::FilesConfig::default(),
             webhooks: modelroute_webhooks::WebhooksConfig::default(),
+            executions: modelroute_executions::ExecutionsConfig::default(),
         }
     }
 }

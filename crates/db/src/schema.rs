@@ -18,6 +18,19 @@ diesel::table! {
 }
 
 diesel::table! {
+    async_executions (execution_id) {
+        execution_id -> Text,
+        request -> Text,
+        deadline_at -> Timestamp,
+        output -> Nullable<Text>,
+        webhook_url -> Nullable<Text>,
+        webhook_events -> Nullable<Text>,
+        cancel_requested_at -> Nullable<Timestamp>,
+        notified_status -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
     audit_events (id) {
         id -> Text,
         org_id -> Nullable<Text>,
@@ -65,6 +78,16 @@ diesel::table! {
 }
 
 diesel::table! {
+    execution_idempotency (org_id, idempotency_key) {
+        org_id -> Text,
+        idempotency_key -> Text,
+        request_hash -> Text,
+        execution_id -> Nullable<Text>,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
     executions (id) {
         id -> Text,
         org_id -> Text,
@@ -91,6 +114,7 @@ diesel::table! {
         price_version -> Nullable<Text>,
         request_price -> Nullable<BigInt>,
         settlement_entry_id -> Nullable<Text>,
+        mode -> Text,
     }
 }
 
@@ -273,6 +297,33 @@ diesel::table! {
 }
 
 diesel::table! {
+    provider_callbacks (id) {
+        id -> Text,
+        received_at -> Timestamp,
+        provider -> Text,
+        execution_id -> Nullable<Text>,
+        webhook_id -> Nullable<Text>,
+        verified -> Bool,
+        outcome -> Text,
+        payload_sha256 -> Text,
+    }
+}
+
+diesel::table! {
+    provider_tasks (id) {
+        id -> Text,
+        execution_id -> Text,
+        provider -> Text,
+        route_id -> Text,
+        token_hash -> Text,
+        remote_id -> Nullable<Text>,
+        status -> Text,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
     sessions (id) {
         id -> Text,
         token_hash -> Text,
@@ -355,6 +406,7 @@ diesel::table! {
         last_error -> Nullable<Text>,
         created_at -> Timestamp,
         delivered_at -> Nullable<Timestamp>,
+        execution_id -> Nullable<Text>,
     }
 }
 
@@ -374,13 +426,17 @@ diesel::table! {
         alerted_at -> Nullable<Timestamp>,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        per_execution -> Bool,
     }
 }
 
 diesel::joinable!(api_keys -> projects (project_id));
 diesel::joinable!(api_keys -> orgs (org_id));
+diesel::joinable!(async_executions -> executions (execution_id));
 diesel::joinable!(audit_events -> orgs (org_id));
 diesel::joinable!(billing_settings -> orgs (org_id));
+diesel::joinable!(execution_idempotency -> executions (execution_id));
+diesel::joinable!(execution_idempotency -> orgs (org_id));
 diesel::joinable!(executions -> ledger_holds (hold_id));
 diesel::joinable!(executions -> api_keys (api_key_id));
 diesel::joinable!(executions -> projects (project_id));
@@ -399,6 +455,7 @@ diesel::joinable!(memberships -> orgs (org_id));
 diesel::joinable!(org_file_settings -> orgs (org_id));
 diesel::joinable!(org_routing -> orgs (org_id));
 diesel::joinable!(projects -> orgs (org_id));
+diesel::joinable!(provider_tasks -> executions (execution_id));
 diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(user_identities -> users (user_id));
 diesel::joinable!(user_tokens -> users (user_id));
@@ -409,9 +466,11 @@ diesel::joinable!(webhook_endpoints -> orgs (org_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     api_keys,
+    async_executions,
     audit_events,
     billing_settings,
     email_outbox,
+    execution_idempotency,
     executions,
     files,
     invitations,
@@ -428,6 +487,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     org_routing,
     orgs,
     projects,
+    provider_callbacks,
+    provider_tasks,
     sessions,
     stripe_events,
     user_identities,

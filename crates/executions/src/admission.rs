@@ -13,7 +13,7 @@ use modelroute_routing::{
 use modelroute_types::{ExecutionId, failpoint, time};
 
 use crate::attempts::{ChainLink, DecisionRecord};
-use crate::executor::{Caller, Executor};
+use crate::executor::{Caller, Executor, RouteTable};
 use crate::leases::Lease;
 use crate::preferences::MAX_FALLBACKS;
 use crate::record::ExecutionRow;
@@ -60,8 +60,13 @@ pub(crate) struct Admitted {
     pub(crate) decision: DecisionRecord,
     /// The execution record's insert, until it has been awaited.
     pub(crate) recording: Option<tokio::task::JoinHandle<Result<(), ExecutionError>>>,
-    /// Keeps the hold from expiring while the execution runs.
-    pub(crate) _lease: Lease,
+    /// Keeps the hold from expiring while the execution runs (none for an
+    /// asynchronous execution: its hold lasts until its deadline).
+    pub(crate) _lease: Option<Lease>,
+    /// Keep the answer's text for the record (asynchronous executions).
+    pub(crate) keep_output: bool,
+    /// The answer's text, when kept.
+    pub(crate) output: Option<String>,
     /// Whether the answer streams.
     pub(crate) stream: bool,
     /// Every attempt and wait happens before this (`[routing.retry] deadline_ms`).
@@ -142,14 +147,29 @@ fn plan_chain(
     Ok(Planned { plan: first.decision, fallback_plans, chain, candidates, covered })
 }
 
+/// How an execution is admitted.
+pub(crate) enum AdmitAs<'a> {
+    /// Answered in the request: `running` at once, its hold on a renewed lease.
+    Now {
+        /// Whether the answer streams.
+        stream: bool,
+    },
+    /// Submitted to run later: `queued`, its hold lasting until `hold_until`.
+    Queued(&'a crate::queued::QueuedFields),
+}
+
 impl<L: Ledger + 'static> Executor<L> {
-    /// Plans, holds and records. Writes nothing unless the hold succeeds.
-    pub(crate) async fn admit(
+    /// The plan of `request` for `caller`: the org's preferences narrowed
+    /// by the request's, the model and its fallbacks. With `unstreamed`,
+    /// routes that do not stream serve when no streaming one can (an
+    /// asynchronous execution runs on them without).
+    async fn plan_request(
         &self,
         caller: &Caller,
         request: &ChatRequest,
         stream: bool,
-    ) -> Result<Admitted, ExecutionError> {
+        unstreamed: bool,
+    ) -> Result<(Planned, Arc<RouteTable>), ExecutionError> {
         if request.messages.is_empty() {
             return Err(ExecutionError::InvalidRequest {
                 param: "messages",
@@ -166,7 +186,76 @@ impl<L: Ledger + 'static> Executor<L> {
         } else {
             caller.fallback_models.as_slice()
         };
-        let planned = plan_chain(&table.catalogue, &request.model, fallbacks, &profile, &inner.health)?;
+        let planned = match plan_chain(&table.catalogue, &request.model, fallbacks, &profile, &inner.health) {
+            // An asynchronous provider's routes do not stream; a queued
+            // execution runs on them without.
+            Err(ExecutionError::Routing(RoutingError::NoRoute { .. })) if unstreamed => {
+                let profile = RequestProfile { stream: false, ..profile };
+                plan_chain(&table.catalogue, &request.model, fallbacks, &profile, &inner.health)?
+            }
+            other => other?,
+        };
+        Ok((planned, table))
+    }
+
+    /// An admitted state for a recorded asynchronous execution about to
+    /// run: a fresh plan (the route table may have changed since it was
+    /// submitted) of the routes its `hold` covers.
+    pub(crate) async fn plan_for(
+        &self,
+        caller: &Caller,
+        request: &ChatRequest,
+        hold: Hold,
+        id: ExecutionId,
+        created_at: NaiveDateTime,
+    ) -> Result<Admitted, ExecutionError> {
+        let (planned, table) = self.plan_request(caller, request, true, true).await?;
+        self.keep_probing();
+        let candidates: Vec<Candidate> =
+            planned.candidates.into_iter().filter(|c| c.worst_case <= hold.amount).collect();
+        if candidates.is_empty() {
+            return Err(ExecutionError::Upstream {
+                canonical: modelroute_routing::CanonicalError::Overloaded,
+                message: "no route of this model fits the execution's hold any more".into(),
+                client_status: None,
+            });
+        }
+        Ok(Admitted {
+            price_version: table.catalogue.price_version().to_owned(),
+            providers: Arc::clone(&table.providers),
+            id,
+            created_at,
+            hold,
+            candidates,
+            decision: DecisionRecord {
+                plan: planned.plan,
+                chain: planned.chain,
+                fallback_plans: planned.fallback_plans,
+                attempts: Vec::new(),
+            },
+            recording: None,
+            _lease: None,
+            keep_output: true,
+            output: None,
+            stream: true,
+            deadline: tokio::time::Instant::now() + std::time::Duration::from_millis(self.inner.retry.deadline_ms),
+        })
+    }
+
+    /// Plans, holds and records. Writes nothing unless the hold succeeds.
+    pub(crate) async fn admit(
+        &self,
+        caller: &Caller,
+        request: &ChatRequest,
+        admit_as: AdmitAs<'_>,
+    ) -> Result<Admitted, ExecutionError> {
+        let (stream, queued) = match admit_as {
+            AdmitAs::Now { stream } => (stream, None),
+            // Queued executions stream when they run (output as it comes).
+            AdmitAs::Queued(fields) => (true, Some(fields)),
+        };
+        let (planned, table) = self.plan_request(caller, request, stream, queued.is_some()).await?;
+        let inner = &self.inner;
         inner.budget.deposit();
         let first = planned.candidates.as_slice().first().ok_or(ExecutionError::ProviderMissing)?.clone();
         let id = ExecutionId::new();
@@ -179,7 +268,7 @@ impl<L: Ledger + 'static> Executor<L> {
             amount,
             reference: id.to_string(),
             idempotency_key: Some(format!("execution:{id}")),
-            expires_in: Some(inner.leases.lease()),
+            expires_in: Some(queued.map_or_else(|| inner.leases.lease(), |q| q.hold_for)),
         };
         let hold = match inner.ledger.hold(hold_for(cover)).await {
             Err(LedgerError::InsufficientBalance { .. }) if cover > first.worst_case => {
@@ -187,8 +276,13 @@ impl<L: Ledger + 'static> Executor<L> {
             }
             other => other?,
         };
-        let lease = inner.leases.take(hold.id.clone());
-        self.keep_leases();
+        let lease = if queued.is_some() {
+            None
+        } else {
+            let lease = inner.leases.take(hold.id.clone());
+            self.keep_leases();
+            Some(lease)
+        };
         self.keep_probing();
         failpoint("executions.after_hold");
         let candidates: Vec<Candidate> =
@@ -207,8 +301,11 @@ impl<L: Ledger + 'static> Executor<L> {
             api_key_id: caller.api_key_id.to_string(),
             model: request.model.clone(),
             route_id: Some(first.route.public_id.clone()),
-            status: ExecutionStatus::Running.as_str().to_owned(),
-            stream,
+            status: if queued.is_some() { ExecutionStatus::Queued } else { ExecutionStatus::Running }
+                .as_str()
+                .to_owned(),
+            // A queued execution's answer goes into its record, not to a client.
+            stream: stream && queued.is_none(),
             hold_id: Some(hold.id.to_string()),
             hold_amount: hold.amount.units(),
             cost: None,
@@ -219,13 +316,14 @@ impl<L: Ledger + 'static> Executor<L> {
             error_message: None,
             decision: serde_json::to_string(&decision).ok(),
             created_at: now,
-            started_at: Some(now),
+            started_at: queued.is_none().then_some(now),
             finished_at: None,
             input_price: None,
             output_price: None,
             price_version: None,
             request_price: None,
             settlement_entry_id: None,
+            mode: if queued.is_some() { "async" } else { "sync" }.to_owned(),
         };
         // The record is written while the provider is called: the hold is
         // already placed (the admission decision), and nothing reaches the
@@ -242,6 +340,8 @@ impl<L: Ledger + 'static> Executor<L> {
             decision,
             recording: Some(recording),
             _lease: lease,
+            keep_output: queued.is_some(),
+            output: None,
             stream,
             deadline: tokio::time::Instant::now() + std::time::Duration::from_millis(inner.retry.deadline_ms),
         })

@@ -110,6 +110,11 @@ impl Admitted {
         serde_json::to_string(&self.decision).ok()
     }
 
+    /// The answer's text as the record keeps it (`{"text": …}`), when kept.
+    pub(crate) fn output_json(&self) -> Option<String> {
+        self.output.as_ref().map(|text| serde_json::json!({ "text": text }).to_string())
+    }
+
     /// Appends a try.
     pub(crate) fn record_attempt(&mut self, candidate: &Candidate, failure: Option<CanonicalError>) {
         self.record_attempt_with(candidate, failure, |_| {});

@@ -46,6 +46,18 @@ pub enum ExecutionError {
     /// The execution task died (a bug).
     #[error("the execution task failed")]
     TaskFailed,
+    /// The `Idempotency-Key` was used before with another request.
+    #[error("this Idempotency-Key was already used with a different request")]
+    IdempotencyMismatch,
+    /// The first request with this `Idempotency-Key` is still being admitted.
+    #[error("a request with this Idempotency-Key is still being admitted; retry shortly")]
+    IdempotencyInProgress,
+    /// The execution's deadline passed.
+    #[error("the execution's deadline passed before it finished")]
+    DeadlineExceeded,
+    /// The customer canceled it.
+    #[error("the execution was canceled")]
+    Canceled,
     /// The data layer failed.
     #[error(transparent)]
     Db(#[from] DbError),
@@ -73,7 +85,10 @@ impl ErrorCode for ExecutionError {
                 CanonicalError::InvalidRequest => Code::InvalidRequest,
                 CanonicalError::AuthFailed | CanonicalError::UpstreamError => Code::UpstreamError,
             },
-            Self::ClientClosed => Code::Canceled,
+            Self::ClientClosed | Self::Canceled => Code::Canceled,
+            Self::IdempotencyMismatch => Code::IdempotencyConflict,
+            Self::IdempotencyInProgress => Code::Conflict,
+            Self::DeadlineExceeded => Code::DeadlineExceeded,
             Self::ProviderMissing | Self::TaskFailed => Code::Internal,
             Self::Db(e) => e.code(),
         }

@@ -4,7 +4,7 @@ use std::time::Duration;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use modelroute_db::schema::executions;
+use modelroute_db::schema::{async_executions, executions};
 use modelroute_db::{DbPool, db_run};
 use modelroute_ledger::Ledger;
 use modelroute_providers::{
@@ -14,9 +14,10 @@ use modelroute_routing::{Catalogue, ErrorRules, Health, Preferences, RetryBudget
 use modelroute_types::{ApiKeyId, ExecutionId, Money, OrgId, ProjectId, failpoint, time};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::admission::AdmitAs;
 use crate::leases::{KeeperRunning, Leases};
 use crate::preferences::{MAX_FALLBACKS, OrgRouting, PreferenceStore, RequestPreferences};
-use crate::record::ExecutionRow;
+use crate::record::{AsyncRow, ExecutionRow};
 use crate::{Execution, ExecutionError, ExecutionStatus};
 
 /// Who is paying for an execution.
@@ -106,6 +107,33 @@ pub struct Executor<L> {
     pub(crate) inner: Arc<Inner<L>>,
 }
 
+/// An executor that does not keep it alive (for what the executor itself
+/// holds, such as its event hooks).
+#[derive(Debug)]
+pub struct WeakExecutor<L>(std::sync::Weak<Inner<L>>);
+
+impl<L> Clone for WeakExecutor<L> {
+    fn clone(&self) -> Self {
+        Self(std::sync::Weak::clone(&self.0))
+    }
+}
+
+impl<L> WeakExecutor<L> {
+    /// The executor, while it lives.
+    #[must_use]
+    pub fn upgrade(&self) -> Option<Executor<L>> {
+        self.0.upgrade().map(|inner| Executor { inner })
+    }
+}
+
+impl<L> Executor<L> {
+    /// A reference that does not keep the executor alive.
+    #[must_use]
+    pub fn downgrade(&self) -> WeakExecutor<L> {
+        WeakExecutor(Arc::downgrade(&self.inner))
+    }
+}
+
 impl<L> Clone for Executor<L> {
     fn clone(&self) -> Self {
         Self { inner: Arc::clone(&self.inner) }
@@ -129,6 +157,8 @@ pub(crate) struct Inner<L> {
     pub(crate) breaker_probes: bool,
     /// Whether the prober runs.
     pub(crate) prober: Arc<std::sync::atomic::AtomicBool>,
+    /// Asynchronous executions' hooks and in-process signals.
+    pub(crate) asynchronous: crate::queued::AsyncState,
 }
 
 /// The catalogue and the providers its routes name: replaced together.
@@ -168,6 +198,7 @@ impl<L: Ledger + 'static> Executor<L> {
                 leases: Arc::new(Leases::new(DEFAULT_HOLD_LEASE)),
                 breaker_probes,
                 prober: Arc::default(),
+                asynchronous: crate::queued::AsyncState::default(),
             }),
         }
     }
@@ -311,7 +342,7 @@ impl<L: Ledger + 'static> Executor<L> {
     }
 
     async fn run_detached(&self, caller: Caller, request: ChatRequest) -> Result<Completed, ExecutionError> {
-        let mut admitted = self.admit(&caller, &request, false).await?;
+        let mut admitted = self.admit(&caller, &request, AdmitAs::Now { stream: false }).await?;
         failpoint("executions.before_provider");
         let tried = self
             .call_routes(&mut admitted, &request, async |provider: Arc<ProviderClient>, upstream: ChatRequest, _| {
@@ -366,10 +397,11 @@ impl<L: Ledger + 'static> Executor<L> {
     /// [`ExecutionError::NotFound`] when `org` has no such execution.
     pub async fn get(&self, org: &OrgId, id: &ExecutionId) -> Result<Execution, ExecutionError> {
         let pool = &self.inner.pool;
-        let row: Option<ExecutionRow> = db_run!(pool, |conn| executions::table
+        let row: Option<(ExecutionRow, Option<AsyncRow>)> = db_run!(pool, |conn| executions::table
+            .left_join(async_executions::table)
             .filter(executions::id.eq(id.as_str()))
             .filter(executions::org_id.eq(org.as_str()))
-            .select(ExecutionRow::as_select())
+            .select((ExecutionRow::as_select(), Option::<AsyncRow>::as_select()))
             .first(conn)
             .await
             .optional())?;

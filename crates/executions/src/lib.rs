@@ -14,25 +14,35 @@
 //! bulkheads, breakers, the typed decision record), `pump` (a stream from
 //! its first event to its end, continued on another route when cut),
 //! `probes` (open routes probed on a schedule), `settlement` (settle or release, and the
-//! record), `recovery` (records a stopped server left running). `executor`
+//! record), `recovery` (records a stopped server left running), `queued`
+//! (asynchronous executions: submitted, run by a job, canceled), `remote`
+//! (asynchronous providers: callbacks, polls, the end applied once). `executor`
 //! holds the parts and the entry points.
 
 mod admission;
 mod attempts;
+mod config;
 mod error;
 mod executor;
 mod leases;
 mod preferences;
 mod probes;
 mod pump;
+mod queued;
 mod record;
 mod recovery;
+mod remote;
 mod settlement;
 mod store;
 mod usage;
 
+pub use config::ExecutionsConfig;
 pub use error::ExecutionError;
-pub use executor::{Caller, Completed, Executor, StreamItem, StreamingExecution, ToolCallChunk};
+pub use executor::{Caller, Completed, Executor, StreamItem, StreamingExecution, ToolCallChunk, WeakExecutor};
 pub use preferences::{CACHE_TTL as PREFERENCES_CACHE_TTL, Fallbacks, MAX_FALLBACKS, OrgRouting, RequestPreferences};
+pub use queued::{
+    AsyncHooks, AsyncInput, ExecutionEvent, IdempotencyKey, Orphans, OutputFile, Ran, Submission, Submitted,
+};
 pub use record::{Execution, ExecutionStatus};
+pub use remote::{CallbackError, CallbackOutcome};
 pub use usage::{ExecutionFilter, ExecutionPage, UsageFilter, UsagePage, UsageRecord};

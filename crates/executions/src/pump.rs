@@ -19,7 +19,7 @@ use modelroute_routing::Candidate;
 use modelroute_types::{ExecutionId, Money};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::admission::Admitted;
+use crate::admission::{AdmitAs, Admitted};
 use crate::attempts::{upstream_error, upstream_request};
 use crate::executor::{Caller, Executor, StreamItem, ToolCallChunk};
 use crate::settlement::cost_of;
@@ -145,17 +145,29 @@ impl<L: Ledger + 'static> Executor<L> {
         admitted_tx: oneshot::Sender<Opened>,
         tx: mpsc::Sender<StreamItem>,
     ) {
-        let mut admitted = match Box::pin(self.admit(&caller, &request, true)).await {
+        let admitted = match Box::pin(self.admit(&caller, &request, AdmitAs::Now { stream: true })).await {
             Ok(a) => a,
             Err(e) => {
                 let _ = admitted_tx.send(Err(e));
                 return;
             }
         };
+        Box::pin(self.stream_admitted(admitted, &request, admitted_tx, tx)).await;
+    }
+
+    /// An admitted stream, from its first route to its settlement. Answers
+    /// the execution as it was recorded (the answer's text in it, when kept).
+    pub(crate) async fn stream_admitted(
+        &self,
+        mut admitted: Admitted,
+        request: &ChatRequest,
+        admitted_tx: oneshot::Sender<Opened>,
+        tx: mpsc::Sender<StreamItem>,
+    ) {
         // Retry and fall back freely only until the first event: once
         // output has reached the client, only a route that continues it may
         // take over. A route whose first token is late is left for the next.
-        let opened = Box::pin(self.call_routes(&mut admitted, &request, open_stream)).await;
+        let opened = Box::pin(self.call_routes(&mut admitted, request, open_stream)).await;
         if let Err(e) = Box::pin(self.recorded(&mut admitted)).await {
             let _ = admitted_tx.send(Err(e));
             return;
@@ -174,11 +186,15 @@ impl<L: Ledger + 'static> Executor<L> {
             Box::pin(self.finish_unpaid(&admitted, &ExecutionError::ClientClosed, ExecutionStatus::Canceled)).await;
             return;
         }
-        let sent = upstream_request(&request, &candidate);
+        let sent = upstream_request(request, &candidate);
         let mut leg = Leg::new(candidate, stream, permit, &sent);
         // What earlier legs delivered, each billed at its route's prices.
         let mut billed: Vec<(Candidate, Usage)> = Vec::new();
-        let ended = Box::pin(self.pump(&mut admitted, &request, &mut leg, &mut billed, &tx)).await;
+        let mut answer = String::new();
+        let ended = Box::pin(self.pump(&mut admitted, request, &mut leg, &mut billed, &mut answer, &tx)).await;
+        if admitted.keep_output {
+            admitted.output = Some(answer);
+        }
         let (finish_reason, status, error) = match ended {
             Ended::Done { finish_reason } => (finish_reason, ExecutionStatus::Succeeded, None),
             Ended::ClientLeft => {
@@ -218,13 +234,14 @@ impl<L: Ledger + 'static> Executor<L> {
         request: &ChatRequest,
         leg: &mut Leg,
         billed: &mut Vec<(Candidate, Usage)>,
+        answer: &mut String,
         tx: &mpsc::Sender<StreamItem>,
     ) -> Ended {
         // The answer's text as the client has it, for a continuation's
-        // prefix — kept only when a route could continue it, so a stream
-        // holds no copy of its output otherwise.
+        // prefix or the record — kept only when a route could continue it
+        // or the record keeps it, so a stream holds no copy of its output otherwise.
         let continuable = admitted.candidates.iter().any(|c| c.route.continues_prefix && c.route.streaming);
-        let mut answer = String::new();
+        let keep = continuable || admitted.keep_output;
         let mut delivered_text = false;
         // A half-streamed tool call cannot be continued faithfully.
         let mut tool_calls = false;
@@ -240,7 +257,7 @@ impl<L: Ledger + 'static> Executor<L> {
                     leg.produced.add_output(&d);
                     leg.delivered = true;
                     delivered_text = true;
-                    if continuable {
+                    if keep {
                         answer.push_str(&d);
                     }
                     if tx.send(StreamItem::Delta(d)).await.is_err() {
@@ -305,7 +322,7 @@ impl<L: Ledger + 'static> Executor<L> {
             if !continuable || !delivered_text || tool_calls {
                 return Ended::Failed(error);
             }
-            match self.continuation(admitted, request, &leg.candidate, &answer, billed).await {
+            match self.continuation(admitted, request, &leg.candidate, answer, billed).await {
                 Some(next) => {
                     *leg = next;
                     original = Some(error);

@@ -2,7 +2,7 @@
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
-use modelroute_db::schema::executions;
+use modelroute_db::schema::{async_executions, executions};
 use modelroute_types::{ExecutionId, HoldId, Money};
 use serde::Serialize;
 
@@ -80,6 +80,21 @@ pub(crate) struct ExecutionRow {
     pub(crate) price_version: Option<String>,
     pub(crate) request_price: Option<i64>,
     pub(crate) settlement_entry_id: Option<String>,
+    pub(crate) mode: String,
+}
+
+/// What an asynchronous execution has besides its record.
+#[derive(Queryable, Selectable, Insertable, Clone, Debug)]
+#[diesel(table_name = async_executions)]
+pub(crate) struct AsyncRow {
+    pub(crate) execution_id: String,
+    pub(crate) request: String,
+    pub(crate) deadline_at: NaiveDateTime,
+    pub(crate) output: Option<String>,
+    pub(crate) webhook_url: Option<String>,
+    pub(crate) webhook_events: Option<String>,
+    pub(crate) cancel_requested_at: Option<NaiveDateTime>,
+    pub(crate) notified_status: Option<String>,
 }
 
 /// An execution as its org sees it. Routes appear by opaque id only.
@@ -119,12 +134,38 @@ pub struct Execution {
     pub started_at: Option<NaiveDateTime>,
     /// When it finished.
     pub finished_at: Option<NaiveDateTime>,
+    /// `sync` (answered in its request) or `async` (`POST /v1/executions`).
+    pub mode: String,
+    /// When an asynchronous execution must have ended by.
+    pub deadline_at: Option<NaiveDateTime>,
+    /// What it produced (asynchronous): `{"text": …}` or `{"files": [ids]}`.
+    pub output: Option<serde_json::Value>,
+    /// Its own webhook URL.
+    pub webhook_url: Option<String>,
+    /// The events its webhook wants (empty: all).
+    pub webhook_events: Vec<String>,
+    /// When a cancel was asked for.
+    pub cancel_requested_at: Option<NaiveDateTime>,
+    /// The org and project (for the platform's use; not rendered).
+    #[serde(skip)]
+    pub org_id: modelroute_types::OrgId,
+    /// Its project.
+    #[serde(skip)]
+    pub project_id: modelroute_types::ProjectId,
 }
 
 impl TryFrom<ExecutionRow> for Execution {
     type Error = modelroute_db::DbError;
 
     fn try_from(r: ExecutionRow) -> Result<Self, Self::Error> {
+        Self::try_from((r, None))
+    }
+}
+
+impl TryFrom<(ExecutionRow, Option<AsyncRow>)> for Execution {
+    type Error = modelroute_db::DbError;
+
+    fn try_from((r, a): (ExecutionRow, Option<AsyncRow>)) -> Result<Self, Self::Error> {
         let tokens = |t: Option<i64>| t.and_then(|t| u64::try_from(t).ok());
         Ok(Self {
             id: ExecutionId::from_trusted(r.id),
@@ -144,6 +185,18 @@ impl TryFrom<ExecutionRow> for Execution {
             created_at: r.created_at,
             started_at: r.started_at,
             finished_at: r.finished_at,
+            mode: r.mode,
+            deadline_at: a.as_ref().map(|a| a.deadline_at),
+            output: a.as_ref().and_then(|a| a.output.as_deref()).and_then(|o| serde_json::from_str(o).ok()),
+            webhook_url: a.as_ref().and_then(|a| a.webhook_url.clone()),
+            webhook_events: a
+                .as_ref()
+                .and_then(|a| a.webhook_events.as_deref())
+                .map(|e| e.split_whitespace().map(str::to_owned).collect())
+                .unwrap_or_default(),
+            cancel_requested_at: a.as_ref().and_then(|a| a.cancel_requested_at),
+            org_id: modelroute_types::OrgId::from_trusted(r.org_id),
+            project_id: modelroute_types::ProjectId::from_trusted(r.project_id),
         })
     }
 }

@@ -29,6 +29,8 @@ impl<L: Ledger + 'static> Executor<L> {
         let pool = &self.inner.pool;
         let running: Vec<(String, Option<String>)> = db_run!(pool, |conn| executions::table
             .filter(executions::status.eq(ExecutionStatus::Running.as_str()))
+            // Asynchronous executions hold until their deadline and are resumed by their jobs.
+            .filter(executions::mode.eq("sync"))
             .filter(executions::created_at.lt(before))
             .select((executions::id, executions::hold_id))
             .limit(1000)

@@ -72,6 +72,7 @@ impl<L: Ledger + 'static> Executor<L> {
                 cost,
                 id: id.clone(),
                 outcome: Box::new(outcome(None)),
+                output: admitted.output_json(),
             };
             if let Written::Settled(SettledWithin::Now(resolution)) = store::write(&self.inner.pool, both).await? {
                 failpoint("executions.after_settle");
@@ -87,7 +88,8 @@ impl<L: Ledger + 'static> Executor<L> {
             other => other?,
         };
         failpoint("executions.after_settle");
-        let finish = Write::Finish { id, outcome: Box::new(outcome(Some(&resolution))) };
+        let finish =
+            Write::Finish { id, outcome: Box::new(outcome(Some(&resolution))), output: admitted.output_json() };
         store::write(&self.inner.pool, finish).await?;
         Ok((resolution.charged, usage))
     }
@@ -141,7 +143,8 @@ impl<L: Ledger + 'static> Executor<L> {
             decision: admitted.decision_json(),
             ..Outcome::default()
         };
-        let finish = Write::Finish { id: admitted.id.to_string(), outcome: Box::new(outcome) };
+        let finish =
+            Write::Finish { id: admitted.id.to_string(), outcome: Box::new(outcome), output: admitted.output_json() };
         if let Err(e) = store::write(&self.inner.pool, finish).await {
             tracing::error!(execution_id = %admitted.id, error = %e, "recording an unpaid execution failed");
         }

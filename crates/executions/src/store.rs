@@ -11,7 +11,7 @@
 use chrono::NaiveDateTime;
 use diesel::SqliteConnection;
 use diesel::prelude::*;
-use modelroute_db::schema::executions;
+use modelroute_db::schema::{async_executions, executions};
 use modelroute_db::writer::Lane;
 use modelroute_db::{DbConn, DbError, DbPool};
 use modelroute_ledger::{SettledWithin, settle_within};
@@ -53,6 +53,8 @@ pub(crate) enum Write {
         id: String,
         /// What to write.
         outcome: Box<Outcome>,
+        /// An asynchronous execution's output, written with it.
+        output: Option<String>,
     },
     /// The hold settled for `cost` and, in the same commit, the outcome
     /// with what was charged and the settlement's entry (SQLite only:
@@ -67,6 +69,8 @@ pub(crate) enum Write {
         id: String,
         /// What to write, less the charge and the entry (left `None`).
         outcome: Box<Outcome>,
+        /// An asynchronous execution's output, written with it.
+        output: Option<String>,
     },
 }
 
@@ -109,11 +113,17 @@ impl Lane for RecordLane {
                     RunQueryDsl::execute(diesel::insert_into(executions::table).values(&**row), conn)?;
                     Written::Done
                 }
-                Write::Finish { id, outcome } => {
+                Write::Finish { id, outcome, output } => {
                     RunQueryDsl::execute(diesel::update(executions::table.find(id)).set(&**outcome), conn)?;
+                    if let Some(output) = output {
+                        RunQueryDsl::execute(
+                            diesel::update(async_executions::table.find(id)).set(async_executions::output.eq(output)),
+                            conn,
+                        )?;
+                    }
                     Written::Done
                 }
-                Write::Settle { id, outcome, .. } => {
+                Write::Settle { id, outcome, output, .. } => {
                     let Some(result) = settled.next() else {
                         return Err(ExecutionError::Db(DbError::Writer("a settlement without its outcome")));
                     };
@@ -125,6 +135,13 @@ impl Lane for RecordLane {
                         );
                         let changes = (&**outcome, charged);
                         RunQueryDsl::execute(diesel::update(executions::table.find(id)).set(changes), conn)?;
+                        if let Some(output) = output {
+                            RunQueryDsl::execute(
+                                diesel::update(async_executions::table.find(id))
+                                    .set(async_executions::output.eq(output)),
+                                conn,
+                            )?;
+                        }
                     }
                     Written::Settled(result)
                 }
@@ -149,8 +166,18 @@ pub(crate) async fn write(pool: &DbPool, write: Write) -> Result<Written, Execut
         Write::Insert(row) => {
             diesel_async::RunQueryDsl::execute(diesel::insert_into(executions::table).values(&*row), conn).await?
         }
-        Write::Finish { id, outcome } => {
-            diesel_async::RunQueryDsl::execute(diesel::update(executions::table.find(id)).set(&*outcome), conn).await?
+        Write::Finish { id, outcome, output } => {
+            let n =
+                diesel_async::RunQueryDsl::execute(diesel::update(executions::table.find(&id)).set(&*outcome), conn)
+                    .await?;
+            if let Some(output) = output {
+                diesel_async::RunQueryDsl::execute(
+                    diesel::update(async_executions::table.find(&id)).set(async_executions::output.eq(output)),
+                    conn,
+                )
+                .await?;
+            }
+            n
         }
         Write::Settle { .. } => {
             return Err(ExecutionError::Db(DbError::Writer("a settlement within the writer, on PostgreSQL")));

@@ -140,7 +140,7 @@ pub const fn status_of(code: Code) -> StatusCode {
         Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         Code::IdempotencyConflict => StatusCode::UNPROCESSABLE_ENTITY,
         Code::UpstreamError => StatusCode::BAD_GATEWAY,
-        Code::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        Code::UpstreamTimeout | Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
         Code::Overloaded | Code::DatabaseUnavailable | Code::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         Code::InvalidConfig | Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -169,6 +169,7 @@ const fn openai_type(code: Code) -> &'static str {
         Code::Overloaded | Code::RateLimited => "rate_limit_error",
         Code::UpstreamError
         | Code::UpstreamTimeout
+        | Code::DeadlineExceeded
         | Code::DatabaseUnavailable
         | Code::StorageUnavailable
         | Code::InvalidConfig

@@ -34,7 +34,13 @@ impl Default for JobsConfig {
     fn default() -> Self {
         Self {
             run_in_server: true,
-            queues: BTreeMap::from([("default".to_owned(), 8), ("mail".to_owned(), 2), ("webhooks".to_owned(), 8)]),
+            queues: BTreeMap::from([
+                ("default".to_owned(), 8),
+                ("mail".to_owned(), 2),
+                ("webhooks".to_owned(), 8),
+                // Asynchronous executions: a chat holds its slot while it streams.
+                ("executions".to_owned(), 32),
+            ]),
             lease_secs: 30,
             poll_ms: 1000,
             backoff_base_ms: 1000,

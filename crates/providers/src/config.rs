@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{BuiltinConfig, HttpConfig};
+use crate::{BuiltinConfig, HttpConfig, ReplicateConfig};
 
 /// One provider's configuration, tagged by `kind`:
 ///
@@ -23,6 +23,10 @@ use crate::{BuiltinConfig, HttpConfig};
 /// [providers.gemini]
 /// kind = "gemini"
 /// base_url = "https://generativelanguage.googleapis.com/v1beta"
+///
+/// [providers.replicate]
+/// kind = "replicate"
+/// base_url = "https://api.replicate.com/v1"
 /// ```
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -35,6 +39,8 @@ pub enum ProviderConfig {
     Anthropic(HttpConfig),
     /// Google Gemini `generateContent`.
     Gemini(HttpConfig),
+    /// Replicate-style asynchronous predictions (served by `POST /v1/executions` only).
+    Replicate(ReplicateConfig),
 }
 
 /// The `[providers]` section: providers by name. Routes name them.

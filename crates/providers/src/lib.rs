@@ -13,6 +13,7 @@ mod config;
 mod error;
 pub mod gemini;
 pub mod openai;
+pub mod replicate;
 mod transport;
 
 use std::collections::BTreeMap;
@@ -31,6 +32,9 @@ pub use config::{ProviderConfig, ProvidersConfig, default_providers};
 pub use error::{ProviderError, ProviderErrorKind};
 pub use gemini::GeminiProvider;
 pub use openai::OpenAiProvider;
+pub use replicate::{
+    CallbackRefused, Prediction, PredictionOutput, PredictionStatus, ReplicateConfig, ReplicateProvider,
+};
 pub use transport::{HttpConfig, SseParser, error_from_status};
 
 /// What every adapter does.
@@ -54,6 +58,16 @@ pub enum ProviderClient {
     Anthropic(Box<AnthropicProvider>),
     /// Google Gemini.
     Gemini(Box<GeminiProvider>),
+    /// Replicate-style asynchronous predictions: no answer within a request.
+    Replicate(Box<ReplicateProvider>),
+}
+
+/// What a synchronous call to an asynchronous provider answers.
+fn asynchronous_only() -> ProviderError {
+    ProviderError::new(
+        ProviderErrorKind::InvalidRequest,
+        "this model runs asynchronously: submit it with POST /v1/executions",
+    )
 }
 
 impl Provider for ProviderClient {
@@ -63,6 +77,7 @@ impl Provider for ProviderClient {
             Self::OpenAiCompatible(p) => p.chat(request).await,
             Self::Anthropic(p) => p.chat(request).await,
             Self::Gemini(p) => p.chat(request).await,
+            Self::Replicate(_) => Err(asynchronous_only()),
         }
     }
 
@@ -72,6 +87,7 @@ impl Provider for ProviderClient {
             Self::OpenAiCompatible(p) => p.chat_stream(request).await,
             Self::Anthropic(p) => p.chat_stream(request).await,
             Self::Gemini(p) => p.chat_stream(request).await,
+            Self::Replicate(_) => Err(asynchronous_only()),
         }
     }
 }
@@ -99,6 +115,7 @@ impl ProviderRegistry {
                 ProviderConfig::OpenaiCompatible(h) | ProviderConfig::Anthropic(h) | ProviderConfig::Gemini(h) => {
                     h.max_concurrency
                 }
+                ProviderConfig::Replicate(r) => r.max_concurrency,
             };
             let bulkhead = (limit > 0).then(|| Arc::new(Semaphore::new(limit)));
             let named = |e: String| format!("providers.{name}: {e}");
@@ -112,6 +129,9 @@ impl ProviderRegistry {
                 }
                 ProviderConfig::Gemini(h) => {
                     ProviderClient::Gemini(Box::new(GeminiProvider::new(h.clone()).map_err(named)?))
+                }
+                ProviderConfig::Replicate(r) => {
+                    ProviderClient::Replicate(Box::new(ReplicateProvider::new(r.clone()).map_err(named)?))
                 }
             };
             providers.insert(name.clone(), (Arc::new(client), bulkhead));

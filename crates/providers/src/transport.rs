@@ -133,12 +133,27 @@ impl Transport {
         headers: &[(&str, &str)],
         body: &Value,
     ) -> Result<hyper::Response<hyper::body::Incoming>, ProviderError> {
-        let mut req = Request::post(uri).header("content-type", "application/json");
+        self.send(hyper::Method::POST, uri, headers, Some(body)).await
+    }
+
+    /// Sends a request (with `body` as JSON, if any); a non-2xx answer
+    /// becomes an error by [`error_from_status`], with its `Retry-After`.
+    pub(crate) async fn send(
+        &self,
+        method: hyper::Method,
+        uri: Uri,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ProviderError> {
+        let mut req = Request::builder().method(method).uri(uri);
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
         for (name, value) in headers {
             req = req.header(*name, *value);
         }
         let req = req
-            .body(Full::new(Bytes::from(body.to_string())))
+            .body(Full::new(body.map(|b| Bytes::from(b.to_string())).unwrap_or_default()))
             .map_err(|e| ProviderError::new(ProviderErrorKind::InvalidRequest, format!("building the request: {e}")))?;
         let response = tokio::time::timeout(self.timeout(), self.client.request(req))
             .await
@@ -288,13 +303,17 @@ pub(crate) fn malformed(what: &str) -> ProviderError {
 /// error-mapping rules. The provider's message is shown to the client only
 /// for requests it refused as invalid, where the client needs the reason.
 /// Reads the error bodies of OpenAI (`error.code`/`error.type`), Anthropic
-/// (`error.type`) and Gemini (`error.status`).
+/// (`error.type`), Gemini (`error.status`) and Replicate (`detail`).
 #[must_use]
 pub fn error_from_status(status: StatusCode, body: &[u8]) -> ProviderError {
     let parsed = serde_json::from_slice::<Value>(body).ok();
     let error = parsed.as_ref().and_then(|v| v.get("error"));
-    let upstream_message =
-        error.and_then(|e| e.get("message")).and_then(Value::as_str).map(|m| m.chars().take(500).collect::<String>());
+    // Replicate answers problem JSON (RFC 9457): `{"title", "detail", "status"}`.
+    let upstream_message = error
+        .and_then(|e| e.get("message"))
+        .or_else(|| parsed.as_ref().and_then(|v| v.get("detail")))
+        .and_then(Value::as_str)
+        .map(|m| m.chars().take(500).collect::<String>());
     let upstream_code = error
         .and_then(|e| ["code", "status", "type"].iter().find_map(|k| e.get(*k).and_then(Value::as_str)))
         .map(str::to_owned);

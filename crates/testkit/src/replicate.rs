@@ -48,9 +48,25 @@ pub fn output_png() -> Vec<u8> {
     data
 }
 
+/// A webhook the stand-in sent, as it sent it (for a test to replay).
+#[derive(Clone, Debug)]
+pub struct SentWebhook {
+    /// Where it went.
+    pub url: String,
+    /// Its `webhook-id`.
+    pub id: String,
+    /// Its `webhook-timestamp`.
+    pub timestamp: i64,
+    /// Its `webhook-signature`.
+    pub signature: String,
+    /// Its body.
+    pub body: String,
+}
+
 #[derive(Default)]
 struct State {
     predictions: HashMap<String, Value>,
+    sent: Vec<SentWebhook>,
     created: usize,
     cancels: usize,
     webhooks_sent: usize,
@@ -136,6 +152,12 @@ impl ReplicateStandIn {
     #[must_use]
     pub fn prediction(&self, id: &str) -> Option<Value> {
         self.state.lock().expect("lock").predictions.get(id).cloned()
+    }
+
+    /// Every webhook sent, in order.
+    #[must_use]
+    pub fn sent_webhooks(&self) -> Vec<SentWebhook> {
+        self.state.lock().expect("lock").sent.clone()
     }
 
     /// Predictions created, cancels asked for, webhooks sent.
@@ -301,8 +323,10 @@ async fn run(
         let secret = if fault("fault-forged") { FORGED_SECRET } else { WEBHOOK_SECRET };
         async move {
             if let Some(url) = webhook {
-                deliver(&url, secret, &body, event).await;
-                state.lock().expect("lock").webhooks_sent += 1;
+                let sent = deliver(&url, secret, &body, event).await;
+                let mut s = state.lock().expect("lock");
+                s.webhooks_sent += 1;
+                s.sent.extend(sent);
             }
         }
     };
@@ -339,22 +363,30 @@ async fn run(
     }
 }
 
-/// Posts one signed webhook (errors are the receiver's business).
-async fn deliver(url: &str, secret: &str, body: &Value, event: &str) {
+/// Posts one signed webhook (errors are the receiver's business); answers
+/// what it sent.
+async fn deliver(url: &str, secret: &str, body: &Value, event: &str) -> Option<SentWebhook> {
     let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let body = body.to_string();
     let id = format!("msg_{:x}_{event}", rand_u64());
     let ts = unix_now();
-    let Ok(request) = Request::post(url)
+    let signature = sign(secret, &id, ts, body.as_bytes());
+    let sent = SentWebhook {
+        url: url.to_owned(),
+        id: id.clone(),
+        timestamp: ts,
+        signature: signature.clone(),
+        body: body.clone(),
+    };
+    let request = Request::post(url)
         .header("content-type", "application/json")
         .header("webhook-id", &id)
         .header("webhook-timestamp", ts.to_string())
-        .header("webhook-signature", sign(secret, &id, ts, body.as_bytes()))
+        .header("webhook-signature", signature)
         .body(Full::new(Bytes::from(body)))
-    else {
-        return;
-    };
+        .ok()?;
     let _ = tokio::time::timeout(Duration::from_secs(5), client.request(request)).await;
+    Some(sent)
 }
 
 #[cfg(test)]

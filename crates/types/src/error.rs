@@ -52,6 +52,8 @@ pub enum Code {
     UpstreamError,
     /// The upstream provider did not answer in time.
     UpstreamTimeout,
+    /// An asynchronous execution's deadline passed before it finished.
+    DeadlineExceeded,
     /// The upstream provider or the platform is overloaded; retry later.
     Overloaded,
     /// The caller exceeded a rate limit; retry after the `Retry-After` header.
@@ -92,6 +94,7 @@ impl Code {
             Self::ContentFiltered => "content_filtered",
             Self::UpstreamError => "upstream_error",
             Self::UpstreamTimeout => "upstream_timeout",
+            Self::DeadlineExceeded => "deadline_exceeded",
             Self::Overloaded => "overloaded",
             Self::RateLimited => "rate_limited",
             Self::DatabaseUnavailable => "database_unavailable",

@@ -9,6 +9,7 @@ mod failpoint;
 mod ids;
 mod money;
 mod secret;
+pub mod standard_webhooks;
 pub mod text;
 pub mod time;
 

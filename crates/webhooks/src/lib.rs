@@ -13,8 +13,11 @@ mod error;
 pub mod outbound;
 mod seal;
 mod service;
-pub mod signature;
 
 pub use config::WebhooksConfig;
 pub use error::WebhookError;
-pub use service::{Attempt, Attempted, Delivery, EVENT_TYPES, Endpoint, EndpointUpdate, NewEndpoint, Webhooks};
+/// Standard Webhooks signatures (shared with the provider callbacks' check).
+pub use modelroute_types::standard_webhooks as signature;
+pub use service::{
+    Attempt, Attempted, Delivery, DeliveryStatus, EVENT_TYPES, Endpoint, EndpointUpdate, NewEndpoint, Webhooks,
+};

@@ -53,6 +53,9 @@ pub struct Endpoint {
     pub failing_since: Option<NaiveDateTime>,
     /// Until when the previous secret still signs (after a rotation).
     pub previous_secret_expires_at: Option<NaiveDateTime>,
+    /// Created for executions' own webhook URL: it receives only the events
+    /// of the executions that name it.
+    pub per_execution: bool,
     /// When it was created.
     pub created_at: NaiveDateTime,
     /// When it last changed.
@@ -76,6 +79,7 @@ struct EndpointRow {
     alerted_at: Option<NaiveDateTime>,
     created_at: NaiveDateTime,
     updated_at: NaiveDateTime,
+    per_execution: bool,
 }
 
 impl EndpointRow {
@@ -90,6 +94,7 @@ impl EndpointRow {
             disabled_reason: self.disabled_reason.clone(),
             failing_since: self.failing_since,
             previous_secret_expires_at: self.previous_secret_expires_at,
+            per_execution: self.per_execution,
             created_at: self.created_at,
             updated_at: self.updated_at,
         }
@@ -122,6 +127,21 @@ pub struct EndpointUpdate {
     pub event_types: Option<Vec<String>>,
     /// Enable (clearing the platform's reason and the failure streak) or disable.
     pub enabled: Option<bool>,
+}
+
+/// How the deliveries of one execution's events stand.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DeliveryStatus {
+    /// Deliveries recorded (one per event and endpoint).
+    pub total: usize,
+    /// Delivered.
+    pub delivered: usize,
+    /// Still being attempted.
+    pub pending: usize,
+    /// Given up on.
+    pub failed: usize,
+    /// The last delivery's time.
+    pub last_delivered_at: Option<NaiveDateTime>,
 }
 
 /// One event's delivery to one endpoint.
@@ -284,6 +304,15 @@ impl Webhooks {
     /// A URL the policy refuses, an unknown event type, too many endpoints,
     /// or a database failure.
     pub async fn create_endpoint(&self, org: &OrgId, new: NewEndpoint) -> Result<(Endpoint, String), WebhookError> {
+        self.create(org, new, false).await
+    }
+
+    async fn create(
+        &self,
+        org: &OrgId,
+        new: NewEndpoint,
+        per_execution: bool,
+    ) -> Result<(Endpoint, String), WebhookError> {
         let url = self.check_url(&new.url)?;
         let types = event_types(&new.event_types)?;
         let count: i64 = db_run!(self.pool, |conn| webhook_endpoints::table
@@ -309,10 +338,48 @@ impl Webhooks {
                 webhook_endpoints::secret_sealed.eq(&sealed),
                 webhook_endpoints::created_at.eq(now),
                 webhook_endpoints::updated_at.eq(now),
+                webhook_endpoints::per_execution.eq(per_execution),
             ))
             .execute(conn)
             .await)?;
         Ok((self.endpoint(org, &id).await?, secret))
+    }
+
+    /// Checks a URL an execution names as its own webhook, as an
+    /// endpoint's is checked (the outbound policy).
+    ///
+    /// # Errors
+    /// [`WebhookError::InvalidInput`] naming `url`.
+    pub fn check_execution_url(&self, url: &str) -> Result<String, WebhookError> {
+        self.check_url(url)
+    }
+
+    /// The endpoint behind executions' own webhook `url` for `org`: found,
+    /// or created (its secret then answered, the only time it is shown;
+    /// it rotates like any endpoint's).
+    ///
+    /// # Errors
+    /// A URL the policy refuses, too many endpoints, or a database failure.
+    pub async fn execution_endpoint(&self, org: &OrgId, url: &str) -> Result<(Endpoint, Option<String>), WebhookError> {
+        let url = self.check_url(url)?;
+        if let Some(row) = self.execution_endpoint_row(org, &url).await? {
+            return Ok((row.public(), None));
+        }
+        let new = NewEndpoint { url, description: "per-execution webhook".into(), event_types: Vec::new() };
+        let (endpoint, secret) = self.create(org, new, true).await?;
+        Ok((endpoint, Some(secret)))
+    }
+
+    async fn execution_endpoint_row(&self, org: &OrgId, url: &str) -> Result<Option<EndpointRow>, WebhookError> {
+        Ok(db_run!(self.pool, |conn| webhook_endpoints::table
+            .filter(webhook_endpoints::org_id.eq(org.as_str()))
+            .filter(webhook_endpoints::per_execution.eq(true))
+            .filter(webhook_endpoints::url.eq(url))
+            .order(webhook_endpoints::id.asc())
+            .select(EndpointRow::as_select())
+            .first(conn)
+            .await
+            .optional())?)
     }
 
     async fn row(&self, org: &OrgId, id: &WebhookEndpointId) -> Result<EndpointRow, WebhookError> {
@@ -478,14 +545,73 @@ impl Webhooks {
         event_type: &str,
         data: &Value,
     ) -> Result<Vec<WebhookDeliveryId>, WebhookError> {
+        self.emit_about(org, event_type, data, None).await
+    }
+
+    /// Records an execution's event for every enabled endpoint of `org`
+    /// that wants it and, when the execution names its own webhook `url`
+    /// and wants the event (`events` empty: all), for that URL's endpoint;
+    /// the deliveries remember the execution (its delivery status).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn emit_for_execution(
+        &self,
+        org: &OrgId,
+        execution: &str,
+        event_type: &str,
+        data: &Value,
+        own: Option<(&str, &[String])>,
+    ) -> Result<Vec<WebhookDeliveryId>, WebhookError> {
+        let mut ids = self.emit_about(org, event_type, data, Some(execution)).await?;
+        if let Some((url, events)) = own
+            && (events.is_empty() || events.iter().any(|e| e == event_type))
+            && let Ok(url) = Url::parse(url)
+            && let Some(row) = self.execution_endpoint_row(org, url.as_str()).await?
+            && row.enabled
+        {
+            ids.extend(self.record(org, &[row.id], event_type, data, Some(execution)).await?);
+        }
+        Ok(ids)
+    }
+
+    async fn emit_about(
+        &self,
+        org: &OrgId,
+        event_type: &str,
+        data: &Value,
+        execution: Option<&str>,
+    ) -> Result<Vec<WebhookDeliveryId>, WebhookError> {
         let rows: Vec<EndpointRow> = db_run!(self.pool, |conn| webhook_endpoints::table
             .filter(webhook_endpoints::org_id.eq(org.as_str()))
             .filter(webhook_endpoints::enabled.eq(true))
+            .filter(webhook_endpoints::per_execution.eq(false))
             .select(EndpointRow::as_select())
             .load(conn)
             .await)?;
         let targets: Vec<String> = rows.into_iter().filter(|r| r.wants(event_type)).map(|r| r.id).collect();
-        self.record(org, &targets, event_type, data).await
+        self.record(org, &targets, event_type, data, execution).await
+    }
+
+    /// How the deliveries of an execution's events stand.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn execution_deliveries(&self, org: &OrgId, execution: &str) -> Result<DeliveryStatus, WebhookError> {
+        let rows: Vec<(String, Option<NaiveDateTime>)> = db_run!(self.pool, |conn| webhook_deliveries::table
+            .filter(webhook_deliveries::org_id.eq(org.as_str()))
+            .filter(webhook_deliveries::execution_id.eq(execution))
+            .select((webhook_deliveries::status, webhook_deliveries::delivered_at))
+            .load(conn)
+            .await)?;
+        let count = |s: &str| rows.iter().filter(|(status, _)| status == s).count();
+        Ok(DeliveryStatus {
+            total: rows.len(),
+            delivered: count("delivered"),
+            pending: count("pending"),
+            failed: count("failed"),
+            last_delivered_at: rows.iter().filter_map(|(_, at)| *at).max(),
+        })
     }
 
     /// Sends a `webhook.test` event to one endpoint of `org`, whatever its
@@ -496,7 +622,7 @@ impl Webhooks {
     pub async fn send_test(&self, org: &OrgId, id: &WebhookEndpointId) -> Result<WebhookDeliveryId, WebhookError> {
         let row = self.row(org, id).await?;
         let data = json!({ "endpoint_id": row.id, "message": "a test event from ModelRoute" });
-        let ids = self.record(org, &[row.id], "webhook.test", &data).await?;
+        let ids = self.record(org, &[row.id], "webhook.test", &data, None).await?;
         ids.into_iter().next().ok_or_else(endpoint_not_found)
     }
 
@@ -506,6 +632,7 @@ impl Webhooks {
         endpoints: &[String],
         event_type: &str,
         data: &Value,
+        execution: Option<&str>,
     ) -> Result<Vec<WebhookDeliveryId>, WebhookError> {
         if endpoints.is_empty() {
             return Ok(Vec::new());
@@ -529,6 +656,7 @@ impl Webhooks {
                     webhook_deliveries::attempts.eq(0),
                     webhook_deliveries::next_attempt_at.eq(Some(now)),
                     webhook_deliveries::created_at.eq(now),
+                    webhook_deliveries::execution_id.eq(execution),
                 )
             })
             .collect();

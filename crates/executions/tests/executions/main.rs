@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+mod asynchronous;
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use hyper::{Method, StatusCode};
 use modelroute_db::db_test;
 use modelroute_files::links::LinkSigner;
-use modelroute_identity::{Actor, Scopes, ServerSecret};
+use modelroute_identity::ServerSecret;
 use modelroute_providers::ProviderConfig;
 use modelroute_routing::ModelConfig;
 use modelroute_testkit::{StandIn, Wire};
@@ -92,13 +92,6 @@ impl TestApp {
 
     async fn upload(&self, parts: &[Part<'_>]) -> Reply {
         self.upload_with(&self.key.clone(), form(parts)).await
-    }
-
-    /// A key of a second org.
-    async fn other_key(&self) -> String {
-        let (other, _) = self.services.create_org("Other", None, &Actor::operator()).await.unwrap();
-        let project = self.services.create_project(&other.id, "p", &Actor::operator()).await.unwrap();
-        self.services.create_key_in(&project.id, "k", &Scopes::all()).await.unwrap().1
     }
 
     async fn nothing_stored(&self) {

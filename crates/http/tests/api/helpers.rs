@@ -210,6 +210,14 @@ impl TestApp {
         routes.find(|r| r.public_id == public).expect("a route of the catalogue").id.clone()
     }
 
+    /// A key of a second org.
+    pub(crate) async fn other_key(&self) -> String {
+        use modelroute_identity::{Actor, Scopes};
+        let (other, _) = self.services.create_org("Other", None, &Actor::operator()).await.unwrap();
+        let project = self.services.create_project(&other.id, "p", &Actor::operator()).await.unwrap();
+        self.services.create_key_in(&project.id, "k", &Scopes::all()).await.unwrap().1
+    }
+
     /// Fails unless `ledger verify` finds the ledger sound.
     pub(crate) async fn assert_ledger_sound(&self) {
         let report = self.services.verify_ledger().await.unwrap();

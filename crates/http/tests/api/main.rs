@@ -13,10 +13,12 @@
 //! - `adapters`: the OpenAI, Anthropic and Gemini adapters against their stand-ins
 //! - `webhooks`: endpoints, signed deliveries through the background, the outbound policy
 //! - `upstream`: failover, retries and breakers against the stand-ins' faults
+//! - `asynchronous`: `POST /v1/executions` against the Replicate stand-in: callbacks, polling, re-hosting, webhooks
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod adapters;
+mod asynchronous;
 mod auth;
 mod billing;
 mod endpoints;
