@@ -11,14 +11,13 @@ Creates an endpoint pointing at a receiver in this process, then:
   second the receiver sees until the last arrives.
 """
 
-import json
 import statistics
 import sys
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import receiver
 
 base, key = sys.argv[1], sys.argv[2]
 events = int(sys.argv[3]) if len(sys.argv) > 3 else 500
@@ -29,36 +28,15 @@ lock = threading.Lock()
 arrived = threading.Condition(lock)
 
 
-class Receiver(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("content-length", 0)))
-        now = time.time()
-        self.send_response(200)
-        self.send_header("content-length", "0")
-        self.end_headers()
-        with arrived:
-            arrivals.append(now)
-            arrived.notify_all()
-
-    def log_message(self, *args):
-        pass
+def on_post(_body, now):
+    with arrived:
+        arrivals.append(now)
+        arrived.notify_all()
 
 
-server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-threading.Thread(target=server.serve_forever, daemon=True).start()
-
-
-def api(method, path, body=None):
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(base + path, data=data, method=method,
-                                 headers={"authorization": f"Bearer {key}", "content-type": "application/json"})
-    with urllib.request.urlopen(req) as r:
-        return json.loads(r.read() or b"null")
-
-
-endpoint = api("POST", "/v1/webhook-endpoints", {"url": f"http://127.0.0.1:{server.server_port}/hook"})["id"]
+port = receiver.start(on_post)
+api = receiver.client(base, key)
+endpoint = api("POST", "/v1/webhook-endpoints", {"url": f"http://127.0.0.1:{port}/hook"})["id"]
 
 
 def wait_for(n, timeout=60):

@@ -60,6 +60,11 @@ fn start(db: &TestDb, dir: &std::path::Path, failpoint: Option<&str>) -> Server 
     if let Some(f) = failpoint {
         c.env("MODELROUTE_FAILPOINT", f);
     }
+    spawn_serve(c)
+}
+
+/// Runs `modelroute serve` with `c` and reads its port (and, on first start, the key).
+fn spawn_serve(mut c: Command) -> Server {
     let mut child = c.arg("serve").stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
     let mut server = Server { child, port: 0, key: None };
@@ -190,4 +195,76 @@ db_test!(async fn a_crash_inside_the_settlement_transaction_leaves_nothing_half_
     if db.pool().backend() == Backend::Sqlite {
         crash_at(db, "ledger.resolve.in_transaction", Charged::Nothing).await;
     }
+});
+
+#[derive(QueryableByName)]
+struct Ended {
+    #[diesel(sql_type = Text)]
+    status: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    cost: Option<i64>,
+}
+
+async fn async_executions(db: &TestDb) -> Vec<Ended> {
+    let q = "SELECT status, cost FROM executions WHERE mode = 'async' ORDER BY id";
+    match db.pool().get().await.unwrap() {
+        DbConn::Postgres(mut c) => sql_query(q).load(&mut c).await.unwrap(),
+        DbConn::Sqlite(mut c) => sql_query(q).load(&mut c).await.unwrap(),
+    }
+}
+
+db_test!(async fn asynchronous_executions_killed_queued_and_running_each_end_once_after_a_restart(db) {
+    let dir = tempfile::tempdir().unwrap();
+    let slow = |c: &mut Command| {
+        // Two run at once, each streaming for about a second: when the kill
+        // comes, some are running and the rest queued.
+        c.env("MODELROUTE_JOBS__QUEUES__EXECUTIONS", "2")
+            .env("MODELROUTE_PROVIDERS__BUILTIN__KIND", "builtin")
+            .env("MODELROUTE_PROVIDERS__BUILTIN__CHUNK_DELAY_MS", "20")
+            .env("MODELROUTE_EXECUTIONS__ORPHAN_SWEEP_SECS", "1");
+    };
+    let mut c = command(&db, dir.path());
+    slow(&mut c);
+    let first = spawn_serve(c);
+    let key = first.key.clone().expect("the first start prints a key");
+    let prompt = "word ".repeat(50);
+    let body = format!(r#"{{"model":"builtin/echo","messages":[{{"role":"user","content":"{prompt}"}}]}}"#);
+    for _ in 0..8 {
+        let (status, e) = http(first.port, "POST", "/v1/executions", &key, &body).unwrap();
+        assert_eq!(status, 201, "{e}");
+    }
+    let started = Instant::now();
+    while !async_executions(&db).await.iter().any(|e| e.status == "running") {
+        assert!(started.elapsed() < Duration::from_secs(20), "nothing started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut first = first;
+    first.child.kill().unwrap(); // SIGKILL
+    first.child.wait().unwrap();
+    let statuses: Vec<String> = async_executions(&db).await.into_iter().map(|e| e.status).collect();
+    assert!(statuses.iter().any(|s| s == "running") && statuses.iter().any(|s| s == "queued"), "{statuses:?}");
+
+    let mut c = command(&db, dir.path());
+    slow(&mut c);
+    let again = spawn_serve(c);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let ended = loop {
+        let all = async_executions(&db).await;
+        if all.iter().all(|e| !matches!(e.status.as_str(), "queued" | "running")) || Instant::now() > deadline {
+            break all;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(ended.len(), 8);
+    for e in &ended {
+        assert_eq!(e.status, "succeeded", "each ends, and runs to its end");
+    }
+    // One settlement each: the balance is charged exactly what the records say.
+    let charged: i64 = ended.iter().map(|e| e.cost.unwrap()).sum();
+    let (available, held) = balance(again.port, &key);
+    assert_eq!((available, held), (STARTING - charged, 0));
+    let verify = command(&db, dir.path()).args(["ledger", "verify"]).output().unwrap();
+    let out = String::from_utf8_lossy(&verify.stdout);
+    assert!(verify.status.success() && out.contains("ledger is sound"), "{out}");
 });

@@ -20,7 +20,7 @@ diesel::table! {
 diesel::table! {
     async_executions (execution_id) {
         execution_id -> Text,
-        request -> Text,
+        request -> Nullable<Text>,
         deadline_at -> Timestamp,
         output -> Nullable<Text>,
         webhook_url -> Nullable<Text>,

@@ -370,7 +370,7 @@ impl<L: Ledger + 'static> Executor<L> {
         self.recorded(&mut admitted).await?;
         let row = AsyncRow {
             execution_id: admitted.id.to_string(),
-            request,
+            request: Some(request),
             deadline_at: time::now().checked_add_signed(secs(deadline)).unwrap_or(NaiveDateTime::MAX),
             output: None,
             webhook_url,
@@ -624,9 +624,8 @@ impl<L: Ledger + 'static> Executor<L> {
             }
             ExecutionStatus::Succeeded | ExecutionStatus::Failed | ExecutionStatus::Canceled => return Ok(Ran::Ended),
         }
-        let stored: Stored = serde_json::from_str(&extra.request).map_err(|_| ExecutionError::InvalidRequest {
-            param: "request",
-            message: "the stored request is unreadable".into(),
+        let stored: Stored = serde_json::from_str(extra.request.as_deref().unwrap_or_default()).map_err(|_| {
+            ExecutionError::InvalidRequest { param: "request", message: "the stored request is unreadable".into() }
         })?;
         let Some(mut admitted) = self.readmit(&row, &stored).await? else { return Ok(Ran::Ended) };
         let first = admitted.candidates.as_slice().first().cloned();

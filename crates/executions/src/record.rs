@@ -88,7 +88,7 @@ pub(crate) struct ExecutionRow {
 #[diesel(table_name = async_executions)]
 pub(crate) struct AsyncRow {
     pub(crate) execution_id: String,
-    pub(crate) request: String,
+    pub(crate) request: Option<String>,
     pub(crate) deadline_at: NaiveDateTime,
     pub(crate) output: Option<String>,
     pub(crate) webhook_url: Option<String>,

@@ -448,4 +448,27 @@ impl<L: Ledger + 'static> Executor<L> {
         }
         Ok(ids)
     }
+
+    /// Deletes the provider callback records received before `before`, in
+    /// batches of 1,000; answers how many.
+    ///
+    /// # Errors
+    /// The data layer failed.
+    pub async fn purge_callbacks(&self, before: chrono::NaiveDateTime) -> Result<usize, ExecutionError> {
+        use schema::provider_callbacks as c;
+        let mut purged = 0;
+        loop {
+            let batch: Vec<String> = db_run!(self.pool(), |conn| c::table
+                .filter(c::received_at.lt(before))
+                .select(c::id)
+                .limit(1000)
+                .load(conn)
+                .await)?;
+            if batch.is_empty() {
+                return Ok(purged);
+            }
+            purged +=
+                db_run!(self.pool(), |conn| diesel::delete(c::table.filter(c::id.eq_any(&batch))).execute(conn).await)?;
+        }
+    }
 }

@@ -5,5 +5,5 @@ DROP TABLE provider_callbacks;
 DROP TABLE provider_tasks;
 DROP TABLE execution_idempotency;
 DROP TABLE async_executions;
-DROP INDEX executions_mode_status;
+DROP INDEX executions_async_open;
 ALTER TABLE executions DROP COLUMN mode;

@@ -2,15 +2,18 @@
 -- polled or called back.
 -- 'sync' (answered in its request) or 'async' (POST /v1/executions).
 ALTER TABLE executions ADD COLUMN mode TEXT NOT NULL DEFAULT 'sync';
-CREATE INDEX executions_mode_status ON executions (mode, status);
+-- Only asynchronous executions are in it: a request's own execution (the
+-- paid path) writes no index entry more than before.
+CREATE INDEX executions_async_open ON executions (status, created_at) WHERE mode = 'async';
 
 -- What an asynchronous execution has besides the record every execution
 -- has: its input and output content (a data class of its own, with its own
 -- retention), its deadline, its webhook, a cancel asked for.
 CREATE TABLE async_executions (
     execution_id TEXT PRIMARY KEY REFERENCES executions (id),
-    -- The canonical request (chat messages, or a model's `input` object).
-    request TEXT NOT NULL,
+    -- The canonical request (chat messages, or a model's `input` object);
+    -- NULL once its retention has passed (the execution has ended).
+    request TEXT,
     -- It ends unbilled if it has not started by then, and is stopped if it runs past it.
     deadline_at TIMESTAMP NOT NULL,
     -- What it produced: {"text": …} or {"files": [file ids]}.

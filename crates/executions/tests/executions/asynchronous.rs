@@ -266,3 +266,13 @@ db_test!(async fn waiting_answers_at_the_end_or_when_the_time_is_up(db) {
     assert!(started.elapsed() < Duration::from_secs(10), "woken at the end, not at the time limit");
     run.await.unwrap().unwrap();
 });
+
+db_test!(async fn callbacks_are_recorded_even_unknown_and_purged_only_past_their_retention(db) {
+    let s = setup(&db, BuiltinFailure::None, "1").await;
+    let refused = s.executor.callback("builtin", "no-such-token", [Some("msg_1"), Some("1"), Some("v1,x")], b"{}").await.unwrap();
+    assert_eq!(refused, Err(modelroute_executions::CallbackError::UnknownToken));
+    let now = modelroute_types::time::now();
+    assert_eq!(s.executor.purge_callbacks(now - chrono::Duration::days(90)).await.unwrap(), 0, "a fresh record stays");
+    assert_eq!(s.executor.purge_callbacks(now + chrono::Duration::seconds(1)).await.unwrap(), 1);
+    assert_eq!(s.executor.purge_callbacks(now + chrono::Duration::seconds(1)).await.unwrap(), 0);
+});
