@@ -468,10 +468,17 @@ impl<L: Ledger + 'static> Executor<L> {
             .optional())?)
     }
 
-    async fn ask_cancel(&self, id: &str) -> Result<(), ExecutionError> {
+    /// Records a cancel asked of `org`'s execution `id` (the org is in the
+    /// write itself: another org's id changes nothing).
+    async fn ask_cancel(&self, org: &OrgId, id: &str) -> Result<(), ExecutionError> {
+        let owned = executions::table
+            .filter(executions::id.eq(id))
+            .filter(executions::org_id.eq(org.as_str()))
+            .select(executions::id);
         db_run!(self.pool(), |conn| diesel::update(
             async_executions::table
                 .filter(async_executions::execution_id.eq(id))
+                .filter(async_executions::execution_id.eq_any(owned))
                 .filter(async_executions::cancel_requested_at.is_null())
         )
         .set(async_executions::cancel_requested_at.eq(Some(time::now())))
@@ -543,7 +550,7 @@ impl<L: Ledger + 'static> Executor<L> {
                 .execute(conn)
                 .await)?;
                 if claimed == 1 {
-                    self.ask_cancel(id.as_str()).await?;
+                    self.ask_cancel(org, id.as_str()).await?;
                     self.release_hold_of(&execution).await;
                     self.ended(org.as_str(), id.as_str(), ExecutionStatus::Canceled);
                     return self.get(org, id).await;
@@ -557,9 +564,7 @@ impl<L: Ledger + 'static> Executor<L> {
     }
 
     async fn cancel_running(&self, org: &OrgId, id: &ExecutionId) -> Result<Execution, ExecutionError> {
-        // `org` was checked by the caller's read; the cancel names the execution only.
-        let _ = org;
-        self.ask_cancel(id.as_str()).await?;
+        self.ask_cancel(org, id.as_str()).await?;
         // A chat stream running here stops now (elsewhere: within a second).
         self.inner.asynchronous.cancels.fire(id.as_str());
         if let Some(task) = self.submitted_task(id.as_str()).await?

@@ -276,3 +276,16 @@ db_test!(async fn callbacks_are_recorded_even_unknown_and_purged_only_past_their
     assert_eq!(s.executor.purge_callbacks(now + chrono::Duration::seconds(1)).await.unwrap(), 1);
     assert_eq!(s.executor.purge_callbacks(now + chrono::Duration::seconds(1)).await.unwrap(), 0);
 });
+
+db_test!(async fn another_org_cannot_cancel_a_running_execution(db) {
+    let victim = setup(&db, BuiltinFailure::None, "1").await;
+    let thief = setup(&db, BuiltinFailure::None, "1").await;
+    let e = victim.executor.submit(submission(&victim, &"word ".repeat(100))).await.unwrap().execution;
+    let (executor, id) = (victim.executor.clone(), e.id.clone());
+    let run = tokio::spawn(async move { executor.run_queued(&id).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(matches!(thief.executor.cancel(&thief.caller.org_id, &e.id).await, Err(ExecutionError::NotFound)));
+    run.await.unwrap().unwrap();
+    let done = victim.executor.get(&victim.caller.org_id, &e.id).await.unwrap();
+    assert_eq!((done.status, done.cancel_requested_at), (ExecutionStatus::Succeeded, None), "it ran to its end");
+});
