@@ -30,6 +30,9 @@ pub use pool::{Backend, DbConn, DbPool, Listener, PgConn, SqliteConn, SqliteFile
 #[doc(hidden)]
 pub use diesel_async as __diesel_async;
 
+#[doc(hidden)]
+pub use diesel as __diesel;
+
 /// Whether a diesel error is a unique-constraint violation (on either backend).
 #[must_use]
 pub fn is_unique_violation(err: &diesel::result::Error) -> bool {

@@ -258,3 +258,41 @@ fn connected<'c>(
     }
     conn.as_mut().ok_or_else(|| Failure::Db(DbError::Writer("the writer runs on SQLite only")))
 }
+
+/// One statement (or a few) of any crate, written in the writer's next
+/// batch: for the writes that are not worth a lane of their own but must
+/// not take SQLite's write lock from the writer on a pooled connection (a
+/// pooled write waits for the lock in SQLite's busy handler, which sleeps
+/// in steps of up to 100 ms while the writer commits batch after batch).
+/// It may run twice (once in a batch that rolled back, once alone), so it
+/// is a `Fn`; it answers the rows it changed.
+pub type Statement = Box<dyn Fn(&mut SqliteConnection) -> diesel::QueryResult<usize> + Send>;
+
+/// The lane of [`Statement`]s ([`Writer::execute`]).
+#[derive(Debug)]
+pub struct StatementLane;
+
+impl Lane for StatementLane {
+    type Op = Statement;
+    type Outcome = usize;
+    type Error = DbError;
+
+    fn apply(conn: &mut SqliteConnection, ops: &[&Statement]) -> Result<Vec<usize>, DbError> {
+        ops.iter().map(|op| op(conn).map_err(DbError::Query)).collect()
+    }
+}
+
+impl Writer {
+    /// Runs `statement` in the next batch; answers the rows it changed,
+    /// once its batch committed. Use [`crate::db_execute`], which does the
+    /// same on PostgreSQL with a pooled connection.
+    ///
+    /// # Errors
+    /// The statement's error, or [`DbError::Writer`] when the writer stopped.
+    pub async fn execute(
+        &self,
+        statement: impl Fn(&mut SqliteConnection) -> diesel::QueryResult<usize> + Send + 'static,
+    ) -> Result<usize, DbError> {
+        self.submit::<StatementLane>(Box::new(statement)).await
+    }
+}

@@ -16,7 +16,7 @@ use crate::attempts::{ChainLink, DecisionRecord};
 use crate::executor::{Caller, Executor, RouteTable};
 use crate::leases::Lease;
 use crate::preferences::MAX_FALLBACKS;
-use crate::record::ExecutionRow;
+use crate::record::{AsyncRow, ExecutionRow};
 use crate::store::{self, Write};
 use crate::{ExecutionError, ExecutionStatus};
 
@@ -329,7 +329,11 @@ impl<L: Ledger + 'static> Executor<L> {
         // already placed (the admission decision), and nothing reaches the
         // client, and nothing is settled, before the record exists.
         let pool = inner.pool.clone();
-        let recording = tokio::spawn(async move { store::write(&pool, Write::Insert(Box::new(row))).await.map(drop) });
+        let extra = queued.map(|q| Box::new(AsyncRow { execution_id: id.to_string(), ..q.row.clone() }));
+        let recording =
+            tokio::spawn(
+                async move { store::write(&pool, Write::Insert { row: Box::new(row), extra }).await.map(drop) },
+            );
         Ok(Admitted {
             price_version: table.catalogue.price_version().to_owned(),
             providers: Arc::clone(&table.providers),

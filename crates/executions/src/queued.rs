@@ -18,8 +18,8 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use futures_util::future::BoxFuture;
-use modelroute_db::db_run;
 use modelroute_db::schema::{async_executions, execution_idempotency, executions, provider_tasks};
+use modelroute_db::{db_execute, db_run};
 use modelroute_ledger::{HoldStatus, Ledger};
 use modelroute_providers::{ChatRequest, Message, ProviderClient, Role};
 use modelroute_types::{ErrorCode as _, ExecutionId, OrgId, ProjectId, time};
@@ -126,6 +126,9 @@ pub(crate) struct Stored {
 pub(crate) struct QueuedFields {
     /// Its hold's lifetime: the deadline and a grace.
     pub(crate) hold_for: Duration,
+    /// Its asynchronous part, written with its record (the id is filled in
+    /// at admission).
+    pub(crate) row: AsyncRow,
 }
 
 /// An `Idempotency-Key` and the hash of the request it came with.
@@ -323,14 +326,16 @@ impl<L: Ledger + 'static> Executor<L> {
         match admitted {
             Ok(id) => {
                 if let Some(key) = &idempotency {
-                    let set = db_run!(self.pool(), |conn| diesel::update(
-                        execution_idempotency::table
-                            .filter(execution_idempotency::org_id.eq(org.as_str()))
-                            .filter(execution_idempotency::idempotency_key.eq(&key.key))
-                    )
-                    .set(execution_idempotency::execution_id.eq(Some(id.as_str())))
-                    .execute(conn)
-                    .await);
+                    let (org, key, execution) = (org.to_string(), key.key.clone(), id.to_string());
+                    let set = db_execute!(
+                        self.pool(),
+                        diesel::update(
+                            execution_idempotency::table
+                                .filter(execution_idempotency::org_id.eq(&org))
+                                .filter(execution_idempotency::idempotency_key.eq(&key))
+                        )
+                        .set(execution_idempotency::execution_id.eq(Some(&execution)))
+                    );
                     if let Err(e) = set {
                         tracing::error!(execution_id = %id, error = %e, "recording an idempotency key's execution failed");
                     }
@@ -340,14 +345,16 @@ impl<L: Ledger + 'static> Executor<L> {
             }
             Err(e) => {
                 if let Some(key) = &idempotency {
-                    let _ = db_run!(self.pool(), |conn| diesel::delete(
-                        execution_idempotency::table
-                            .filter(execution_idempotency::org_id.eq(org.as_str()))
-                            .filter(execution_idempotency::idempotency_key.eq(&key.key))
-                            .filter(execution_idempotency::execution_id.is_null())
-                    )
-                    .execute(conn)
-                    .await);
+                    let (org, key) = (org.to_string(), key.key.clone());
+                    let _ = db_execute!(
+                        self.pool(),
+                        diesel::delete(
+                            execution_idempotency::table
+                                .filter(execution_idempotency::org_id.eq(&org))
+                                .filter(execution_idempotency::idempotency_key.eq(&key))
+                                .filter(execution_idempotency::execution_id.is_null())
+                        )
+                    );
                 }
                 Err(e)
             }
@@ -365,11 +372,8 @@ impl<L: Ledger + 'static> Executor<L> {
         let planning = input.planning_request();
         let stored = Stored { input, preferences: caller.preferences, fallback_models: caller.fallback_models.clone() };
         let request = serde_json::to_string(&stored).map_err(|_| ExecutionError::TaskFailed)?;
-        let fields = QueuedFields { hold_for: deadline.saturating_add(HOLD_GRACE) };
-        let mut admitted = self.admit(caller, &planning, AdmitAs::Queued(&fields)).await?;
-        self.recorded(&mut admitted).await?;
         let row = AsyncRow {
-            execution_id: admitted.id.to_string(),
+            execution_id: String::new(),
             request: Some(request),
             deadline_at: time::now().checked_add_signed(secs(deadline)).unwrap_or(NaiveDateTime::MAX),
             output: None,
@@ -378,14 +382,11 @@ impl<L: Ledger + 'static> Executor<L> {
             cancel_requested_at: None,
             notified_status: None,
         };
-        let inserted =
-            db_run!(self.pool(), |conn| diesel::insert_into(async_executions::table).values(&row).execute(conn).await);
-        if let Err(e) = inserted {
-            // Nothing runs without its request: the execution ends unbilled.
-            let e = ExecutionError::from(e);
-            self.fail(&admitted, &e).await;
-            return Err(e);
-        }
+        let fields = QueuedFields { hold_for: deadline.saturating_add(HOLD_GRACE), row };
+        // The record and its asynchronous part are one write: when it
+        // fails, the hold is released and nothing runs.
+        let mut admitted = self.admit(caller, &planning, AdmitAs::Queued(&fields)).await?;
+        self.recorded(&mut admitted).await?;
         Ok(admitted.id)
     }
 
@@ -393,17 +394,18 @@ impl<L: Ledger + 'static> Executor<L> {
     /// names, if any.
     async fn claim_key(&self, org: &OrgId, key: &IdempotencyKey) -> Result<Option<ExecutionId>, ExecutionError> {
         let now = time::now();
-        let row = (
-            execution_idempotency::org_id.eq(org.as_str()),
-            execution_idempotency::idempotency_key.eq(&key.key),
-            execution_idempotency::request_hash.eq(&key.request_hash),
-            execution_idempotency::created_at.eq(now),
-        );
-        let inserted = db_run!(self.pool(), |conn| diesel::insert_into(execution_idempotency::table)
-            .values(row)
-            .on_conflict_do_nothing()
-            .execute(conn)
-            .await)?;
+        let (org_id, key_text, hash) = (org.to_string(), key.key.clone(), key.request_hash.clone());
+        let inserted = db_execute!(
+            self.pool(),
+            diesel::insert_into(execution_idempotency::table)
+                .values((
+                    execution_idempotency::org_id.eq(&org_id),
+                    execution_idempotency::idempotency_key.eq(&key_text),
+                    execution_idempotency::request_hash.eq(&hash),
+                    execution_idempotency::created_at.eq(now),
+                ))
+                .on_conflict_do_nothing()
+        )?;
         if inserted == 1 {
             return Ok(None);
         }
@@ -431,16 +433,18 @@ impl<L: Ledger + 'static> Executor<L> {
         }
         // An admission that never finished (its server died): taken over.
         if created_at < now - STALE_CLAIM {
-            let taken = db_run!(self.pool(), |conn| diesel::update(
-                execution_idempotency::table
-                    .filter(execution_idempotency::org_id.eq(org.as_str()))
-                    .filter(execution_idempotency::idempotency_key.eq(&key.key))
-                    .filter(execution_idempotency::created_at.eq(created_at))
-                    .filter(execution_idempotency::execution_id.is_null())
-            )
-            .set(execution_idempotency::created_at.eq(now))
-            .execute(conn)
-            .await)?;
+            let (org_id, key_text) = (org.to_string(), key.key.clone());
+            let taken = db_execute!(
+                self.pool(),
+                diesel::update(
+                    execution_idempotency::table
+                        .filter(execution_idempotency::org_id.eq(&org_id))
+                        .filter(execution_idempotency::idempotency_key.eq(&key_text))
+                        .filter(execution_idempotency::created_at.eq(created_at))
+                        .filter(execution_idempotency::execution_id.is_null())
+                )
+                .set(execution_idempotency::created_at.eq(now))
+            )?;
             if taken == 1 {
                 return Ok(None);
             }
@@ -471,19 +475,24 @@ impl<L: Ledger + 'static> Executor<L> {
     /// Records a cancel asked of `org`'s execution `id` (the org is in the
     /// write itself: another org's id changes nothing).
     async fn ask_cancel(&self, org: &OrgId, id: &str) -> Result<(), ExecutionError> {
-        let owned = executions::table
-            .filter(executions::id.eq(id))
-            .filter(executions::org_id.eq(org.as_str()))
-            .select(executions::id);
-        db_run!(self.pool(), |conn| diesel::update(
-            async_executions::table
-                .filter(async_executions::execution_id.eq(id))
-                .filter(async_executions::execution_id.eq_any(owned))
-                .filter(async_executions::cancel_requested_at.is_null())
-        )
-        .set(async_executions::cancel_requested_at.eq(Some(time::now())))
-        .execute(conn)
-        .await)?;
+        let (org, id, now) = (org.to_string(), id.to_owned(), time::now());
+        db_execute!(
+            self.pool(),
+            diesel::update(
+                async_executions::table
+                    .filter(async_executions::execution_id.eq(&id))
+                    .filter(
+                        async_executions::execution_id.eq_any(
+                            executions::table
+                                .filter(executions::id.eq(&id))
+                                .filter(executions::org_id.eq(&org))
+                                .select(executions::id)
+                        )
+                    )
+                    .filter(async_executions::cancel_requested_at.is_null())
+            )
+            .set(async_executions::cancel_requested_at.eq(Some(now)))
+        )?;
         Ok(())
     }
 
@@ -540,15 +549,17 @@ impl<L: Ledger + 'static> Executor<L> {
                     executions::error_message.eq(Some("canceled before it started")),
                     executions::finished_at.eq(Some(now)),
                 );
-                let claimed = db_run!(self.pool(), |conn| diesel::update(
-                    executions::table
-                        .filter(executions::id.eq(id.as_str()))
-                        .filter(executions::org_id.eq(org.as_str()))
-                        .filter(executions::status.eq(ExecutionStatus::Queued.as_str()))
-                )
-                .set(update)
-                .execute(conn)
-                .await)?;
+                let (id_text, org_text) = (id.to_string(), org.to_string());
+                let claimed = db_execute!(
+                    self.pool(),
+                    diesel::update(
+                        executions::table
+                            .filter(executions::id.eq(&id_text))
+                            .filter(executions::org_id.eq(&org_text))
+                            .filter(executions::status.eq(ExecutionStatus::Queued.as_str()))
+                    )
+                    .set(update)
+                )?;
                 if claimed == 1 {
                     self.ask_cancel(org, id.as_str()).await?;
                     self.release_hold_of(&execution).await;
@@ -607,14 +618,19 @@ impl<L: Ledger + 'static> Executor<L> {
                     self.end_unpaid(&row, &error).await?;
                     return Ok(Ran::Ended);
                 }
-                let started = db_run!(self.pool(), |conn| diesel::update(
-                    executions::table
-                        .filter(executions::id.eq(id.as_str()))
-                        .filter(executions::status.eq(ExecutionStatus::Queued.as_str()))
-                )
-                .set((executions::status.eq(ExecutionStatus::Running.as_str()), executions::started_at.eq(Some(now))))
-                .execute(conn)
-                .await)?;
+                let id_text = id.to_string();
+                let started = db_execute!(
+                    self.pool(),
+                    diesel::update(
+                        executions::table
+                            .filter(executions::id.eq(&id_text))
+                            .filter(executions::status.eq(ExecutionStatus::Queued.as_str()))
+                    )
+                    .set((
+                        executions::status.eq(ExecutionStatus::Running.as_str()),
+                        executions::started_at.eq(Some(now))
+                    ))
+                )?;
                 if started == 0 {
                     return Box::pin(self.run_queued(id)).await; // canceled or started meanwhile
                 }
@@ -779,13 +795,12 @@ impl<L: Ledger + 'static> Executor<L> {
         task.await.map_err(|_| ExecutionError::TaskFailed)?;
         if stopped == Some("deadline_exceeded") {
             let error = ExecutionError::DeadlineExceeded;
-            db_run!(self.pool(), |conn| diesel::update(executions::table.find(&id))
-                .set((
-                    executions::error_code.eq(Some(error.code().as_str())),
-                    executions::error_message.eq(Some(error.to_string()))
-                ))
-                .execute(conn)
-                .await)?;
+            let (id, code, message) = (id.clone(), error.code().as_str(), error.to_string());
+            db_execute!(
+                self.pool(),
+                diesel::update(executions::table.find(&id))
+                    .set((executions::error_code.eq(Some(code)), executions::error_message.eq(Some(&message))))
+            )?;
         }
         self.inner.asynchronous.cancels.forget(&id, &cancel);
         let status = match self.row(&id).await? {
@@ -855,14 +870,16 @@ impl<L: Ledger + 'static> Executor<L> {
                 }
                 // Claimed but never finished (a stop in between): claimed again by the poll.
                 (None, Some(_)) => {
-                    db_run!(self.pool(), |conn| diesel::update(
-                        provider_tasks::table
-                            .filter(provider_tasks::execution_id.eq(&id))
-                            .filter(provider_tasks::status.eq("done"))
-                    )
-                    .set((provider_tasks::status.eq("submitted"), provider_tasks::updated_at.eq(time::now())))
-                    .execute(conn)
-                    .await)?;
+                    let (execution, now) = (id.clone(), time::now());
+                    db_execute!(
+                        self.pool(),
+                        diesel::update(
+                            provider_tasks::table
+                                .filter(provider_tasks::execution_id.eq(&execution))
+                                .filter(provider_tasks::status.eq("done"))
+                        )
+                        .set((provider_tasks::status.eq("submitted"), provider_tasks::updated_at.eq(now)))
+                    )?;
                     orphans.poll.push(id);
                 }
                 // A chat whose run stopped: run again (its job, if alive, holds the key).
@@ -895,10 +912,12 @@ impl<L: Ledger + 'static> Executor<L> {
     /// # Errors
     /// The data layer failed.
     pub async fn mark_notified(&self, id: &ExecutionId, status: ExecutionStatus) -> Result<(), ExecutionError> {
-        db_run!(self.pool(), |conn| diesel::update(async_executions::table.find(id.as_str()))
-            .set(async_executions::notified_status.eq(Some(status.as_str())))
-            .execute(conn)
-            .await)?;
+        let id = id.to_string();
+        db_execute!(
+            self.pool(),
+            diesel::update(async_executions::table.find(&id))
+                .set(async_executions::notified_status.eq(Some(status.as_str())))
+        )?;
         Ok(())
     }
 }

@@ -18,10 +18,10 @@ use modelroute_ledger::{SettledWithin, settle_within};
 use modelroute_types::{HoldId, Money};
 
 use crate::ExecutionError;
-use crate::record::ExecutionRow;
+use crate::record::{AsyncRow, ExecutionRow};
 
 /// What an execution's end writes to its row; a `None` leaves the column as it is.
-#[derive(AsChangeset, Default, Debug)]
+#[derive(AsChangeset, Clone, Default, Debug)]
 #[diesel(table_name = executions)]
 pub(crate) struct Outcome {
     pub(crate) status: Option<&'static str>,
@@ -45,8 +45,13 @@ pub(crate) struct Outcome {
 /// One write of the record.
 #[derive(Debug)]
 pub(crate) enum Write {
-    /// The row, at admission.
-    Insert(Box<ExecutionRow>),
+    /// The row, at admission, and an asynchronous execution's own part.
+    Insert {
+        /// The record.
+        row: Box<ExecutionRow>,
+        /// An asynchronous execution's part, inserted with it.
+        extra: Option<Box<AsyncRow>>,
+    },
     /// The outcome, at the end.
     Finish {
         /// The execution.
@@ -98,7 +103,7 @@ impl Lane for RecordLane {
             .iter()
             .filter_map(|op| match op {
                 Write::Settle { hold, cost, .. } => Some((hold.clone(), *cost)),
-                Write::Insert(_) | Write::Finish { .. } => None,
+                Write::Insert { .. } | Write::Finish { .. } => None,
             })
             .collect();
         let mut settled =
@@ -109,8 +114,11 @@ impl Lane for RecordLane {
         let mut done = Vec::with_capacity(ops.len());
         for op in ops {
             done.push(match op {
-                Write::Insert(row) => {
+                Write::Insert { row, extra } => {
                     RunQueryDsl::execute(diesel::insert_into(executions::table).values(&**row), conn)?;
+                    if let Some(extra) = extra {
+                        RunQueryDsl::execute(diesel::insert_into(async_executions::table).values(&**extra), conn)?;
+                    }
                     Written::Done
                 }
                 Write::Finish { id, outcome, output } => {
@@ -163,8 +171,22 @@ pub(crate) async fn write(pool: &DbPool, write: Write) -> Result<Written, Execut
     };
     let conn: &mut modelroute_db::PgConn = &mut conn;
     match write {
-        Write::Insert(row) => {
-            diesel_async::RunQueryDsl::execute(diesel::insert_into(executions::table).values(&*row), conn).await?
+        Write::Insert { row, extra } => {
+            // One transaction: an asynchronous execution never exists without its part.
+            let (row, extra) = (*row, extra);
+            diesel_async::AsyncConnection::transaction(conn, async |conn| {
+                let n = diesel_async::RunQueryDsl::execute(diesel::insert_into(executions::table).values(&row), conn)
+                    .await?;
+                if let Some(extra) = &extra {
+                    diesel_async::RunQueryDsl::execute(
+                        diesel::insert_into(async_executions::table).values(&**extra),
+                        conn,
+                    )
+                    .await?;
+                }
+                Ok::<_, diesel::result::Error>(n)
+            })
+            .await?
         }
         Write::Finish { id, outcome, output } => {
             let n =

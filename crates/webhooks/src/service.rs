@@ -7,7 +7,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use modelroute_db::schema::{webhook_attempts, webhook_deliveries, webhook_endpoints};
-use modelroute_db::{DbPool, db_run, db_transaction};
+use modelroute_db::{DbPool, db_execute, db_run, db_transaction};
 use modelroute_types::{EventId, OrgId, WebhookAttemptId, WebhookDeliveryId, WebhookEndpointId, time};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -646,24 +646,25 @@ impl Webhooks {
             .zip(endpoints)
             .map(|(id, endpoint)| {
                 (
-                    webhook_deliveries::id.eq(id.as_str()),
-                    webhook_deliveries::org_id.eq(org.as_str()),
-                    webhook_deliveries::endpoint_id.eq(endpoint.as_str()),
-                    webhook_deliveries::event_id.eq(event.as_str()),
-                    webhook_deliveries::event_type.eq(event_type),
-                    webhook_deliveries::payload.eq(payload.as_str()),
+                    webhook_deliveries::id.eq(id.to_string()),
+                    webhook_deliveries::org_id.eq(org.to_string()),
+                    webhook_deliveries::endpoint_id.eq(endpoint.clone()),
+                    webhook_deliveries::event_id.eq(event.to_string()),
+                    webhook_deliveries::event_type.eq(event_type.to_owned()),
+                    webhook_deliveries::payload.eq(payload.clone()),
                     webhook_deliveries::status.eq("pending"),
                     webhook_deliveries::attempts.eq(0),
                     webhook_deliveries::next_attempt_at.eq(Some(now)),
                     webhook_deliveries::created_at.eq(now),
-                    webhook_deliveries::execution_id.eq(execution),
+                    webhook_deliveries::execution_id.eq(execution.map(str::to_owned)),
                 )
             })
             .collect();
         // One statement per endpoint (an org has a handful): SQLite's batch
-        // insert cannot take these rows.
+        // insert cannot take these rows. On SQLite they go through the
+        // shared writer (an event is written on an execution's path).
         for row in rows {
-            db_run!(self.pool, |conn| diesel::insert_into(webhook_deliveries::table).values(row).execute(conn).await)?;
+            db_execute!(self.pool, diesel::insert_into(webhook_deliveries::table).values(row.clone()))?;
         }
         metrics::counter!("webhook_events_total", "type" => event_type.to_owned()).increment(1);
         Ok(ids)
