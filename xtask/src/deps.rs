@@ -26,6 +26,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("modelroute-files", &["modelroute-types", "modelroute-db"]),
     ("modelroute-webhooks", &["modelroute-types", "modelroute-db"]),
     ("modelroute-routing", &["modelroute-types"]),
+    // Drives each owning crate's purge through functions the composition root hands it.
+    ("modelroute-privacy", &["modelroute-types"]),
     ("modelroute-providers", &["modelroute-types"]),
     // Test-only (a dev-dependency): the provider stand-ins.
     ("modelroute-testkit", &[]),
@@ -51,6 +53,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "modelroute-jobs",
             "modelroute-files",
             "modelroute-webhooks",
+            "modelroute-privacy",
         ],
     ),
     // The HTTP adapter: over the composition root, naming the domain types
@@ -83,6 +86,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "modelroute-app",
             "modelroute-http",
             "modelroute-jobs",
+            "modelroute-privacy",
         ],
     ),
 ];
@@ -97,6 +101,7 @@ const FORBIDDEN: &[(&str, &[&str], &str)] = &[
     ("modelroute-billing", &["actix-web"], "billing is a library without actix"),
     ("modelroute-files", &["actix-web"], "the file store knows nothing of the server"),
     ("modelroute-webhooks", &["actix-web"], "webhooks are a library without actix"),
+    ("modelroute-privacy", &["actix-web", "diesel", "hyper"], "the retention schedule owns no table and no server"),
     ("modelroute-routing", &["actix-web", "diesel", "hyper", "tokio"], "routing is pure decision logic"),
     ("modelroute-providers", &["actix-web", "diesel"], "adapters know no database and no server"),
     ("modelroute-executions", &["actix-web"], "executions are usable without the server"),

@@ -7,6 +7,8 @@
 //! - `check-deps`: enforce the dependency rules of docs/ARCHITECTURE.md.
 //! - `ledger verify [--url URL]`: replay the journal and check every ledger
 //!   invariant (runs `modelroute ledger verify` against that database).
+//! - `retention report|sweep [--dry-run] [--class NAME] [--url URL]`: the
+//!   retention schedule of docs/PRIVACY.md (runs `modelroute retention …`).
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -26,11 +28,24 @@ fn main() -> ExitCode {
         Some("migrate") => runtime().and_then(|rt| rt.block_on(migrate(flag_value(&args, "--url")))),
         Some("check-deps") => deps::check(&workspace_root()),
         Some("ledger") if args.get(1).map(String::as_str) == Some("verify") => {
-            ledger_verify(flag_value(&args, "--url"))
+            operator(&["ledger", "verify"], flag_value(&args, "--url"))
+        }
+        Some("retention") if matches!(args.get(1).map(String::as_str), Some("report" | "sweep")) => {
+            let mut passed: Vec<&str> = Vec::new();
+            let mut rest = args.iter().map(String::as_str);
+            while let Some(a) = rest.next() {
+                if a == "--url" {
+                    rest.next();
+                } else {
+                    passed.push(a);
+                }
+            }
+            operator(&passed, flag_value(&args, "--url"))
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <codegen [--check] | migrate [--url URL] | check-deps | ledger verify [--url URL]>"
+                "usage: cargo xtask <codegen [--check] | migrate [--url URL] | check-deps | ledger verify [--url URL] \
+                 | retention report|sweep [--dry-run] [--class NAME] [--url URL]>"
             );
             return ExitCode::from(2);
         }
@@ -80,17 +95,19 @@ async fn codegen(check: bool) -> Result<()> {
     Ok(())
 }
 
-/// The operator CLI's `ledger verify`, built and run from this checkout, so
-/// both commands check the same invariants with the same code.
-fn ledger_verify(url: Option<String>) -> Result<()> {
+/// The operator CLI's `command` (`ledger verify`, `retention sweep`, …),
+/// built and run from this checkout against `url`, so both tools run the
+/// same code.
+fn operator(command: &[&str], url: Option<String>) -> Result<()> {
     let mut cmd = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(workspace_root()).args(["run", "--quiet", "-p", "modelroute", "--", "ledger", "verify"]);
+    cmd.current_dir(workspace_root()).args(["run", "--quiet", "-p", "modelroute", "--"]).args(command);
     if let Some(url) = url {
         cmd.env("MODELROUTE_DATABASE__URL", url);
     }
-    let status = cmd.status().context("running modelroute ledger verify")?;
+    let shown = command.join(" ");
+    let status = cmd.status().with_context(|| format!("running modelroute {shown}"))?;
     if !status.success() {
-        bail!("the ledger does not verify");
+        bail!("modelroute {shown} failed");
     }
     Ok(())
 }

@@ -58,6 +58,11 @@ enum Command {
     /// Ledger maintenance.
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// Retention (docs/PRIVACY.md): what each data class has past its
+    /// period, and the sweep that deletes it (the `privacy.sweep` job runs
+    /// the same every `[privacy] sweep_interval_secs`).
+    #[command(subcommand)]
+    Retention(RetentionCommand),
     /// The email outbox: what was sent, or (with no SMTP server configured)
     /// what waits there — verification, reset and invitation links.
     Outbox {
@@ -173,6 +178,21 @@ enum JobsCommand {
     Cancel {
         /// The job id (`job_…`).
         id: JobId,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RetentionCommand {
+    /// Per data class: its period, how many rows are due now, and its oldest row.
+    Report,
+    /// Delete what is due now, class by class, in batches, with progress.
+    Sweep {
+        /// Show what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Only this class (as the report names it).
+        #[arg(long)]
+        class: Option<String>,
     },
 }
 
@@ -321,9 +341,70 @@ async fn operate(settings: &Settings, command: Command) -> Result<()> {
             println!("released {} expired hold(s)", services.sweep_holds().await?);
         }
         Command::Jobs(command) => jobs(Queue::new(services.pool.clone()), command).await?,
+        Command::Retention(command) => retention(&services, settings, command).await?,
         Command::Serve | Command::Worker | Command::Config | Command::Routes | Command::Migrate => {}
     }
     Ok(())
+}
+
+async fn retention(services: &Services, settings: &Settings, command: RetentionCommand) -> Result<()> {
+    let retention = services.retention(&settings.privacy);
+    let now = modelroute_types::time::now();
+    let (only, dry_run) = match &command {
+        RetentionCommand::Report => (None, true),
+        RetentionCommand::Sweep { dry_run, class } => (class.as_deref(), *dry_run),
+    };
+    if dry_run {
+        println!("{:<20} {:>6} {:>10}  {:<26} oldest row", "class", "kept", "due", "from");
+        for r in retention.report(now, only).await? {
+            let oldest = r.oldest.map_or_else(|| "-".to_owned(), modelroute_types::time::rfc3339);
+            println!("{:<20} {:>6} {:>10}  {:<26} {oldest}", r.class, period(r.period_secs), r.due, r.kept);
+        }
+        if matches!(command, RetentionCommand::Sweep { .. }) {
+            println!("dry run: nothing deleted");
+        }
+        return Ok(());
+    }
+    let mut bar = Progress::default();
+    let swept = retention.sweep(now, only, &mut |s| bar.show(s)).await;
+    bar.finish();
+    for s in swept? {
+        println!("{:<20} deleted {} of {} due", s.class, s.deleted, s.due);
+    }
+    Ok(())
+}
+
+/// A retention period as operators write it: whole days as `7d`, else hours.
+fn period(secs: u64) -> String {
+    const DAY: u64 = 86_400;
+    if secs >= DAY && secs.is_multiple_of(DAY) { format!("{}d", secs / DAY) } else { format!("{}h", secs / 3_600) }
+}
+
+/// A progress bar on stderr, a line per class of a sweep, redrawn as each
+/// batch lands.
+#[derive(Default)]
+struct Progress {
+    class: Option<&'static str>,
+}
+
+#[allow(clippy::print_stderr)]
+impl Progress {
+    fn show(&mut self, s: &modelroute_privacy::Swept) {
+        const WIDTH: u64 = 30;
+        if self.class.is_some_and(|c| c != s.class) {
+            eprintln!();
+        }
+        self.class = Some(s.class);
+        let filled = (s.deleted.min(s.due) * WIDTH).checked_div(s.due).unwrap_or(WIDTH);
+        let bar: String = (0..WIDTH).map(|i| if i < filled { '#' } else { '.' }).collect();
+        eprint!("\r{:<20} [{bar}] {}/{}", s.class, s.deleted, s.due);
+    }
+
+    fn finish(&self) {
+        if self.class.is_some() {
+            eprintln!();
+        }
+    }
 }
 
 async fn jobs(queue: Queue, command: JobsCommand) -> Result<()> {

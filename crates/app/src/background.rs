@@ -10,7 +10,8 @@
 //! | `webhooks.retry_due` | default | queues `webhooks.deliver` for deliveries whose retry is due (or whose first job was lost) | every `[webhooks] retry_poll_secs` |
 //! | `executions.run` | executions | runs a queued asynchronous execution: a chat streams into its record; an asynchronous provider is given it (then `executions.poll` is queued for when no callback came) | at every submission (one per execution) |
 //! | `executions.poll` | executions | polls the asynchronous provider that has an execution; past the deadline, asks it to cancel | when a provider took an execution, then every `poll_every_secs` until it ends |
-//! | `executions.orphans` | default | queues the run or poll of asynchronous executions a stop left without a job, sends end events a stop left unsent, and deletes provider callback records past `callback_retention_days` | every `[executions] orphan_sweep_secs` |
+//! | `executions.orphans` | default | queues the run or poll of asynchronous executions a stop left without a job, and sends end events a stop left unsent | every `[executions] orphan_sweep_secs` |
+//! | `privacy.sweep` | default | deletes every data class past its retention period (docs/PRIVACY.md), in batches | every `[privacy] sweep_interval_secs` |
 //! | `files.sweep` | default | deletes files whose time-to-live lapsed (row, then object; in batches until none is left), then objects a crash left without a row | every `[files] sweep_interval_secs` |
 //!
 //! Every handler may run twice for one job (delivery is at least once):
@@ -39,6 +40,8 @@ pub const SWEEP_FILES: &str = "files.sweep";
 pub const DELIVER_WEBHOOK: &str = "webhooks.deliver";
 /// Queues the webhook deliveries whose retry is due.
 pub const RETRY_WEBHOOKS: &str = "webhooks.retry_due";
+/// The retention sweep of every data class.
+pub const SWEEP_PRIVACY: &str = "privacy.sweep";
 
 pub use crate::asynchronous::{POLL_EXECUTION, RUN_EXECUTION, SWEEP_EXECUTIONS};
 
@@ -125,9 +128,6 @@ pub(crate) fn registry(services: &Services, lease: Duration) -> Registry {
     }
     let (executor, queue) = (services.executor.clone(), services.queue.clone());
     let orphan_grace = Duration::from_secs(services.executions_config.orphan_sweep_secs.max(1));
-    let keep_callbacks = chrono::Duration::days(
-        i64::try_from(services.executions_config.callback_retention_days).unwrap_or(i64::MAX).min(36_500),
-    );
     registry.on(SWEEP_EXECUTIONS, move |_| {
         let (executor, queue) = (executor.clone(), queue.clone());
         async move {
@@ -138,12 +138,13 @@ pub(crate) fn registry(services: &Services, lease: Duration) -> Registry {
             for id in orphans.poll {
                 crate::asynchronous::queue_poll(&queue, &ExecutionId::from_trusted(id), Duration::ZERO).await;
             }
-            let purged = executor.purge_callbacks(time::now() - keep_callbacks).await.map_err(|e| retry(&e))?;
-            if purged > 0 {
-                tracing::info!(purged, "deleted provider callback records past their retention");
-            }
             Ok(())
         }
+    });
+    let retention = std::sync::Arc::new(services.retention(&services.privacy_config));
+    registry.on(SWEEP_PRIVACY, move |_| {
+        let retention = std::sync::Arc::clone(&retention);
+        async move { retention.sweep(time::now(), None, &mut |_| {}).await.map(drop).map_err(|e| retry(&e)) }
     });
     let files = services.files.clone();
     registry.on(SWEEP_FILES, move |_| {
@@ -179,6 +180,7 @@ pub(crate) fn periodics(settings: &Settings, mail: bool) -> Result<Vec<Periodic>
         periodic(CHECK_BALANCES, Duration::from_secs(settings.billing.stripe.check_interval_secs.max(1)), "default")?,
         periodic(SWEEP_FILES, Duration::from_secs(settings.files.sweep_interval_secs.max(1)), "default")?,
         periodic(RETRY_WEBHOOKS, Duration::from_secs(settings.webhooks.retry_poll_secs.max(1)), "default")?,
+        periodic(SWEEP_PRIVACY, Duration::from_secs(settings.privacy.sweep_interval_secs.max(1)), "default")?,
         periodic(SWEEP_EXECUTIONS, Duration::from_secs(settings.executions.orphan_sweep_secs.max(1)), "default")?,
     ];
     if mail {

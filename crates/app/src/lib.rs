@@ -20,6 +20,7 @@ mod asynchronous;
 pub mod background;
 mod error;
 mod notify;
+mod retention;
 mod services;
 pub mod settings;
 mod worker;

@@ -48,6 +48,8 @@ pub struct Services {
     pub generated_secret: bool,
     /// `[executions]`: asynchronous executions' limits.
     pub executions_config: modelroute_executions::ExecutionsConfig,
+    /// `[privacy]`: the retention schedule.
+    pub privacy_config: modelroute_privacy::PrivacyConfig,
 }
 
 /// What first start on an empty database created.
@@ -155,6 +157,7 @@ impl Services {
             providers,
             generated_secret,
             executions_config: settings.executions.clone(),
+            privacy_config: settings.privacy.clone(),
         };
         let callback_base = settings.executions.callback_url.as_deref().unwrap_or(&settings.identity.public_url);
         services.hook_async(callback_base);

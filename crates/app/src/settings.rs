@@ -48,6 +48,8 @@ pub struct Settings {
     pub webhooks: modelroute_webhooks::WebhooksConfig,
     /// `[executions]`: asynchronous executions' deadlines, waits, callbacks.
     pub executions: modelroute_executions::ExecutionsConfig,
+    /// `[privacy]`: how long each data class is kept.
+    pub privacy: modelroute_privacy::PrivacyConfig,
 }
 
 impl Default for Settings {
@@ -67,6 +69,7 @@ impl Default for Settings {
             files: modelroute_files::FilesConfig::default(),
             webhooks: modelroute_webhooks::WebhooksConfig::default(),
             executions: modelroute_executions::ExecutionsConfig::default(),
+            privacy: modelroute_privacy::PrivacyConfig::default(),
         }
     }
 }

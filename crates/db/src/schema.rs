@@ -46,6 +46,15 @@ diesel::table! {
 }
 
 diesel::table! {
+    audit_guard (id) {
+        id -> Integer,
+        purge_before -> Nullable<Timestamp>,
+        pseudonymise_actor -> Nullable<Text>,
+        pseudonym -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
     billing_settings (org_id) {
         org_id -> Text,
         stripe_customer_id -> Nullable<Text>,
@@ -468,6 +477,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     api_keys,
     async_executions,
     audit_events,
+    audit_guard,
     billing_settings,
     email_outbox,
     execution_idempotency,

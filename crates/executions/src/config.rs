@@ -17,8 +17,6 @@ pub struct ExecutionsConfig {
     pub callback_url: Option<String>,
     /// How often asynchronous executions a stop may have orphaned are looked for.
     pub orphan_sweep_secs: u64,
-    /// How long provider callback records are kept.
-    pub callback_retention_days: u64,
 }
 
 impl Default for ExecutionsConfig {
@@ -29,7 +27,6 @@ impl Default for ExecutionsConfig {
             max_wait_secs: 60,
             callback_url: None,
             orphan_sweep_secs: 30,
-            callback_retention_days: 90,
         }
     }
 }

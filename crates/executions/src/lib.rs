@@ -32,6 +32,7 @@ mod queued;
 mod record;
 mod recovery;
 mod remote;
+mod retention;
 mod settlement;
 mod store;
 mod usage;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use modelroute_db::schema::{async_executions, executions, provider_tasks};
-use modelroute_db::{db_run, schema};
+use modelroute_db::{db_execute, db_run, schema};
 use modelroute_ledger::Ledger;
 use modelroute_providers::{Prediction, PredictionOutput, PredictionStatus, ProviderClient, ReplicateProvider};
 use modelroute_routing::CanonicalError;
@@ -123,30 +123,31 @@ impl<L: Ledger + 'static> Executor<L> {
             let task_id = format!("ptk_{}", uuid_like()?);
             let now = time::now();
             let task = (
-                provider_tasks::id.eq(&task_id),
-                provider_tasks::execution_id.eq(&row.id),
-                provider_tasks::provider.eq(&candidate.route.provider),
-                provider_tasks::route_id.eq(&candidate.route.id),
+                provider_tasks::id.eq(task_id.clone()),
+                provider_tasks::execution_id.eq(row.id.clone()),
+                provider_tasks::provider.eq(candidate.route.provider.clone()),
+                provider_tasks::route_id.eq(candidate.route.id.clone()),
                 provider_tasks::token_hash.eq(sha256_hex(token.as_bytes())),
                 provider_tasks::status.eq("submitting"),
                 provider_tasks::created_at.eq(now),
                 provider_tasks::updated_at.eq(now),
             );
-            db_run!(self.pool(), |conn| diesel::insert_into(provider_tasks::table).values(task).execute(conn).await)?;
+            db_execute!(self.pool(), diesel::insert_into(provider_tasks::table).values(task.clone()))?;
             let url = format!("{base}/v1/callbacks/{}/{token}", candidate.route.provider);
             let input = stored.input.provider_input(candidate.max_output_tokens);
             let created =
                 provider.create(&candidate.route.upstream_model, &input, Some(&url), &["start", "completed"]).await;
             match created {
                 Ok(prediction) => {
-                    db_run!(self.pool(), |conn| diesel::update(provider_tasks::table.find(&task_id))
-                        .set((
-                            provider_tasks::remote_id.eq(Some(&prediction.id)),
+                    let (task, remote, now) = (task_id.clone(), prediction.id.clone(), time::now());
+                    db_execute!(
+                        self.pool(),
+                        diesel::update(provider_tasks::table.find(&task)).set((
+                            provider_tasks::remote_id.eq(Some(&remote)),
                             provider_tasks::status.eq("submitted"),
-                            provider_tasks::updated_at.eq(time::now()),
+                            provider_tasks::updated_at.eq(now),
                         ))
-                        .execute(conn)
-                        .await)?;
+                    )?;
                     self.observe(&candidate, None);
                     admitted.record_attempt(&candidate, None);
                     self.write_decision(admitted).await?;
@@ -167,10 +168,12 @@ impl<L: Ledger + 'static> Executor<L> {
                 Err(e) => {
                     let class = self.observe(&candidate, Some(&e)).unwrap_or_else(|| self.classify(&candidate, &e));
                     admitted.record_attempt(&candidate, Some(class.canonical));
-                    db_run!(self.pool(), |conn| diesel::update(provider_tasks::table.find(&task_id))
-                        .set((provider_tasks::status.eq("failed"), provider_tasks::updated_at.eq(time::now())))
-                        .execute(conn)
-                        .await)?;
+                    let (task, now) = (task_id.clone(), time::now());
+                    db_execute!(
+                        self.pool(),
+                        diesel::update(provider_tasks::table.find(&task))
+                            .set((provider_tasks::status.eq("failed"), provider_tasks::updated_at.eq(now)))
+                    )?;
                     let stop = !e.is_retryable();
                     last_error = Some(crate::attempts::upstream_error(class, &e));
                     if stop {
@@ -186,11 +189,8 @@ impl<L: Ledger + 'static> Executor<L> {
     }
 
     async fn write_decision(&self, admitted: &Admitted) -> Result<(), ExecutionError> {
-        let decision = admitted.decision_json();
-        db_run!(self.pool(), |conn| diesel::update(executions::table.find(admitted.id.as_str()))
-            .set(executions::decision.eq(decision))
-            .execute(conn)
-            .await)?;
+        let (id, decision) = (admitted.id.to_string(), admitted.decision_json());
+        db_execute!(self.pool(), diesel::update(executions::table.find(&id)).set(executions::decision.eq(&decision)))?;
         Ok(())
     }
 
@@ -207,10 +207,11 @@ impl<L: Ledger + 'static> Executor<L> {
         let full = self.full(id.as_str()).await?;
         let past_deadline = full.as_ref().is_some_and(|(_, a)| a.deadline_at <= time::now());
         let polled = if past_deadline { provider.cancel(&remote).await } else { provider.get(&remote).await };
-        db_run!(self.pool(), |conn| diesel::update(provider_tasks::table.find(&task.id))
-            .set(provider_tasks::updated_at.eq(time::now()))
-            .execute(conn)
-            .await)?;
+        let (task_id, now) = (task.id.clone(), time::now());
+        db_execute!(
+            self.pool(),
+            diesel::update(provider_tasks::table.find(&task_id)).set(provider_tasks::updated_at.eq(now))
+        )?;
         match polled {
             Ok(prediction) if prediction.status.is_terminal() => {
                 Box::pin(self.apply_prediction(&task, &prediction)).await?;
@@ -304,17 +305,14 @@ impl<L: Ledger + 'static> Executor<L> {
         let row = (
             schema::provider_callbacks::id.eq(format!("pcb_{}", uuid_like()?)),
             schema::provider_callbacks::received_at.eq(time::now()),
-            schema::provider_callbacks::provider.eq(provider),
-            schema::provider_callbacks::execution_id.eq(execution),
+            schema::provider_callbacks::provider.eq(provider.to_owned()),
+            schema::provider_callbacks::execution_id.eq(execution.map(str::to_owned)),
             schema::provider_callbacks::webhook_id.eq(webhook_id.map(|w| w.chars().take(200).collect::<String>())),
             schema::provider_callbacks::verified.eq(verified),
             schema::provider_callbacks::outcome.eq(outcome),
             schema::provider_callbacks::payload_sha256.eq(sha256_hex(body)),
         );
-        db_run!(self.pool(), |conn| diesel::insert_into(schema::provider_callbacks::table)
-            .values(row)
-            .execute(conn)
-            .await)?;
+        db_execute!(self.pool(), diesel::insert_into(schema::provider_callbacks::table).values(row.clone()))?;
         metrics::counter!("provider_callbacks_total", "outcome" => outcome).increment(1);
         Ok(())
     }
@@ -328,14 +326,16 @@ impl<L: Ledger + 'static> Executor<L> {
         task: &TaskRow,
         prediction: &Prediction,
     ) -> Result<bool, ExecutionError> {
-        let claimed = db_run!(self.pool(), |conn| diesel::update(
-            provider_tasks::table
-                .filter(provider_tasks::id.eq(&task.id))
-                .filter(provider_tasks::status.eq("submitted"))
-        )
-        .set((provider_tasks::status.eq("done"), provider_tasks::updated_at.eq(time::now())))
-        .execute(conn)
-        .await)?;
+        let (task_id, now) = (task.id.clone(), time::now());
+        let claimed = db_execute!(
+            self.pool(),
+            diesel::update(
+                provider_tasks::table
+                    .filter(provider_tasks::id.eq(&task_id))
+                    .filter(provider_tasks::status.eq("submitted"))
+            )
+            .set((provider_tasks::status.eq("done"), provider_tasks::updated_at.eq(now)))
+        )?;
         if claimed == 0 {
             return Ok(false);
         }
@@ -409,10 +409,11 @@ impl<L: Ledger + 'static> Executor<L> {
         let ended = self.end_open(&row.id, &outcome).await?;
         if ended {
             if let Some(output) = output {
-                db_run!(self.pool(), |conn| diesel::update(async_executions::table.find(&row.id))
-                    .set(async_executions::output.eq(Some(output.to_string())))
-                    .execute(conn)
-                    .await)?;
+                let (id, output) = (row.id.clone(), output.to_string());
+                db_execute!(
+                    self.pool(),
+                    diesel::update(async_executions::table.find(&id)).set(async_executions::output.eq(Some(&output)))
+                )?;
             }
             self.ended(&row.org_id, &row.id, status);
         }
@@ -423,12 +424,12 @@ impl<L: Ledger + 'static> Executor<L> {
     /// conditional end: of two ends racing, one writes); answers whether it did.
     pub(crate) async fn end_open(&self, id: &str, outcome: &Outcome) -> Result<bool, ExecutionError> {
         let open = [ExecutionStatus::Queued.as_str(), ExecutionStatus::Running.as_str()];
-        let ended = db_run!(self.pool(), |conn| diesel::update(
-            executions::table.filter(executions::id.eq(id)).filter(executions::status.eq_any(open))
-        )
-        .set(outcome)
-        .execute(conn)
-        .await)?;
+        let (id, outcome) = (id.to_owned(), outcome.clone());
+        let ended = db_execute!(
+            self.pool(),
+            diesel::update(executions::table.filter(executions::id.eq(&id)).filter(executions::status.eq_any(open)))
+                .set(&outcome)
+        )?;
         Ok(ended == 1)
     }
 
@@ -447,28 +448,5 @@ impl<L: Ledger + 'static> Executor<L> {
             ids.push((hooks.rehost)(file).await?);
         }
         Ok(ids)
-    }
-
-    /// Deletes the provider callback records received before `before`, in
-    /// batches of 1,000; answers how many.
-    ///
-    /// # Errors
-    /// The data layer failed.
-    pub async fn purge_callbacks(&self, before: chrono::NaiveDateTime) -> Result<usize, ExecutionError> {
-        use schema::provider_callbacks as c;
-        let mut purged = 0;
-        loop {
-            let batch: Vec<String> = db_run!(self.pool(), |conn| c::table
-                .filter(c::received_at.lt(before))
-                .select(c::id)
-                .limit(1000)
-                .load(conn)
-                .await)?;
-            if batch.is_empty() {
-                return Ok(purged);
-            }
-            purged +=
-                db_run!(self.pool(), |conn| diesel::delete(c::table.filter(c::id.eq_any(&batch))).execute(conn).await)?;
-        }
     }
 }

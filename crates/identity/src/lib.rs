@@ -13,6 +13,7 @@ mod mail;
 mod members;
 mod oauth;
 mod password;
+mod retention;
 mod secret;
 mod service;
 mod sessions;

@@ -8,6 +8,7 @@ mod error;
 mod failpoint;
 mod ids;
 mod money;
+pub mod retention;
 mod secret;
 pub mod standard_webhooks;
 pub mod text;

@@ -272,9 +272,9 @@ db_test!(async fn callbacks_are_recorded_even_unknown_and_purged_only_past_their
     let refused = s.executor.callback("builtin", "no-such-token", [Some("msg_1"), Some("1"), Some("v1,x")], b"{}").await.unwrap();
     assert_eq!(refused, Err(modelroute_executions::CallbackError::UnknownToken));
     let now = modelroute_types::time::now();
-    assert_eq!(s.executor.purge_callbacks(now - chrono::Duration::days(90)).await.unwrap(), 0, "a fresh record stays");
-    assert_eq!(s.executor.purge_callbacks(now + chrono::Duration::seconds(1)).await.unwrap(), 1);
-    assert_eq!(s.executor.purge_callbacks(now + chrono::Duration::seconds(1)).await.unwrap(), 0);
+    assert_eq!(s.executor.purge_callbacks(now - chrono::Duration::days(90), 1000).await.unwrap(), 0, "a fresh record stays");
+    assert_eq!(s.executor.purge_callbacks(now + chrono::Duration::seconds(1), 1000).await.unwrap(), 1);
+    assert_eq!(s.executor.purge_callbacks(now + chrono::Duration::seconds(1), 1000).await.unwrap(), 0);
 });
 
 db_test!(async fn another_org_cannot_cancel_a_running_execution(db) {

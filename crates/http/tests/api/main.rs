@@ -26,5 +26,6 @@ mod files;
 mod helpers;
 mod limits;
 mod oauth;
+mod privacy;
 mod upstream;
 mod webhooks;
