@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use modelroute_app::{Reloader, Services, Settings};
 use modelroute_http::Application;
-use modelroute_identity::{Actor, Scopes};
+use modelroute_identity::{Actor, RestrictedBy, Scopes};
 use modelroute_jobs::{JobFilter, JobStatus, Queue};
 use modelroute_types::{JobId, Money, OrgId, ProjectId};
 
@@ -79,6 +79,21 @@ enum OrgsCommand {
         /// Its name.
         #[arg(long)]
         name: String,
+    },
+    /// Restrict an organization's processing (a request to the privacy
+    /// contact): its data is kept and exportable, every execution is
+    /// refused with `restricted`; only the operator lifts it. Audited.
+    Restrict {
+        /// The org's id.
+        org: String,
+        /// Why (kept with the restriction, shown to the org).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Lift an organization's restriction (the operator's or its own). Audited.
+    Unrestrict {
+        /// The org's id.
+        org: String,
     },
 }
 
@@ -299,6 +314,17 @@ async fn operate(settings: &Settings, command: Command) -> Result<()> {
         Command::Orgs(OrgsCommand::Create { name }) => {
             let (org, _) = services.create_org(&name, None, &Actor::operator()).await?;
             println!("{}", org.id);
+        }
+        Command::Orgs(OrgsCommand::Restrict { org, reason }) => {
+            let org: OrgId = org.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let r =
+                services.identity.restrict(&org, RestrictedBy::Operator, reason.as_deref(), &Actor::operator()).await?;
+            println!("{org} restricted since {} by {}", modelroute_types::time::rfc3339(r.since), r.by.as_str());
+        }
+        Command::Orgs(OrgsCommand::Unrestrict { org }) => {
+            let org: OrgId = org.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+            services.identity.lift_restriction(&org, RestrictedBy::Operator, &Actor::operator()).await?;
+            println!("{org} is not restricted");
         }
         Command::Projects(ProjectsCommand::Create { org, name }) => {
             println!("{}", services.create_project(&org, &name, &Actor::operator()).await?.id);

@@ -293,6 +293,9 @@ diesel::table! {
         id -> Text,
         name -> Text,
         created_at -> Timestamp,
+        restricted_at -> Nullable<Timestamp>,
+        restricted_by -> Nullable<Text>,
+        restricted_reason -> Nullable<Text>,
     }
 }
 

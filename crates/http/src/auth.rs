@@ -22,6 +22,9 @@ pub(crate) struct Caller {
     /// The tenant every query of the request is scoped to.
     pub(crate) org_id: OrgId,
     scopes: Scopes,
+    /// Whether the org's processing is restricted: nothing that needs the
+    /// execute scope runs.
+    restricted: bool,
     pub(crate) who: Who,
 }
 
@@ -37,6 +40,9 @@ pub(crate) enum Who {
 impl Caller {
     /// The org, when the caller may do what `scope` covers.
     pub(crate) fn require(&self, scope: Scope) -> Result<&OrgId, ApiError> {
+        if scope == Scope::Execute && self.restricted {
+            return Err(modelroute_identity::IdentityError::Restricted.into());
+        }
         if self.scopes.contains(scope) {
             return Ok(&self.org_id);
         }
@@ -134,7 +140,12 @@ pub(crate) fn authenticate_for(
             if named.as_deref().is_some_and(|o| o != principal.org_id.as_str()) {
                 return Err(not_found());
             }
-            Caller { org_id: principal.org_id.clone(), scopes: principal.scopes.clone(), who: Who::Key(principal) }
+            Caller {
+                org_id: principal.org_id.clone(),
+                scopes: principal.scopes.clone(),
+                restricted: principal.restricted,
+                who: Who::Key(principal),
+            }
         } else if let Some(token) = session_token {
             let session = state.services.identity.session(&token).await?;
             session::check_csrf(&state, &req, &session)?;
@@ -161,7 +172,8 @@ pub(crate) fn authenticate_for(
                     (m.org.id, m.role)
                 }
             };
-            Caller { org_id, scopes: role.scopes(), who: Who::User { session, role } }
+            let restricted = state.services.identity.is_restricted(&org_id).await?;
+            Caller { org_id, scopes: role.scopes(), restricted, who: Who::User { session, role } }
         } else {
             return Err(ApiError::new(
                 Code::InvalidApiKey,

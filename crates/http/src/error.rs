@@ -131,7 +131,7 @@ pub const fn status_of(code: Code) -> StatusCode {
         | Code::ContentFiltered => StatusCode::BAD_REQUEST,
         Code::InvalidApiKey | Code::Unauthenticated => StatusCode::UNAUTHORIZED,
         Code::InsufficientBalance => StatusCode::PAYMENT_REQUIRED,
-        Code::PermissionDenied | Code::CsrfFailed => StatusCode::FORBIDDEN,
+        Code::PermissionDenied | Code::CsrfFailed | Code::Restricted => StatusCode::FORBIDDEN,
         Code::NotFound | Code::ModelNotFound => StatusCode::NOT_FOUND,
         Code::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         Code::Conflict => StatusCode::CONFLICT,
@@ -163,7 +163,7 @@ const fn openai_type(code: Code) -> &'static str {
         | Code::ContextLengthExceeded
         | Code::ContentFiltered => "invalid_request_error",
         Code::InvalidApiKey | Code::Unauthenticated => "authentication_error",
-        Code::PermissionDenied | Code::CsrfFailed => "permission_error",
+        Code::PermissionDenied | Code::CsrfFailed | Code::Restricted => "permission_error",
         Code::NotFound | Code::ModelNotFound => "not_found_error",
         Code::InsufficientBalance => "insufficient_quota",
         Code::Overloaded | Code::RateLimited => "rate_limit_error",

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDateTime;
-use modelroute_types::ApiKeyId;
+use modelroute_types::{ApiKeyId, OrgId};
 
 use crate::Principal;
 
@@ -86,6 +86,11 @@ impl KeyCache {
     }
 
     /// Forgets the key (revoked or rotated).
+    /// Drops every key of `org` (its restriction changed).
+    pub(crate) fn forget_org(&self, org: &OrgId) {
+        self.entries().retain(|_, e| &e.principal.org_id != org);
+    }
+
     pub(crate) fn forget(&self, key: &ApiKeyId) {
         self.entries().retain(|_, e| &e.principal.api_key_id != key);
     }

@@ -42,6 +42,12 @@ pub enum IdentityError {
     /// The caller's role in the org does not allow the operation.
     #[error("{0}")]
     Forbidden(&'static str),
+    /// The org's processing is restricted: its data is kept and can be
+    /// exported, but nothing runs for it.
+    #[error(
+        "this organization's processing is restricted: its data is kept and can be read and exported, but no execution runs until the restriction is lifted"
+    )]
+    Restricted,
     /// The operation would break a rule about the current state (the last
     /// owner leaving, a duplicate, …).
     #[error("{0}")]
@@ -74,6 +80,7 @@ impl ErrorCode for IdentityError {
     fn code(&self) -> Code {
         match self {
             Self::InvalidApiKey => Code::InvalidApiKey,
+            Self::Restricted => Code::Restricted,
             Self::MissingScope(_) | Self::EmailNotVerified | Self::Forbidden(_) => Code::PermissionDenied,
             Self::InvalidInput { .. } | Self::InvalidToken => Code::InvalidRequest,
             Self::NotFound(_) => Code::NotFound,

@@ -13,6 +13,7 @@ mod mail;
 mod members;
 mod oauth;
 mod password;
+mod restriction;
 mod retention;
 mod secret;
 mod service;
@@ -33,6 +34,7 @@ pub use password::{
     MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS, breached_password_count, check_password_policy, hash_password,
     verify_password,
 };
+pub use restriction::{RestrictedBy, Restriction};
 pub use secret::ServerSecret;
 pub use service::{ApiKey, Identity, MAX_SECRETS_IN_GRACE, Org, Principal, Project};
 pub use sessions::{NewSession, Session};

@@ -78,6 +78,8 @@ pub struct Principal {
     pub api_key_id: ApiKeyId,
     /// The key's scopes.
     pub scopes: Scopes,
+    /// Whether the org's processing is restricted (no execution runs).
+    pub restricted: bool,
 }
 
 impl Principal {
@@ -247,6 +249,11 @@ impl Identity {
             settings: Arc::new(config.clone()),
             ..self.with_key_cache_ttl(Duration::from_secs(config.key_cache_ttl_secs))
         })
+    }
+
+    /// Drops this process's cached keys of `org`.
+    pub(crate) fn forget_org_keys(&self, org: &OrgId) {
+        self.keys.forget_org(org);
     }
 
     pub(crate) const fn pool(&self) -> &DbPool {
@@ -489,8 +496,18 @@ impl Identity {
         let public_id = row.public_id.clone();
         let last_used_at = if stale { Some(now) } else { row.last_used_at };
         let key = row.into_key();
-        let principal =
-            Principal { org_id: key.org_id, project_id: key.project_id, api_key_id: key.id, scopes: key.scopes };
+        let restricted: Option<NaiveDateTime> = db_run!(self.pool, |conn| orgs::table
+            .find(key.org_id.as_str())
+            .select(orgs::restricted_at)
+            .first(conn)
+            .await)?;
+        let principal = Principal {
+            org_id: key.org_id,
+            project_id: key.project_id,
+            api_key_id: key.id,
+            scopes: key.scopes,
+            restricted: restricted.is_some(),
+        };
         self.keys.insert(&public_id, tag, previous, principal.clone(), key.expires_at, last_used_at);
         Ok(principal)
     }

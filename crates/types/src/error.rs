@@ -19,6 +19,9 @@ pub enum Code {
     CsrfFailed,
     /// Valid credentials without the scope the operation needs.
     PermissionDenied,
+    /// The org's processing is restricted (a privacy right): data is kept
+    /// and readable, nothing runs.
+    Restricted,
     /// The named resource does not exist (or belongs to another tenant).
     NotFound,
     /// The requested model slug is not in the catalogue.
@@ -78,6 +81,7 @@ impl Code {
             Self::Unauthenticated => "unauthenticated",
             Self::CsrfFailed => "csrf_failed",
             Self::PermissionDenied => "permission_denied",
+            Self::Restricted => "restricted",
             Self::NotFound => "not_found",
             Self::ModelNotFound => "model_not_found",
             Self::InsufficientBalance => "insufficient_balance",

@@ -3,7 +3,7 @@
 //! (a key of another org, a user who is not a member) is a 404.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use modelroute_identity::{Invitation, Member, Project, Role, Scope};
+use modelroute_identity::{Invitation, Member, Project, RestrictedBy, Restriction, Role, Scope};
 use modelroute_types::{Code, ProjectId, UserId, time};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -242,4 +242,72 @@ pub(crate) async fn project(state: State, caller: Caller, path: web::Path<String
         return Err(not_found());
     }
     Ok(HttpResponse::Ok().json(project_json(&project)))
+}
+
+fn restriction_json(r: Option<&Restriction>) -> Value {
+    json!({
+        "object": "restriction",
+        "restricted": r.is_some(),
+        "since": r.map(|r| time::rfc3339(r.since)),
+        "by": r.map(|r| r.by),
+        "reason": r.and_then(|r| r.reason.as_deref()),
+    })
+}
+
+/// The org's owner, signed in: restriction is the owner's right.
+fn owner(caller: &Caller) -> Result<(), ApiError> {
+    person(caller)?;
+    if caller.role() == Role::Owner {
+        Ok(())
+    } else {
+        Err(ApiError::new(Code::PermissionDenied, "only the organization's owner can restrict or lift its processing"))
+    }
+}
+
+/// `GET /v1/orgs/{org}/restriction`: whether the org's processing is restricted.
+pub(crate) async fn restriction(
+    state: State,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = in_org(&req, &path).await?;
+    let org = caller.require(Scope::Read)?;
+    let r = state.services.identity.restriction(org).await?;
+    Ok(HttpResponse::Ok().json(restriction_json(r.as_ref())))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RestrictBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// `PUT /v1/orgs/{org}/restriction`: the owner restricts the org's
+/// processing: data kept and exportable, every execution refused with
+/// `restricted` until the owner lifts it.
+pub(crate) async fn restrict(
+    state: State,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: Body,
+) -> Result<HttpResponse, ApiError> {
+    let caller = in_org(&req, &path).await?;
+    owner(&caller)?;
+    let b: RestrictBody = payload.json_or_default().await?;
+    let r = state
+        .services
+        .identity
+        .restrict(&caller.org_id, RestrictedBy::Org, b.reason.as_deref(), &actor(&caller.who(), &req))
+        .await?;
+    Ok(HttpResponse::Ok().json(restriction_json(Some(&r))))
+}
+
+/// `DELETE /v1/orgs/{org}/restriction`: the owner lifts the org's own
+/// restriction (not the operator's).
+pub(crate) async fn lift(state: State, req: HttpRequest, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let caller = in_org(&req, &path).await?;
+    owner(&caller)?;
+    state.services.identity.lift_restriction(&caller.org_id, RestrictedBy::Org, &actor(&caller.who(), &req)).await?;
+    Ok(HttpResponse::Ok().json(restriction_json(None)))
 }

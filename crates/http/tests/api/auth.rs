@@ -484,3 +484,64 @@ db_test!(async fn a_user_sees_their_own_security_history(db) {
     }
     assert_eq!(app.call(Method::GET, "/v1/auth/events", &[], None).await.status, StatusCode::UNAUTHORIZED);
 });
+
+db_test!(async fn a_restricted_org_keeps_its_data_and_runs_nothing_until_lifted_and_only_the_operator_lifts_its_own(db) {
+    use modelroute_identity::{Actor, RestrictedBy};
+    use modelroute_types::{Money, OrgId};
+
+    let app = spawn(db, |_| {}).await;
+    let mut ada = app.user("ada@example.com").await;
+    let r = app.browse(&ada, Method::POST, "/v1/orgs", Some(json!({ "name": "Ada Labs" }))).await;
+    let org = r.json["id"].as_str().unwrap().to_owned();
+    ada.org = Some(org.clone());
+    let org_id: OrgId = org.parse().unwrap();
+    let projects = app.browse(&ada, Method::GET, &format!("/v1/orgs/{org}/projects"), None).await;
+    let project = projects.json["data"][0]["id"].as_str().unwrap().to_owned();
+    let keys = json!({ "project_id": project, "name": "run", "scopes": ["read", "execute", "manage"] });
+    let key = app.browse(&ada, Method::POST, "/v1/keys", Some(keys)).await.json["token"].as_str().unwrap().to_owned();
+    app.services.grant(&org_id, Money::from_usd(1_000), None).await.unwrap();
+    let chat = json!({ "model": "builtin/echo", "messages": [{ "role": "user", "content": "hi" }] });
+    let run = async |key: &str| app.with_key(key, Method::POST, "/v1/chat/completions", Some(chat.clone())).await;
+    assert_eq!(run(&key).await.status, StatusCode::OK);
+    let path = format!("/v1/orgs/{org}/restriction");
+
+    // Neither another org nor a key (even with manage) restricts it.
+    let other = app.other_key().await;
+    assert_eq!(app.with_key(&other, Method::PUT, &path, None).await.status, StatusCode::NOT_FOUND);
+    let r = app.with_key(&key, Method::PUT, &path, None).await;
+    assert_eq!((r.status, r.code()), (StatusCode::FORBIDDEN, "permission_denied"), "{}", r.json);
+    assert!(app.services.identity.restriction(&org_id).await.unwrap().is_none());
+
+    // The owner restricts it: executions are refused, nothing held or charged; data stays readable.
+    let r = app.browse(&ada, Method::PUT, &path, Some(json!({ "reason": "reviewing our DPA" }))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    assert_eq!((r.json["restricted"].as_bool(), r.json["by"].as_str()), (Some(true), Some("org")));
+    let before = app.services.balance(&org_id).await.unwrap();
+    let r = run(&key).await;
+    assert_eq!((r.status, r.code()), (StatusCode::FORBIDDEN, "restricted"), "{}", r.json);
+    let submit = json!({ "model": "builtin/echo", "input": { "messages": [{ "role": "user", "content": "hi" }] } });
+    let r = app.with_key(&key, Method::POST, "/v1/executions", Some(submit)).await;
+    assert_eq!((r.status, r.code()), (StatusCode::FORBIDDEN, "restricted"), "{}", r.json);
+    assert_eq!(app.services.balance(&org_id).await.unwrap(), before, "nothing held, nothing charged");
+    assert_eq!(app.with_key(&key, Method::GET, "/v1/usage", None).await.status, StatusCode::OK);
+    assert_eq!(app.browse(&ada, Method::GET, &path, None).await.json["reason"], "reviewing our DPA");
+    // Another org runs as before.
+    assert_eq!(run(&app.key).await.status, StatusCode::OK, "the bootstrap org runs as before");
+    // Audited.
+    let events = app.services.identity.audit_events(&org_id, &modelroute_identity::AuditFilter::default()).await.unwrap();
+    assert!(events.iter().any(|e| e.action == "org.restricted"), "{events:?}");
+
+    // The owner lifts it.
+    assert_eq!(app.browse(&ada, Method::DELETE, &path, None).await.status, StatusCode::OK);
+    assert_eq!(run(&key).await.status, StatusCode::OK);
+
+    // The operator's restriction: the owner cannot lift it; the operator can.
+    app.services.identity.restrict(&org_id, RestrictedBy::Operator, Some("a complaint"), &Actor::operator()).await.unwrap();
+    assert_eq!(run(&key).await.code(), "restricted", "a cached key sees it at once on this replica");
+    let r = app.browse(&ada, Method::DELETE, &path, None).await;
+    assert_eq!((r.status, r.code()), (StatusCode::FORBIDDEN, "permission_denied"), "{}", r.json);
+    let r = app.browse(&ada, Method::PUT, &path, None).await;
+    assert_eq!(r.json["by"], "operator", "the owner's restriction does not replace the operator's");
+    app.services.identity.lift_restriction(&org_id, RestrictedBy::Operator, &Actor::operator()).await.unwrap();
+    assert_eq!(run(&key).await.status, StatusCode::OK);
+});
