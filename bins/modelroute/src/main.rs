@@ -63,6 +63,20 @@ enum Command {
     /// the same every `[privacy] sweep_interval_secs`).
     #[command(subcommand)]
     Retention(RetentionCommand),
+    /// Aggregates that identify no one (docs/PRIVACY.md): executions, error
+    /// rate, tokens and latency per model and day (UTC), a bucket printed
+    /// only when at least `[privacy] analytics_min_orgs` orgs contributed.
+    Analytics {
+        /// The first day (inclusive), YYYY-MM-DD.
+        #[arg(long)]
+        from: chrono::NaiveDate,
+        /// The day after the last (exclusive), YYYY-MM-DD; at most 93 days after `from`.
+        #[arg(long)]
+        to: chrono::NaiveDate,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// The email outbox: what was sent, or (with no SMTP server configured)
     /// what waits there — verification, reset and invitation links.
     Outbox {
@@ -368,6 +382,34 @@ async fn operate(settings: &Settings, command: Command) -> Result<()> {
         }
         Command::Jobs(command) => jobs(Queue::new(services.pool.clone()), command).await?,
         Command::Retention(command) => retention(&services, settings, command).await?,
+        Command::Analytics { from, to, json } => {
+            let report = services.executor.analytics(from, to, settings.privacy.analytics_min_orgs).await?;
+            if json {
+                for b in &report.buckets {
+                    println!("{}", serde_json::to_string(b)?);
+                }
+            } else {
+                println!(
+                    "{:<10} {:<32} {:>10} {:>7} {:>12} {:>12} {:>8} {:>8} {:>8}",
+                    "day", "model", "executions", "errors", "tokens in", "tokens out", "p50 ms", "p90 ms", "p99 ms"
+                );
+                for b in &report.buckets {
+                    println!(
+                        "{:<10} {:<32} {:>10} {:>6.1}% {:>12} {:>12} {:>8} {:>8} {:>8}",
+                        b.day.to_string(),
+                        b.model,
+                        b.executions,
+                        b.error_rate * 100.0,
+                        b.input_tokens,
+                        b.output_tokens,
+                        b.latency_ms_p50,
+                        b.latency_ms_p90,
+                        b.latency_ms_p99
+                    );
+                }
+            }
+            eprintln_withheld(report.suppressed, report.k);
+        }
         Command::Serve | Command::Worker | Command::Config | Command::Routes | Command::Migrate => {}
     }
     Ok(())
@@ -471,6 +513,12 @@ async fn jobs(queue: Queue, command: JobsCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What analytics withheld goes to stderr, so stdout is just the buckets.
+#[allow(clippy::print_stderr)]
+fn eprintln_withheld(buckets: u64, k: u32) {
+    eprintln!("{buckets} bucket(s) withheld: fewer than {k} orgs contributed");
 }
 
 /// The key's record id goes to stderr so stdout is just the token (scriptable).

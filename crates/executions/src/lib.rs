@@ -20,6 +20,7 @@
 //! holds the parts and the entry points.
 
 mod admission;
+mod analytics;
 mod attempts;
 mod config;
 mod error;
@@ -37,6 +38,7 @@ mod settlement;
 mod store;
 mod usage;
 
+pub use analytics::{Analytics, MAX_ANALYTICS_DAYS, ModelDay};
 pub use config::ExecutionsConfig;
 pub use error::ExecutionError;
 pub use executor::{Caller, Completed, Executor, StreamItem, StreamingExecution, ToolCallChunk, WeakExecutor};

@@ -329,3 +329,77 @@ db_test!(async fn the_audit_log_refuses_direct_deletes_and_updates_and_lets_only
         .await);
     assert!(updated.is_err(), "and the log is closed again");
 });
+
+db_test!(async fn analytics_withhold_buckets_of_fewer_than_k_orgs_and_name_no_one(db) {
+    use modelroute_identity::{Actor, Scopes};
+
+    let app = TestApp::spawn(db, |s| s.jobs.run_in_server = false).await;
+    let day = chrono::NaiveDate::from_ymd_opt(2026, 11, 3).unwrap();
+    let noon = day.and_hms_opt(12, 0, 0).unwrap();
+    let mut ids: Vec<String> = Vec::new();
+    let mut n = 0;
+    // Five orgs run acme/a (two executions each, one of them failed);
+    // four of them also run acme/b.
+    for o in 0..5 {
+        let (org, _) = app.services.create_org(&format!("Org {o}"), None, &Actor::operator()).await.unwrap();
+        let project = app.services.create_project(&org.id, "p", &Actor::operator()).await.unwrap();
+        let (key, _) = app.services.create_key_in(&project.id, "k", &Scopes::all()).await.unwrap();
+        ids.extend([org.id.to_string(), project.id.to_string(), key.id.to_string()]);
+        let mut runs = vec![("acme/a", "succeeded", 100), ("acme/a", "failed", 300)];
+        if o < 4 {
+            runs.push(("acme/b", "succeeded", 50));
+        }
+        // Not finished: does not count.
+        runs.push(("acme/a", "running", 0));
+        for (model, status, took_ms) in runs {
+            n += 1;
+            let id = format!("exe_{n:032x}");
+            ids.push(id.clone());
+            let started = noon + Duration::minutes(n);
+            let finished = (status != "running").then(|| started + Duration::milliseconds(took_ms));
+            let row = (
+                executions::id.eq(id),
+                executions::org_id.eq(org.id.to_string()),
+                executions::project_id.eq(project.id.to_string()),
+                executions::api_key_id.eq(key.id.to_string()),
+                executions::model.eq(model),
+                executions::status.eq(status),
+                executions::stream.eq(false),
+                executions::hold_amount.eq(0_i64),
+                executions::input_tokens.eq(Some(10_i64)),
+                executions::output_tokens.eq(Some(20_i64)),
+                executions::created_at.eq(started),
+                executions::started_at.eq(Some(started)),
+                executions::finished_at.eq(finished),
+                executions::mode.eq("sync"),
+            );
+            on_db!(app, |c| diesel::insert_into(executions::table).values(row.clone()).execute(c).await.unwrap());
+        }
+    }
+
+    let to = day.succ_opt().unwrap();
+    let report = app.services.executor.analytics(day, to, 5).await.unwrap();
+    assert_eq!(report.suppressed, 1, "acme/b: four orgs");
+    assert_eq!(report.buckets.len(), 1, "{:?}", report.buckets);
+    let a = &report.buckets[0];
+    assert_eq!((a.day, a.model.as_str(), a.executions, a.failed), (day, "acme/a", 10, 5));
+    assert!((a.error_rate - 0.5).abs() < 1e-9);
+    assert_eq!((a.input_tokens, a.output_tokens), (100, 200));
+    assert_eq!((a.latency_ms_p50, a.latency_ms_p90, a.latency_ms_p99), (100, 300, 300));
+    // With k = 4 acme/b is published too; the day before has nothing.
+    assert_eq!(app.services.executor.analytics(day, to, 4).await.unwrap().buckets.len(), 2);
+    let before = app.services.executor.analytics(day.pred_opt().unwrap(), day, 2).await.unwrap();
+    assert!(before.buckets.is_empty() && before.suppressed == 0);
+
+    // No row carries an id of any kind.
+    let published = serde_json::to_string(&app.services.executor.analytics(day, to, 2).await.unwrap()).unwrap();
+    for id in &ids {
+        assert!(!published.contains(id.as_str()), "{id} in {published}");
+    }
+    for prefix in ["org_", "prj_", "key_", "exe_", "usr_"] {
+        assert!(!published.contains(prefix), "{prefix} in {published}");
+    }
+    // A bucket of one org would identify it; an open-ended window is refused.
+    assert!(app.services.executor.analytics(day, to, 1).await.is_err());
+    assert!(app.services.executor.analytics(day, day, 5).await.is_err());
+});
