@@ -109,6 +109,15 @@ enum OrgsCommand {
         /// The org's id.
         org: String,
     },
+    /// Export everything an organization has (a request to the privacy
+    /// contact) into a file: the archive of docs/PRIVACY.md. Audited.
+    Export {
+        /// The org's id.
+        org: String,
+        /// Where to write it (`-`: stdout).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -334,6 +343,17 @@ async fn operate(settings: &Settings, command: Command) -> Result<()> {
             let r =
                 services.identity.restrict(&org, RestrictedBy::Operator, reason.as_deref(), &Actor::operator()).await?;
             println!("{org} restricted since {} by {}", modelroute_types::time::rfc3339(r.since), r.by.as_str());
+        }
+        Command::Orgs(OrgsCommand::Export { org, out }) => {
+            let org: OrgId = org.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let archive = services.export_archive(&org).await?;
+            services.identity.record(Some(&org), &Actor::operator(), "org.exported", Some(org.as_str()), None).await?;
+            if out.as_os_str() == "-" {
+                std::io::Write::write_all(&mut std::io::stdout(), &archive)?;
+            } else {
+                std::fs::write(&out, &archive).with_context(|| format!("writing {}", out.display()))?;
+                println!("wrote {} bytes to {}", archive.len(), out.display());
+            }
         }
         Command::Orgs(OrgsCommand::Unrestrict { org }) => {
             let org: OrgId = org.parse().map_err(|e| anyhow::anyhow!("{e}"))?;

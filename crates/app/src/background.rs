@@ -11,6 +11,7 @@
 //! | `executions.run` | executions | runs a queued asynchronous execution: a chat streams into its record; an asynchronous provider is given it (then `executions.poll` is queued for when no callback came) | at every submission (one per execution) |
 //! | `executions.poll` | executions | polls the asynchronous provider that has an execution; past the deadline, asks it to cancel | when a provider took an execution, then every `poll_every_secs` until it ends |
 //! | `executions.orphans` | default | queues the run or poll of asynchronous executions a stop left without a job, and sends end events a stop left unsent | every `[executions] orphan_sweep_secs` |
+//! | `privacy.export` | default | writes an org's export into its file store and emails the link (docs/PRIVACY.md) | `POST /v1/orgs/{org}/exports` |
 //! | `privacy.sweep` | default | deletes every data class past its retention period (docs/PRIVACY.md), in batches | every `[privacy] sweep_interval_secs` |
 //! | `files.sweep` | default | deletes files whose time-to-live lapsed (row, then object; in batches until none is left), then objects a crash left without a row | every `[files] sweep_interval_secs` |
 //!
@@ -139,6 +140,15 @@ pub(crate) fn registry(services: &Services, lease: Duration) -> Registry {
                 crate::asynchronous::queue_poll(&queue, &ExecutionId::from_trusted(id), Duration::ZERO).await;
             }
             Ok(())
+        }
+    });
+    let all = services.clone();
+    registry.on(crate::EXPORT_JOB, move |job| {
+        let services = all.clone();
+        async move {
+            let request: crate::ExportRequest = serde_json::from_value(job.payload.clone())
+                .map_err(|e| Failure::Fatal(format!("an export job without its request: {e}")))?;
+            Box::pin(services.export_org(&request)).await.map(drop).map_err(|e| retry(&e))
         }
     });
     let retention = std::sync::Arc::new(services.retention(&services.privacy_config));

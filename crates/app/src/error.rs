@@ -42,6 +42,12 @@ pub enum AppError {
     /// Executions.
     #[error(transparent)]
     Execution(#[from] modelroute_executions::ExecutionError),
+    /// An export of the org is already being written.
+    #[error("an export of this organization is already being written; its link will be emailed")]
+    ExportPending,
+    /// An export's archive could not be written.
+    #[error("writing the export: {0}")]
+    Export(String),
 }
 
 impl modelroute_types::ErrorCode for AppError {
@@ -58,7 +64,8 @@ impl modelroute_types::ErrorCode for AppError {
             Self::Jobs(e) => e.code(),
             Self::Execution(e) => e.code(),
             // Configuration: the server's, never a client's.
-            Self::Providers(_) | Self::RateLimits(_) => Code::Internal,
+            Self::Providers(_) | Self::RateLimits(_) | Self::Export(_) => Code::Internal,
+            Self::ExportPending => Code::Conflict,
         }
     }
 
@@ -72,7 +79,7 @@ impl modelroute_types::ErrorCode for AppError {
             Self::Routing(e) => e.param(),
             Self::Jobs(e) => e.param(),
             Self::Execution(e) => e.param(),
-            Self::Db(_) | Self::Providers(_) | Self::RateLimits(_) => None,
+            Self::Db(_) | Self::Providers(_) | Self::RateLimits(_) | Self::Export(_) | Self::ExportPending => None,
         }
     }
 }

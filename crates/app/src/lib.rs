@@ -19,6 +19,7 @@
 mod asynchronous;
 pub mod background;
 mod error;
+mod export;
 mod notify;
 mod retention;
 mod services;
@@ -27,6 +28,7 @@ mod worker;
 
 pub use asynchronous::{EXECUTION_EVENTS, ExecutionView, NewExecution, SubmittedExecution};
 pub use error::AppError;
+pub use export::{EXPORT_JOB, ExportRequest};
 pub use services::{BootstrapReport, NewKey, Services, routes_of};
 pub use settings::{BootstrapConfig, ServerConfig, Settings, SettingsError};
 pub use worker::{Background, Reloader, run_worker, shutdown_signal};

@@ -33,6 +33,8 @@ pub enum Purpose {
     Upload,
     /// Produced by an execution (a provider's output, re-hosted).
     Output,
+    /// An export of the org's data (docs/PRIVACY.md); kept as uploads are.
+    Export,
 }
 
 impl Purpose {
@@ -42,6 +44,7 @@ impl Purpose {
         match self {
             Self::Upload => "upload",
             Self::Output => "output",
+            Self::Export => "export",
         }
     }
 
@@ -49,6 +52,7 @@ impl Purpose {
         match s {
             "upload" => Ok(Self::Upload),
             "output" => Ok(Self::Output),
+            "export" => Ok(Self::Export),
             other => Err(DbError::UnknownValue { what: "file purpose", value: other.to_owned() }),
         }
     }
@@ -528,7 +532,7 @@ impl Files {
 
         let now = time::now();
         let ttl_secs = match new.purpose {
-            Purpose::Upload => ttl.upload_ttl_secs,
+            Purpose::Upload | Purpose::Export => ttl.upload_ttl_secs,
             Purpose::Output => ttl.output_ttl_secs,
         };
         let record = FileRecord {

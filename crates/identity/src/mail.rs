@@ -172,6 +172,24 @@ impl Identity {
         Ok(n)
     }
 
+    /// Emails `user`, a member of `org`, through the outbox.
+    ///
+    /// # Errors
+    /// [`IdentityError::NotFound`] when `user` is not a member of `org`; a
+    /// database failure.
+    pub async fn email_member(
+        &self,
+        org: &modelroute_types::OrgId,
+        user: &modelroute_types::UserId,
+        kind: &str,
+        subject: &str,
+        body: &str,
+    ) -> Result<(), IdentityError> {
+        let members = self.members(org).await?;
+        let member = members.iter().find(|m| &m.user_id == user).ok_or(IdentityError::NotFound("member"))?;
+        self.queue_email(&member.email, kind, subject, body).await
+    }
+
     /// The outbox's emails to `to`, newest first (for operators, and for
     /// tests that follow a link).
     ///

@@ -438,10 +438,35 @@ impl SqlLedger {
     /// # Errors
     /// A database failure.
     pub async fn recent_entries(&self, org: &OrgId, limit: usize) -> Result<Vec<JournalLine>, LedgerError> {
+        self.entries_before(org, None, limit).await
+    }
+
+    /// The org's whole journal, a page at a time (newest first): the
+    /// entries older than `before` (the last line of the previous page),
+    /// at most `limit` (1–200).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn entries_before(
+        &self,
+        org: &OrgId,
+        before: Option<&JournalLine>,
+        limit: usize,
+    ) -> Result<Vec<JournalLine>, LedgerError> {
         let limit = i64::try_from(limit.clamp(1, 200)).unwrap_or(200);
+        // No page before: a moment after every entry (9999-12-31, which both
+        // backends compare as a timestamp; SQLite compares text).
+        let end_of_time =
+            chrono::NaiveDate::from_ymd_opt(9999, 12, 31).unwrap_or_default().and_time(chrono::NaiveTime::MIN);
+        let (at, id) = before.map_or((end_of_time, String::new()), |l| (l.created_at, l.id.to_string()));
         let entries: Vec<(String, String, Option<String>, String, NaiveDateTime)> =
             db_run!(self.pool, |conn| ledger_entries::table
                 .filter(ledger_entries::org_id.eq(org.as_str()))
+                .filter(
+                    ledger_entries::created_at
+                        .lt(at)
+                        .or(ledger_entries::created_at.eq(at).and(ledger_entries::id.lt(&id))),
+                )
                 .order((ledger_entries::created_at.desc(), ledger_entries::id.desc()))
                 .limit(limit)
                 .select((

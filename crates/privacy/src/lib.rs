@@ -15,9 +15,11 @@
 
 mod config;
 mod error;
+mod export;
 mod retention;
 
 pub use config::PrivacyConfig;
 pub use error::PrivacyError;
+pub use export::{EXPORT_SCHEMA_VERSION, Export};
 pub use modelroute_types::retention::Due;
 pub use retention::{Class, ClassReport, DueFn, PurgeFn, Retention, Swept};

@@ -257,6 +257,6 @@ mod tests {
         let rows = Arc::new(Mutex::new(Vec::new()));
         let retention = Retention::new(10).with(class(&rows));
         let err = retention.report(at(1), Some("nope")).await.err().map(|e| e.to_string());
-        assert_eq!(err.as_deref(), Some("no data class named `nope`"));
+        assert_eq!(err.as_deref(), Some("no data class named `nope` (the classes: things)"));
     }
 }

@@ -176,6 +176,7 @@ pub(crate) async fn list(state: State, caller: Caller, req: HttpRequest) -> Resu
         None => None,
         Some("upload") => Some(Purpose::Upload),
         Some("output") => Some(Purpose::Output),
+        Some("export") => Some(Purpose::Export),
         Some(_) => return Err(ApiError::invalid_param("purpose", "purpose must be upload or output")),
     };
     let query = ListQuery {

@@ -91,6 +91,7 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/orgs/{org}/members/{user}", web::delete().to(orgs::remove_member))
                 .route("/orgs/{org}/invitations", web::get().to(orgs::invitations))
                 .route("/orgs/{org}/invitations", web::post().to(orgs::invite))
+                .route("/orgs/{org}/exports", web::post().to(orgs::export))
                 .route("/orgs/{org}/restriction", web::get().to(orgs::restriction))
                 .route("/orgs/{org}/restriction", web::put().to(orgs::restrict))
                 .route("/orgs/{org}/restriction", web::delete().to(orgs::lift))

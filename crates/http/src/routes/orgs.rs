@@ -254,13 +254,16 @@ fn restriction_json(r: Option<&Restriction>) -> Value {
     })
 }
 
-/// The org's owner, signed in: restriction is the owner's right.
+/// The org's owner, signed in: restriction and export are the owner's rights.
 fn owner(caller: &Caller) -> Result<(), ApiError> {
     person(caller)?;
     if caller.role() == Role::Owner {
         Ok(())
     } else {
-        Err(ApiError::new(Code::PermissionDenied, "only the organization's owner can restrict or lift its processing"))
+        Err(ApiError::new(
+            Code::PermissionDenied,
+            "only the organization's owner can do this (a privacy right of the org)",
+        ))
     }
 }
 
@@ -310,4 +313,21 @@ pub(crate) async fn lift(state: State, req: HttpRequest, path: web::Path<String>
     owner(&caller)?;
     state.services.identity.lift_restriction(&caller.org_id, RestrictedBy::Org, &actor(&caller.who(), &req)).await?;
     Ok(HttpResponse::Ok().json(restriction_json(None)))
+}
+
+/// `POST /v1/orgs/{org}/exports`: the owner asks for an export of
+/// everything the org has (docs/PRIVACY.md); a job writes it into the
+/// org's files and emails the owner a signed link. 202; 409 while another
+/// export of the org is being written.
+pub(crate) async fn export(state: State, req: HttpRequest, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let caller = in_org(&req, &path).await?;
+    owner(&caller)?;
+    let user = person(&caller)?.clone();
+    let job = state.services.request_export(&caller.org_id, &user, &actor(&caller.who(), &req)).await?;
+    Ok(HttpResponse::Accepted().json(json!({
+        "object": "export",
+        "status": "queued",
+        "job_id": job,
+        "delivery": "a signed link to the archive is emailed to you when it is written",
+    })))
 }

@@ -88,6 +88,23 @@ impl TestApp {
         self.login(email, PASSWORD).await
     }
 
+    /// `email` signed up, owning a new org with $1,000 of credit: the
+    /// browser (in that org), the org's id, and a key with every scope.
+    async fn funded_org_of(&self, email: &str) -> (Browser, String, String) {
+        let mut owner = self.user(email).await;
+        let r = self.browse(&owner, Method::POST, "/v1/orgs", Some(json!({ "name": "Ada Labs" }))).await;
+        let org = r.json["id"].as_str().unwrap().to_owned();
+        owner.org = Some(org.clone());
+        let projects = self.browse(&owner, Method::GET, &format!("/v1/orgs/{org}/projects"), None).await;
+        let project = projects.json["data"][0]["id"].as_str().unwrap().to_owned();
+        let keys = json!({ "project_id": project, "name": "run", "scopes": ["read", "execute", "manage"] });
+        let r = self.browse(&owner, Method::POST, "/v1/keys", Some(keys)).await;
+        let key = r.json["token"].as_str().unwrap().to_owned();
+        let credit = modelroute_types::Money::from_usd(1_000);
+        self.services.grant(&org.parse().unwrap(), credit, None).await.unwrap();
+        (owner, org, key)
+    }
+
     async fn login(&self, email: &str, password: &str) -> Browser {
         let r =
             self.call(Method::POST, "/v1/auth/login", &[], Some(json!({ "email": email, "password": password }))).await;
@@ -487,19 +504,11 @@ db_test!(async fn a_user_sees_their_own_security_history(db) {
 
 db_test!(async fn a_restricted_org_keeps_its_data_and_runs_nothing_until_lifted_and_only_the_operator_lifts_its_own(db) {
     use modelroute_identity::{Actor, RestrictedBy};
-    use modelroute_types::{Money, OrgId};
+    use modelroute_types::OrgId;
 
     let app = spawn(db, |_| {}).await;
-    let mut ada = app.user("ada@example.com").await;
-    let r = app.browse(&ada, Method::POST, "/v1/orgs", Some(json!({ "name": "Ada Labs" }))).await;
-    let org = r.json["id"].as_str().unwrap().to_owned();
-    ada.org = Some(org.clone());
+    let (ada, org, key) = app.funded_org_of("ada@example.com").await;
     let org_id: OrgId = org.parse().unwrap();
-    let projects = app.browse(&ada, Method::GET, &format!("/v1/orgs/{org}/projects"), None).await;
-    let project = projects.json["data"][0]["id"].as_str().unwrap().to_owned();
-    let keys = json!({ "project_id": project, "name": "run", "scopes": ["read", "execute", "manage"] });
-    let key = app.browse(&ada, Method::POST, "/v1/keys", Some(keys)).await.json["token"].as_str().unwrap().to_owned();
-    app.services.grant(&org_id, Money::from_usd(1_000), None).await.unwrap();
     let chat = json!({ "model": "builtin/echo", "messages": [{ "role": "user", "content": "hi" }] });
     let run = async |key: &str| app.with_key(key, Method::POST, "/v1/chat/completions", Some(chat.clone())).await;
     assert_eq!(run(&key).await.status, StatusCode::OK);
@@ -544,4 +553,73 @@ db_test!(async fn a_restricted_org_keeps_its_data_and_runs_nothing_until_lifted_
     assert_eq!(r.json["by"], "operator", "the owner's restriction does not replace the operator's");
     app.services.identity.lift_restriction(&org_id, RestrictedBy::Operator, &Actor::operator()).await.unwrap();
     assert_eq!(run(&key).await.status, StatusCode::OK);
+});
+
+db_test!(async fn an_owners_export_holds_every_class_of_the_org_no_secret_and_nothing_of_another_org(db) {
+    use modelroute_types::OrgId;
+
+    let app = spawn(db, |_| {}).await;
+    let (ada, org, key) = app.funded_org_of("ada@example.com").await;
+    let org_id: OrgId = org.parse().unwrap();
+    let chat = json!({ "model": "builtin/echo", "messages": [{ "role": "user", "content": "hi" }] });
+    let ours = app.with_key(&key, Method::POST, "/v1/chat/completions", Some(chat.clone())).await;
+    assert_eq!(ours.status, StatusCode::OK, "{}", ours.json);
+    let hook = json!({ "url": "https://hooks.example.com/modelroute", "event_types": ["execution.succeeded"] });
+    let endpoint = app.with_key(&key, Method::POST, "/v1/webhook-endpoints", Some(hook)).await;
+    assert_eq!(endpoint.status, StatusCode::CREATED, "{}", endpoint.json);
+    // Another org's execution, which must not appear.
+    let theirs = app.chat(&chat).await;
+    assert_eq!(theirs.status, StatusCode::OK);
+
+    // Only the owner asks: a key (even with manage) may not, another org's key finds nothing.
+    let path = format!("/v1/orgs/{org}/exports");
+    let r = app.with_key(&key, Method::POST, &path, None).await;
+    assert_eq!((r.status, r.code()), (StatusCode::FORBIDDEN, "permission_denied"), "{}", r.json);
+    assert_eq!(app.with_key(&app.key, Method::POST, &path, None).await.status, StatusCode::NOT_FOUND);
+    let r = app.browse(&ada, Method::POST, &path, None).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.json);
+
+    // The link arrives by email; it downloads without credentials.
+    let mut link = None;
+    for _ in 0..500 {
+        let mail = app.services.identity.outbox("ada@example.com").await.unwrap();
+        if let Some(m) = mail.into_iter().find(|m| m.kind == "export_ready") {
+            let at = m.body.find("/v1/files/").unwrap();
+            link = Some(m.body[at..].split_whitespace().next().unwrap().to_owned());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let link = link.expect("the export's email");
+    let archive = app.call(Method::GET, &link, &[], None).await;
+    assert_eq!(archive.status, StatusCode::OK, "{}", archive.body);
+    let lines: Vec<Value> = archive.body.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let manifest = &lines[0];
+    assert_eq!((manifest["type"].as_str(), manifest["schema_version"].as_u64()), (Some("manifest"), Some(1)));
+    assert_eq!(manifest["subject"]["org"], org.as_str());
+    let classes: Vec<&str> = manifest["classes"].as_array().unwrap().iter().map(|c| c["class"].as_str().unwrap()).collect();
+    assert_eq!(
+        classes,
+        ["org", "members", "projects", "api_keys", "executions", "usage", "journal", "webhook_endpoints", "files", "audit_events"]
+    );
+    let records = |class: &str| -> Vec<&Value> {
+        lines.iter().filter(|l| l["class"] == class).map(|l| &l["record"]).collect()
+    };
+    for (class, at_least) in [("org", 1), ("members", 1), ("projects", 1), ("api_keys", 1), ("executions", 1), ("usage", 1), ("journal", 3), ("webhook_endpoints", 1), ("audit_events", 3)] {
+        assert!(records(class).len() >= at_least, "{class}: {:?}", records(class));
+        let counted = manifest["classes"].as_array().unwrap().iter().find(|c| c["class"] == class).unwrap()["records"].as_u64();
+        assert_eq!(counted, Some(u64::try_from(records(class).len()).unwrap()), "{class}: the manifest counts its records");
+    }
+    assert_eq!(records("members")[0]["email"], "ada@example.com");
+    assert!(records("executions").iter().any(|e| e["id"] == ours.json["id"]));
+    // Nothing of another org, and no secret: not the key's token, not the webhook's signing secret.
+    assert!(!archive.body.contains(theirs.json["id"].as_str().unwrap()));
+    assert!(!archive.body.contains(app.org.as_str()));
+    assert!(!archive.body.contains(&key), "the key's token");
+    assert!(!archive.body.contains(endpoint.json["secret"].as_str().unwrap()), "the webhook's secret");
+    // It is the org's file, and the request is audited.
+    let listed = app.with_key(&key, Method::GET, "/v1/files?purpose=export", None).await;
+    assert_eq!(listed.json["data"].as_array().map(Vec::len), Some(1), "{}", listed.json);
+    let events = app.services.identity.audit_events(&org_id, &modelroute_identity::AuditFilter::default()).await.unwrap();
+    assert!(events.iter().any(|e| e.action == "org.export_requested"));
 });
