@@ -59,6 +59,14 @@ impl Services {
                 purge_spent_tokens
             ))
             .with(class!(
+                "account_deletions",
+                "after the request (erased: the row and id stay, the person goes)",
+                secs(config.account_deletion_days, DAY),
+                identity,
+                deletions_due,
+                erase_due
+            ))
+            .with(class!(
                 "login_failures",
                 "after the attempt",
                 secs(config.login_failures_hours, HOUR),

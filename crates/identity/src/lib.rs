@@ -6,6 +6,7 @@ mod accounts;
 mod audit;
 mod cache;
 mod config;
+mod erasure;
 mod error;
 mod keys;
 mod limits;

@@ -226,7 +226,15 @@ impl Identity {
                 audit_events::user_agent.eq(None::<String>),
                 audit_events::details.eq(None::<String>),
             );
-            let mut changed = diesel::update(audit_events::table.filter(audit_events::actor.eq(&actor)))
+            // Both at once where the actor acted on itself: the trigger
+            // checks each row's whole change.
+            let mut changed = diesel::update(
+                audit_events::table.filter(audit_events::actor.eq(&actor)).filter(audit_events::target.eq(&actor)),
+            )
+            .set((audit_events::actor.eq(&pseudonym), audit_events::target.eq(Some(&pseudonym)), scrub.clone()))
+            .execute(conn)
+            .await?;
+            changed += diesel::update(audit_events::table.filter(audit_events::actor.eq(&actor)))
                 .set((audit_events::actor.eq(&pseudonym), scrub.clone()))
                 .execute(conn)
                 .await?;

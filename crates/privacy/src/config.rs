@@ -35,6 +35,9 @@ pub struct PrivacyConfig {
     pub idempotency_keys_hours: u64,
     /// Provider callback records are kept this many days.
     pub provider_callbacks_days: u64,
+    /// A user's deletion request is carried out this many days after it
+    /// was made (they may cancel until then).
+    pub account_deletion_days: u64,
     /// Operator analytics publish a bucket (a model on a day) only when at
     /// least this many orgs contributed to it (at least 2).
     pub analytics_min_orgs: u32,
@@ -54,6 +57,7 @@ impl Default for PrivacyConfig {
             idempotency_keys_hours: 24,
             provider_callbacks_days: 90,
             analytics_min_orgs: 5,
+            account_deletion_days: 30,
         }
     }
 }

@@ -276,3 +276,51 @@ pub(crate) async fn oauth_callback(
         .append_header(("set-cookie", format!("{OAUTH_COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0")))
         .finish())
 }
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeletionRequest {
+    #[serde(default)]
+    password: Option<String>,
+}
+
+/// `POST /v1/auth/account/deletion` `{"password"}`: the signed-in user asks
+/// to be deleted. Every session ends now; the account is erased after
+/// `[privacy] account_deletion_days` unless they sign in and cancel (202).
+pub(crate) async fn request_deletion(
+    state: State,
+    req: HttpRequest,
+    signed_in: SignedIn,
+    payload: Body,
+) -> Result<HttpResponse, ApiError> {
+    let s = signed_in.0;
+    let b: DeletionRequest = payload.json_or_default().await?;
+    let days = i64::try_from(state.services.privacy_config.account_deletion_days).unwrap_or(30);
+    let at = state
+        .services
+        .identity
+        .request_deletion(
+            &s.user_id,
+            b.password.as_deref(),
+            chrono::Duration::days(days),
+            &actor(s.user_id.as_str(), &req),
+        )
+        .await?;
+    Ok(HttpResponse::Accepted().json(json!({
+        "object": "account_deletion",
+        "status": "pending",
+        "erase_after": time::rfc3339(at),
+        "cancel": "sign in again and DELETE /v1/auth/account/deletion before then",
+    })))
+}
+
+/// `DELETE /v1/auth/account/deletion`: cancels a pending deletion.
+pub(crate) async fn cancel_deletion(
+    state: State,
+    req: HttpRequest,
+    signed_in: SignedIn,
+) -> Result<HttpResponse, ApiError> {
+    let s = signed_in.0;
+    state.services.identity.cancel_deletion(&s.user_id, &actor(s.user_id.as_str(), &req)).await?;
+    Ok(HttpResponse::Ok().json(json!({ "object": "account_deletion", "status": "cancelled" })))
+}

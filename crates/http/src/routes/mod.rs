@@ -81,6 +81,8 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/auth/password-reset", web::post().to(accounts::request_reset))
                 .route("/auth/password-reset/confirm", web::post().to(accounts::confirm_reset))
                 .route("/auth/password", web::post().to(accounts::change_password))
+                .route("/auth/account/deletion", web::post().to(accounts::request_deletion))
+                .route("/auth/account/deletion", web::delete().to(accounts::cancel_deletion))
                 .route("/auth/oauth/{provider}/start", web::get().to(accounts::oauth_start))
                 .route("/auth/oauth/{provider}/callback", web::get().to(accounts::oauth_callback))
                 .route("/orgs", web::get().to(orgs::list))

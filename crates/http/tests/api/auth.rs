@@ -623,3 +623,101 @@ db_test!(async fn an_owners_export_holds_every_class_of_the_org_no_secret_and_no
     let events = app.services.identity.audit_events(&org_id, &modelroute_identity::AuditFilter::default()).await.unwrap();
     assert!(events.iter().any(|e| e.action == "org.export_requested"));
 });
+
+/// The columns (`table.column`) of any table in which some cell holds `needle` (as text).
+async fn cells_holding(app: &TestApp, needle: &str) -> Vec<String> {
+    use diesel::sql_types::BigInt;
+    use diesel_async::RunQueryDsl as _;
+
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let schema = modelroute_db::schema_gen::introspect(&app.services.pool).await.unwrap();
+    let mut found = Vec::new();
+    for (table, t) in &schema.tables {
+        for c in &t.columns {
+            let q =
+                format!("SELECT COUNT(*) AS n FROM \"{table}\" WHERE CAST(\"{}\" AS TEXT) LIKE '%{needle}%'", c.name);
+            let n: Vec<N> = match app.services.pool.get().await.unwrap() {
+                modelroute_db::DbConn::Postgres(mut conn) => diesel::sql_query(q).load(&mut conn).await.unwrap(),
+                modelroute_db::DbConn::Sqlite(mut conn) => diesel::sql_query(q).load(&mut conn).await.unwrap(),
+            };
+            if n.iter().any(|n| n.n > 0) {
+                found.push(format!("{table}.{}", c.name));
+            }
+        }
+    }
+    found
+}
+
+db_test!(async fn an_erased_user_leaves_no_trace_of_their_email_or_name_while_the_ledger_still_verifies(db) {
+    use modelroute_types::OrgId;
+
+    let app = spawn(db, |_| {}).await;
+    let (ada, ada_org, _) = app.funded_org_of("ada@example.com").await;
+    // Bob: a name, an org of his own with executions paid for, a failed
+    // login, a reset email, and an invitation into Ada's org.
+    let r = app
+        .call(Method::POST, "/v1/auth/signup", &[], Some(json!({ "email": "bob@example.com", "password": PASSWORD, "name": "Bobby Zedwards" })))
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.json);
+    let token = app.token("bob@example.com", "verify_email").await;
+    app.call(Method::POST, "/v1/auth/verify-email", &[], Some(json!({ "token": token }))).await;
+    let mut bob = app.login("bob@example.com", PASSWORD).await;
+    let r = app.browse(&bob, Method::POST, "/v1/orgs", Some(json!({ "name": "Bob Co" }))).await;
+    let bob_org = r.json["id"].as_str().unwrap().to_owned();
+    bob.org = Some(bob_org.clone());
+    let bob_org_id: OrgId = bob_org.parse().unwrap();
+    let projects = app.browse(&bob, Method::GET, &format!("/v1/orgs/{bob_org}/projects"), None).await;
+    let project = projects.json["data"][0]["id"].as_str().unwrap().to_owned();
+    let keys = json!({ "project_id": project, "name": "run", "scopes": ["read", "execute"] });
+    let key = app.browse(&bob, Method::POST, "/v1/keys", Some(keys)).await.json["token"].as_str().unwrap().to_owned();
+    app.services.grant(&bob_org_id, modelroute_types::Money::from_usd(10), None).await.unwrap();
+    let chat = json!({ "model": "builtin/echo", "messages": [{ "role": "user", "content": "hi" }], "max_tokens": 16 });
+    assert_eq!(app.with_key(&key, Method::POST, "/v1/chat/completions", Some(chat)).await.status, StatusCode::OK);
+    let r = app.call(Method::POST, "/v1/auth/login", &[], Some(json!({ "email": "bob@example.com", "password": "wrong password!" }))).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    app.call(Method::POST, "/v1/auth/password-reset", &[], Some(json!({ "email": "bob@example.com" }))).await;
+    let invite = json!({ "email": "bob@example.com" });
+    let r = app.browse(&ada, Method::POST, &format!("/v1/orgs/{ada_org}/invitations"), Some(invite)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.json);
+    assert!(!cells_holding(&app, "bob@example.com").await.is_empty(), "the scan finds what is there");
+    let balance = app.services.balance(&bob_org_id).await.unwrap();
+
+    // A wrong password changes nothing; the right one ends every session at once.
+    let path = "/v1/auth/account/deletion";
+    let r = app.browse(&bob, Method::POST, path, Some(json!({ "password": "not it at all" }))).await;
+    assert_eq!((r.status, r.code()), (StatusCode::BAD_REQUEST, "invalid_request"), "{}", r.json);
+    assert_eq!(app.browse(&bob, Method::GET, "/v1/auth/session", None).await.status, StatusCode::OK);
+    let r = app.browse(&bob, Method::POST, path, Some(json!({ "password": PASSWORD }))).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.json);
+    assert_eq!(app.browse(&bob, Method::GET, "/v1/auth/session", None).await.status, StatusCode::UNAUTHORIZED);
+    // Within the grace period he may sign in and cancel, and ask again.
+    let again = app.login("bob@example.com", PASSWORD).await;
+    assert_eq!(app.browse(&again, Method::DELETE, path, None).await.status, StatusCode::OK);
+    assert_eq!(app.browse(&again, Method::DELETE, path, None).await.status, StatusCode::NOT_FOUND, "nothing pending");
+    let r = app.browse(&again, Method::POST, path, Some(json!({ "password": PASSWORD }))).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.json);
+
+    // Not a day early; then erased by the retention sweep.
+    let retention = app.services.retention(&app.services.privacy_config);
+    let now = modelroute_types::time::now();
+    let early = retention.report(now + chrono::Duration::days(29), Some("account_deletions")).await.unwrap();
+    assert_eq!(early[0].due, 0);
+    let swept = retention.sweep(now + chrono::Duration::days(31), Some("account_deletions"), &mut |_| {}).await.unwrap();
+    assert_eq!(swept[0].deleted, 1);
+
+    for needle in ["bob@example.com", "Bobby Zedwards"] {
+        assert_eq!(cells_holding(&app, needle).await, Vec::<String>::new(), "{needle} is still stored");
+    }
+    // Billing stays whole: the org's balance and the journal are as they were.
+    assert_eq!(app.services.balance(&bob_org_id).await.unwrap(), balance);
+    app.assert_ledger_sound().await;
+    let r = app.call(Method::POST, "/v1/auth/login", &[], Some(json!({ "email": "bob@example.com", "password": PASSWORD }))).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // Nobody else is touched.
+    assert_eq!(app.browse(&ada, Method::GET, "/v1/auth/session", None).await.status, StatusCode::OK);
+    assert!(!cells_holding(&app, "ada@example.com").await.is_empty());
+});
