@@ -406,15 +406,28 @@ impl<L: Ledger + 'static> Executor<L> {
             request_price: route.as_ref().map(|r| r.request_price.units()),
             ..Outcome::default()
         };
+        // The output first, while the execution is still open: a reader that
+        // sees it ended sees its output (written after the end, a poll could
+        // find `succeeded` with no output yet).
+        if let Some(output) = output {
+            let (id, output) = (row.id.clone(), output.to_string());
+            db_execute!(
+                self.pool(),
+                diesel::update(
+                    async_executions::table.find(&id).filter(
+                        async_executions::execution_id.eq_any(
+                            executions::table
+                                .filter(executions::id.eq(id.clone()))
+                                .filter(executions::status.eq_any(["queued", "running"]))
+                                .select(executions::id)
+                        )
+                    )
+                )
+                .set(async_executions::output.eq(Some(&output)))
+            )?;
+        }
         let ended = self.end_open(&row.id, &outcome).await?;
         if ended {
-            if let Some(output) = output {
-                let (id, output) = (row.id.clone(), output.to_string());
-                db_execute!(
-                    self.pool(),
-                    diesel::update(async_executions::table.find(&id)).set(async_executions::output.eq(Some(&output)))
-                )?;
-            }
             self.ended(&row.org_id, &row.id, status);
         }
         Ok(ended)

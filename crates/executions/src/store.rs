@@ -189,17 +189,19 @@ pub(crate) async fn write(pool: &DbPool, write: Write) -> Result<Written, Execut
             .await?
         }
         Write::Finish { id, outcome, output } => {
-            let n =
-                diesel_async::RunQueryDsl::execute(diesel::update(executions::table.find(&id)).set(&*outcome), conn)
+            // One transaction: a reader that sees the end sees the output.
+            diesel_async::AsyncConnection::transaction(conn, async |conn| {
+                if let Some(output) = &output {
+                    diesel_async::RunQueryDsl::execute(
+                        diesel::update(async_executions::table.find(&id)).set(async_executions::output.eq(output)),
+                        conn,
+                    )
                     .await?;
-            if let Some(output) = output {
-                diesel_async::RunQueryDsl::execute(
-                    diesel::update(async_executions::table.find(&id)).set(async_executions::output.eq(output)),
-                    conn,
-                )
-                .await?;
-            }
-            n
+                }
+                diesel_async::RunQueryDsl::execute(diesel::update(executions::table.find(&id)).set(&*outcome), conn)
+                    .await
+            })
+            .await?
         }
         Write::Settle { .. } => {
             return Err(ExecutionError::Db(DbError::Writer("a settlement within the writer, on PostgreSQL")));
