@@ -47,7 +47,7 @@ pub enum AppError {
     ExportPending,
     /// An export's archive could not be written.
     #[error("writing the export: {0}")]
-    Export(String),
+    Export(#[from] serde_json::Error),
 }
 
 impl modelroute_types::ErrorCode for AppError {

@@ -30,10 +30,6 @@ pub struct ExportRequest {
 /// How long the emailed link works.
 const LINK_TTL_SECS: u64 = 7 * 24 * 3_600;
 
-fn encode(e: &serde_json::Error) -> AppError {
-    AppError::Export(e.to_string())
-}
-
 impl Services {
     /// Queues an export of `org` for `requested_by` (a member, emailed the
     /// link), audited as `org.export_requested`. Answers the job's id; one
@@ -66,11 +62,10 @@ impl Services {
         let mut out = Export::new();
         let the_org = self.identity.org(org).await?;
         let restriction = self.identity.restriction(org).await?;
-        out.class("org", &[serde_json::json!({ "org": the_org, "restriction": restriction })])
-            .map_err(|e| encode(&e))?;
-        out.class("members", &self.identity.members(org).await?).map_err(|e| encode(&e))?;
-        out.class("projects", &self.identity.projects(org).await?).map_err(|e| encode(&e))?;
-        out.class("api_keys", &self.identity.list_api_keys(org).await?).map_err(|e| encode(&e))?;
+        out.class("org", &[serde_json::json!({ "org": the_org, "restriction": restriction })])?;
+        out.class("members", &self.identity.members(org).await?)?;
+        out.class("projects", &self.identity.projects(org).await?)?;
+        out.class("api_keys", &self.identity.list_api_keys(org).await?)?;
 
         let mut executions = Vec::new();
         let mut usage = Vec::new();
@@ -81,7 +76,7 @@ impl Services {
             let Some(next) = page.next_cursor else { break };
             filter.cursor = Some(ExecutionId::from_trusted(next));
         }
-        out.class("executions", &executions).map_err(|e| encode(&e))?;
+        out.class("executions", &executions)?;
         let mut filter = ExecutionFilter { limit: 1_000, ..ExecutionFilter::default() };
         loop {
             let page = self.executor.usage(org, &filter).await?;
@@ -89,7 +84,7 @@ impl Services {
             let Some(next) = page.next_cursor else { break };
             filter.cursor = Some(ExecutionId::from_trusted(next));
         }
-        out.class("usage", &usage).map_err(|e| encode(&e))?;
+        out.class("usage", &usage)?;
 
         let mut journal = Vec::new();
         loop {
@@ -100,9 +95,9 @@ impl Services {
                 break;
             }
         }
-        out.class("journal", &journal).map_err(|e| encode(&e))?;
+        out.class("journal", &journal)?;
 
-        out.class("webhook_endpoints", &self.webhooks.endpoints(org).await?).map_err(|e| encode(&e))?;
+        out.class("webhook_endpoints", &self.webhooks.endpoints(org).await?)?;
         let mut files: Vec<FileRecord> = Vec::new();
         let mut q = ListQuery { limit: Some(100), ..ListQuery::default() };
         loop {
@@ -113,7 +108,7 @@ impl Services {
                 _ => break,
             }
         }
-        out.class("files", &files).map_err(|e| encode(&e))?;
+        out.class("files", &files)?;
 
         let mut events = Vec::new();
         let mut filter = AuditFilter { limit: 500, ..AuditFilter::default() };
@@ -126,8 +121,8 @@ impl Services {
                 break;
             }
         }
-        out.class("audit_events", &events).map_err(|e| encode(&e))?;
-        out.finish(&serde_json::json!({ "org": org }), time::now()).map_err(|e| encode(&e))
+        out.class("audit_events", &events)?;
+        Ok(out.finish(&serde_json::json!({ "org": org }), time::now())?)
     }
 
     /// Writes `request`'s export into the org's file store and emails a
